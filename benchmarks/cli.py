@@ -1,0 +1,7 @@
+"""Subcommands owned by benchmarks/ (registered into the `brainstacks` console script by brainstacks_cli.main)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    """Add this package's subcommands to the top-level parser."""

@@ -1,0 +1,35 @@
+"""Typed errors a user can cause. Each message names the file, field or value at fault."""
+
+from __future__ import annotations
+
+
+class BrainstacksError(Exception):
+    """Base class for every error the project raises on purpose (bad input, bad files, bad config)."""
+
+
+class ConfigError(BrainstacksError, ValueError):
+    """A configuration value (recipe key, settings field, argument) is invalid."""
+
+
+class BaseModelError(BrainstacksError):
+    """The base model directory cannot be loaded or has no usable target projections."""
+
+
+class StackFormatError(BrainstacksError):
+    """A stack's tensors or metadata are malformed or do not fit the model."""
+
+
+class BundleError(BrainstacksError):
+    """A bundle on disk is refused: missing/corrupt file, unknown version, fingerprint or shape mismatch, path escape."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None):
+        super().__init__(message)
+        self.reasons = reasons or [message]
+
+
+class FingerprintMismatch(BundleError):
+    """The bundle was built for a different base model."""
+
+
+class RoutingError(BrainstacksError, ValueError):
+    """Domain weights are malformed: unknown domain, wrong shape, or a value outside [0, 1]."""
