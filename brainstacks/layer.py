@@ -1,0 +1,167 @@
+"""StackedLinear: a base projection plus every frozen stack, computed in a constant number of tensor ops.
+
+    y = base(x) + Σ_s w[b, dom(s)] · scale · Σ_{e ∈ top-k_s(x)} g_{s,e}(x) · B_{s,e} A_{s,e} x   (+ active stack)
+
+The frozen stacks of a layer are packed once, when stacks are attached, in domain order:
+
+    AW  (S·E·r + S·E, d_in)   rows: A of every (stack, expert) at rank r, then each stack's router rows W
+    Bp  (d_out, S·E·r)        columns in the same (stack, expert, rank) order
+
+so the fused forward is one matmul for all A's and all gate logits, one top-k + softmax on (..., S, E), one
+multiply by the per-row, per-stack multipliers (routing weight × scale) and one matmul for all B's — whatever the
+number of stacks. Experts outside the top-k get gate 0 and cost FLOPs but no extra op; with small ranks that is far
+cheaper than gathering. When only some domains carry weight, the routing state selects their stacks; the packed
+subset is a slice or a cached gather (LRU), so a domain that is 0 in every row costs nothing, and all-zero costs the
+base layer alone. Which stacks are selected and their multipliers are computed once per forward by the StackedModel,
+not per layer.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainstacks.config import StackConfig
+from brainstacks.errors import RoutingError
+from brainstacks.moe_lora import MoELoRA, topk_gates
+
+SUBSET_CACHE_SIZE = 8  # packed stack subsets kept per layer (each a copy of the selected stacks' weights)
+
+
+@dataclass
+class RoutingState:
+    """Shared by every StackedLinear of one model; set by StackedModel before each forward.
+
+    `selected`: indices into the packed stacks to compute (None: all); `mult`: (rows, m) routing weight × scale per
+    selected stack, or None for ungated (every stack at weight 1). `active_mult`: (rows,) weight of the active stack's
+    domain, or None for 1. `enabled=False` turns every stack off (the base-only pass).
+    """
+
+    enabled: bool = True
+    selected: tuple[int, ...] | None = None
+    mult: torch.Tensor | None = None
+    active_mult: torch.Tensor | None = None
+    capture: dict[str, list[torch.Tensor]] | None = None  # null-space collection: pooled frozen deltas per layer
+    capture_mask: torch.Tensor | None = None  # (B, T) valid tokens for pooling
+    extra: dict = field(default_factory=dict)
+
+
+class StackedLinear(nn.Module):
+    """Wraps one target projection (nn.Linear or bitsandbytes Linear4bit); the base layer is never modified."""
+
+    def __init__(self, base_layer: nn.Module, path: str, config: StackConfig, state: RoutingState):
+        super().__init__()
+        self.base_layer = base_layer
+        self.path = path
+        self.config = config
+        self.state = state
+        self.in_features = int(base_layer.in_features)
+        self.out_features = int(base_layer.out_features)
+        self.active: MoELoRA | None = None
+        self.num_stacks = 0
+        # Packed frozen stacks (buffers so .to(device) moves them; not persistent: bundles hold them).
+        self.register_buffer("AW", None, persistent=False)
+        self.register_buffer("Bp", None, persistent=False)
+        self._subsets: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    # ---- packing ---------------------------------------------------------------------------------------------
+    def set_frozen(self, stacks: list[dict[str, torch.Tensor]]) -> None:
+        """Pack frozen stacks (each {"A": (E, r, d_in), "B": (E, d_out, r), "W": (E, d_in)}), in the given order."""
+        self._subsets.clear()
+        self.num_stacks = len(stacks)
+        if not stacks:
+            self.AW = self.Bp = None
+            return
+        E, r = self.config.experts, self.config.rank
+        A = torch.cat([s["A"].reshape(E * r, self.in_features) for s in stacks])  # (S*E*r, d_in)
+        W = torch.cat([s["W"] for s in stacks])  # (S*E, d_in)
+        self.AW = torch.cat([A, W]).contiguous()
+        self.Bp = torch.cat([s["B"].permute(1, 0, 2).reshape(self.out_features, E * r) for s in stacks], 1).contiguous()
+
+    def frozen(self, i: int) -> dict[str, torch.Tensor]:
+        """Stack i back as {"A", "B", "W"} (copies, in the storage dtype)."""
+        E, r, S = self.config.experts, self.config.rank, self.num_stacks
+        n = E * r
+        A = self.AW[i * n : (i + 1) * n].reshape(E, r, self.in_features)
+        W = self.AW[S * n + i * E : S * n + (i + 1) * E]
+        B = self.Bp[:, i * n : (i + 1) * n].reshape(self.out_features, E, r).permute(1, 0, 2)
+        return {"A": A.clone(), "B": B.contiguous(), "W": W.clone()}
+
+    def _packed(self, sel: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        S = self.num_stacks
+        if sel is None or len(sel) == S:
+            return self.AW, self.Bp, S
+        hit = self._subsets.get(sel)
+        if hit is None:
+            E, r = self.config.experts, self.config.rank
+            idx = torch.tensor(sel, device=self.AW.device)
+            a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=idx.device)).flatten()
+            w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=idx.device)).flatten()
+            hit = (self.AW[torch.cat([a_rows, w_rows])].contiguous(), self.Bp[:, a_rows].contiguous())
+            self._subsets[sel] = hit
+            if len(self._subsets) > SUBSET_CACHE_SIZE:
+                self._subsets.popitem(last=False)
+        else:
+            self._subsets.move_to_end(sel)
+        return hit[0], hit[1], len(sel)
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        st = self.state
+        if not st.enabled:
+            return out
+        if self.num_stacks and (st.selected is None or st.selected):
+            delta = self.frozen_delta(x, st)
+            if st.capture is not None:
+                self._capture(delta, st)
+            out = out + delta.to(out.dtype)
+        if self.active is not None:
+            delta = self.active(x)  # (..., d_out) fp32
+            if st.active_mult is not None:
+                delta = delta * _rows(st.active_mult.unsqueeze(-1), x).to(delta.dtype)
+            out = out + delta.to(out.dtype)
+        return out
+
+    def frozen_delta(self, x: torch.Tensor, st: RoutingState) -> torch.Tensor:
+        """Σ over the selected frozen stacks, fused. x (..., d_in) → (..., d_out) in the storage dtype."""
+        AW, Bp, m = self._packed(st.selected)
+        E, r, k = self.config.experts, self.config.rank, self.config.top_k
+        xc = x.to(AW.dtype)
+        hw = F.linear(xc, AW)  # (..., m*E*r + m*E)
+        h, logits = hw.split([m * E * r, m * E], dim=-1)
+        gates = topk_gates(logits.unflatten(-1, (m, E)), k)  # (..., m, E)
+        if st.mult is None:
+            gates = gates * self.config.scale
+        else:
+            gates = gates * _rows(st.mult, x).unsqueeze(-1).to(gates.dtype)  # (rows, [1,] m, 1)
+        h = h.unflatten(-1, (m, E, r)) * gates.unsqueeze(-1)  # (..., m, E, r)
+        return F.linear(h.flatten(-3), Bp)  # (..., d_out)
+
+    def _capture(self, delta: torch.Tensor, st: RoutingState) -> None:
+        d = delta.float()
+        if d.dim() == 3 and st.capture_mask is not None:
+            m = st.capture_mask.to(d.dtype).unsqueeze(-1)  # (B, T, 1)
+            pooled = (d * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, d_out)
+        else:
+            pooled = d.reshape(-1, d.shape[-1]) if d.dim() < 3 else d.mean(1)
+        st.capture.setdefault(self.path, []).append(pooled.detach().cpu())
+
+    def extra_repr(self) -> str:
+        return f"{self.path}: {self.in_features}->{self.out_features}, frozen_stacks={self.num_stacks}"
+
+
+def _rows(mult: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-row multipliers (rows, ...) against x (rows, T, d) or (rows, d)."""
+    rows = mult.shape[0]
+    if x.dim() >= 3:
+        if rows not in (1, x.shape[0]):
+            raise RoutingError(f"routing weights have {rows} rows but the batch has {x.shape[0]} sequences")
+        return mult.reshape(rows, *([1] * (x.dim() - 2)), *mult.shape[1:])
+    if rows not in (1, x.shape[0]):
+        raise RoutingError(f"routing weights have {rows} rows but the input has {x.shape[0]} rows")
+    return mult

@@ -1,0 +1,286 @@
+"""StackedModel: wraps every target projection of a causal LM and manages domains, stacks and routing weights.
+
+A **stack** is one MoE-LoRA delta on every target projection of every layer; a **domain** owns one or more stacks
+(residual boosting adds them one at a time). At most one stack is trainable (the *active* stack); freezing it
+folds its null space into B, casts it to the compact storage dtype and packs it with the others.
+
+Routing weights are per sequence: `set_weights(w)` with w (B, D) in `domains` order; None means ungated (every
+stack at weight 1, as during training). The base model's weights are never modified.
+
+    sm = StackedModel(model, StackConfig())
+    sm.add_domain("math"); params = sm.start_stack("math"); ...train...; sm.freeze_active()
+    with sm.routing(torch.tensor([[1.0]])): model.generate(...)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from brainstacks.config import StackConfig, parse_dtype
+from brainstacks.errors import RoutingError, StackFormatError
+from brainstacks.layer import RoutingState, StackedLinear
+from brainstacks.moe_lora import PARAM_NAMES, MoELoRA
+
+DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def find_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Module]:
+    """Every module whose attribute name is one of `targets` and that looks like a linear projection."""
+    found = {}
+    for path, mod in model.named_modules():
+        if path.rsplit(".", 1)[-1] in targets and hasattr(mod, "in_features") and hasattr(mod, "out_features"):
+            found[path] = mod
+    return found
+
+
+def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+class StackedModel:
+    """Owns the wrapped layers of one model and the bookkeeping of domains and stacks."""
+
+    def __init__(self, model: nn.Module, config: StackConfig | None = None):
+        self.model = model
+        self.config = config or StackConfig()
+        self.config.validate()
+        self.state = RoutingState()
+        self.layers: dict[str, StackedLinear] = {}
+        for path, mod in find_targets(model, self.config.targets).items():
+            if isinstance(mod, StackedLinear):
+                raise StackFormatError(f"{path}: model is already wrapped")
+            layer = StackedLinear(mod, path, self.config, self.state)
+            _set_submodule(model, path, layer)
+            self.layers[path] = layer
+        if not self.layers:
+            raise StackFormatError(f"no target projections {list(self.config.targets)} found in the model")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._domains: list[str] = []
+        self._stacks: list[tuple[str, int]] = []  # packed order: sorted by (domain order, k)
+        self._active: str | None = None
+        self._weights: torch.Tensor | None = None
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+    @property
+    def domains(self) -> list[str]:
+        return list(self._domains)
+
+    @property
+    def stacks(self) -> list[tuple[str, int]]:
+        """(domain, k) of every frozen stack, in packed order."""
+        return list(self._stacks)
+
+    @property
+    def active_domain(self) -> str | None:
+        return self._active
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.layers.values())).base_layer.weight.device
+
+    def num_stacks(self, domain: str | None = None) -> int:
+        return sum(1 for d, _ in self._stacks if domain is None or d == domain)
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """(d_out, d_in) of every wrapped projection."""
+        return {p: (lay.out_features, lay.in_features) for p, lay in self.layers.items()}
+
+    def add_domain(self, name: str) -> None:
+        if not isinstance(name, str) or not DOMAIN_NAME.match(name):
+            raise StackFormatError(f"invalid domain name {name!r}: use letters, digits, '_', '.', '-' (max 64)")
+        if name in self._domains:
+            raise StackFormatError(f"domain {name!r} already exists")
+        self._domains.append(name)
+        self.set_weights(None)  # earlier (B, D-1) weights no longer fit
+
+    def remove_domain(self, name: str) -> None:
+        self._require_domain(name)
+        if self._active == name:
+            self.discard_active()
+        keep = [i for i, (d, _) in enumerate(self._stacks) if d != name]
+        self._repack([self._stacks[i] for i in keep], {p: [lay.frozen(i) for i in keep] for p, lay in self.layers.items()})
+        self._domains.remove(name)
+        self.set_weights(None)
+
+    def _require_domain(self, name: str) -> int:
+        try:
+            return self._domains.index(name)
+        except ValueError:
+            raise RoutingError(f"unknown domain {name!r}; known: {self._domains}") from None
+
+    # ---- the active (trainable) stack -----------------------------------------------------------------------
+    def start_stack(self, domain: str, nullspace: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
+        """Put a new trainable stack for `domain` on every target; returns its parameters.
+
+        `nullspace` maps layer path → V (d_out, K): the active stack's output is kept orthogonal to span(V).
+        """
+        self._require_domain(domain)
+        if self._active is not None:
+            raise StackFormatError(f"a stack for {self._active!r} is already active; freeze or discard it first")
+        params: list[nn.Parameter] = []
+        for path, lay in self.layers.items():
+            V = nullspace.get(path) if nullspace else None
+            lay.active = MoELoRA(lay.in_features, lay.out_features, self.config, V, device=self.device)
+            params.extend(lay.active.parameters())
+        self._active = domain
+        self.set_weights(self._weights)
+        return params
+
+    def active_modules(self) -> dict[str, MoELoRA]:
+        return {p: lay.active for p, lay in self.layers.items() if lay.active is not None}
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the active stack's parameters (for best-snapshot keeping)."""
+        return {f"{p}.{n}": t.detach().clone() for p, m in self.active_modules().items() for n, t in m.state_dict().items()}
+
+    def load_active_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, m in self.active_modules().items():
+                for n, t in m.state_dict().items():
+                    t.copy_(state[f"{p}.{n}"])
+
+    def aux_loss(self) -> torch.Tensor:
+        """Mean load-balancing loss of the active stack over its projections, from the last training forward."""
+        terms = [m.aux for m in self.active_modules().values() if m.aux is not None]
+        if not terms:
+            return torch.zeros((), device=self.device)
+        return torch.stack(terms).mean()
+
+    def freeze_active(self, dtype: str | torch.dtype | None = None) -> tuple[str, int]:
+        """Freeze the active stack: fold its null space into B, store in `dtype` (default config.frozen_dtype)."""
+        if self._active is None:
+            raise StackFormatError("no active stack to freeze")
+        dt = parse_dtype(dtype or self.config.frozen_dtype)
+        tensors = {}
+        for p, lay in self.layers.items():
+            for n, t in lay.active.frozen_tensors(dt).items():
+                tensors[f"{p}.{n}"] = t
+            lay.active = None
+        domain, self._active = self._active, None
+        return domain, self.attach_stack(domain, tensors)
+
+    def discard_active(self) -> None:
+        for lay in self.layers.values():
+            lay.active = None
+        self._active = None
+        self.set_weights(self._weights)
+
+    # ---- frozen stacks ---------------------------------------------------------------------------------------
+    def attach_stack(self, domain: str, tensors: dict[str, torch.Tensor], dtype: str | torch.dtype | None = None) -> int:
+        """Add a frozen stack to `domain` from {f"{path}.{A|B|W}": tensor}; returns its index k within the domain.
+
+        Every wrapped layer must be present with the exact shapes; dtype defaults to the tensors' own.
+        """
+        self._require_domain(domain)
+        E, r = self.config.experts, self.config.rank
+        expected = {"A": lambda o, i: (E, r, i), "B": lambda o, i: (E, o, r), "W": lambda o, i: (E, i)}
+        unknown = sorted(set(tensors) - {f"{p}.{n}" for p in self.layers for n in PARAM_NAMES})
+        if unknown:
+            raise StackFormatError(f"stack for {domain!r} has tensors for no wrapped layer: {unknown[:5]}")
+        new = {}
+        for p, lay in self.layers.items():
+            new[p] = {}
+            for n in PARAM_NAMES:
+                key = f"{p}.{n}"
+                if key not in tensors:
+                    raise StackFormatError(f"stack for {domain!r} is missing tensor {key}")
+                t = tensors[key]
+                want = expected[n](lay.out_features, lay.in_features)
+                if tuple(t.shape) != want:
+                    raise StackFormatError(f"stack for {domain!r}: {key} has shape {tuple(t.shape)}, expected {want}")
+                if not t.is_floating_point():
+                    raise StackFormatError(f"stack for {domain!r}: {key} has non-float dtype {t.dtype}")
+                new[p][n] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
+        dts = {t.dtype for d in new.values() for t in d.values()}
+        existing = next(iter(self.layers.values())).AW
+        if existing is not None:
+            dts.add(existing.dtype)
+        if len(dts) > 1:
+            raise StackFormatError(f"stack for {domain!r} mixes dtypes {sorted(map(str, dts))}; frozen stacks share one")
+        k = self.num_stacks(domain)
+        order = sorted(self._stacks + [(domain, k)], key=lambda s: (self._domains.index(s[0]), s[1]))
+        per_layer = {}
+        for p, lay in self.layers.items():
+            old = {s: lay.frozen(i) for i, s in enumerate(self._stacks)}
+            old[(domain, k)] = new[p]
+            per_layer[p] = [old[s] for s in order]
+        self._repack(order, per_layer)
+        return k
+
+    def _repack(self, order: list[tuple[str, int]], per_layer: dict[str, list[dict[str, torch.Tensor]]]) -> None:
+        for p, lay in self.layers.items():
+            lay.set_frozen(per_layer[p])
+        self._stacks = list(order)
+        self.set_weights(self._weights)
+
+    def stack_tensors(self, domain: str, k: int) -> dict[str, torch.Tensor]:
+        """The frozen stack (domain, k) as {f"{path}.{A|B|W}": tensor} (on CPU, storage dtype)."""
+        try:
+            i = self._stacks.index((domain, k))
+        except ValueError:
+            raise StackFormatError(f"no frozen stack {k} in domain {domain!r}") from None
+        return {f"{p}.{n}": t.cpu() for p, lay in self.layers.items() for n, t in lay.frozen(i).items()}
+
+    # ---- routing ---------------------------------------------------------------------------------------------
+    def weights_tensor(self, weights: dict[str, float], rows: int = 1) -> torch.Tensor:
+        """A (rows, D) weight tensor from {domain: w}; domains not named get 0."""
+        w = torch.zeros(rows, len(self._domains))
+        for name, v in weights.items():
+            w[:, self._require_domain(name)] = float(v)
+        return w
+
+    def set_weights(self, weights: torch.Tensor | None) -> None:
+        """Per-sequence domain weights (B, D) for the next forwards, or None for ungated (all stacks at 1).
+
+        Selects, once for every layer, the stacks whose domain is non-zero in some row and their multipliers.
+        """
+        st = self.state
+        if weights is None:
+            self._weights = None
+            st.selected, st.mult, st.active_mult = None, None, None
+            return
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        if w.dim() == 1:
+            w = w.unsqueeze(0)
+        D = len(self._domains)
+        if w.dim() != 2 or w.shape[1] != D:
+            raise RoutingError(f"routing weights must have shape (batch, {D}) for domains {self._domains}, got {tuple(w.shape)}")
+        if not torch.isfinite(w).all() or (w < 0).any():
+            raise RoutingError("routing weights must be finite and >= 0")
+        self._weights = w
+        w_cpu = w.detach().cpu()
+        live = (w_cpu != 0).any(0)  # (D,)
+        sel = tuple(i for i, (d, _) in enumerate(self._stacks) if live[self._domains.index(d)])
+        st.selected = sel
+        dev = self.device
+        if sel:
+            cols = torch.tensor([self._domains.index(self._stacks[i][0]) for i in sel])
+            st.mult = (w_cpu[:, cols] * self.config.scale).to(dev)  # (B, m)
+        else:
+            st.mult = None
+        st.active_mult = w_cpu[:, self._domains.index(self._active)].to(dev) if self._active is not None else None
+
+    @contextmanager
+    def routing(self, weights: torch.Tensor | None) -> Iterator[None]:
+        prev = self._weights
+        self.set_weights(weights)
+        try:
+            yield
+        finally:
+            self.set_weights(prev)
+
+    @contextmanager
+    def base_only(self) -> Iterator[None]:
+        prev = self.state.enabled
+        self.state.enabled = False
+        try:
+            yield
+        finally:
+            self.state.enabled = prev
