@@ -1,0 +1,147 @@
+"""The model side of the engine: one object that owns the model, its tokenizer and (with a bundle) the stacks and router.
+
+The engine (server/engine.py) never touches transformers or brainstacks directly: it calls
+
+    runner.forward(input_ids, attention_mask, position_ids, cache, weights)   -> last-position logits (B, V)
+    runner.route(prompts)                                                      -> [{domain: w}, ...]
+    runner.new_cache()                                                         -> an empty KV cache
+
+and reads `runner.domains` (the column order of every weights tensor) and `runner.bundle_version`.
+`weights` is a (B, D) float tensor in `runner.domains` order, or None when there are no domains. Routing weights are
+applied through the stacked model's `set_weights` before every forward, so every row of a batch carries its own.
+
+Everything here runs on the engine's single model thread; nothing is thread-safe on purpose.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RouterSpec:
+    """The serving policy of the meta-router (from the bundle's router config)."""
+
+    router_tokens: int = 256
+    min_weight: float = 0.12
+    floors: dict[str, float] = field(default_factory=dict)
+
+
+class ModelRunner:
+    """Wraps a causal LM (plain, or stacked with a router) behind the small interface the engine needs."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        stacked: Any = None,
+        router: Any = None,
+        router_spec: RouterSpec | None = None,
+        bundle_version: int = 0,
+        bundle_dir: str | None = None,
+        manifest: Any = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stacked = stacked
+        self.router = router.eval() if router is not None else None
+        self.router_spec = router_spec or RouterSpec()
+        self.bundle_version = bundle_version
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.device = next(model.parameters()).device
+        cfg = model.config
+        self.vocab_size = int(cfg.vocab_size)
+        self.max_model_len = int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
+        eos = tokenizer.eos_token_id if tokenizer is not None else None
+        cfg_eos = getattr(cfg, "eos_token_id", None)
+        ids: set[int] = set()
+        for e in (eos, cfg_eos):
+            if isinstance(e, int):
+                ids.add(e)
+            elif isinstance(e, (list, tuple)):
+                ids.update(int(x) for x in e)
+        self.eos_token_ids = frozenset(ids)
+        params = inspect.signature(model.forward).parameters
+        # transformers 5.x renamed past_key_values -> cache (the old name is deprecated, not gone)
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------ domains
+    @property
+    def domains(self) -> list[str]:
+        return list(self.stacked.domains) if self.stacked is not None else []
+
+    def weights_tensor(self, rows: list[dict[str, float]]) -> torch.Tensor | None:
+        """(B, D) weights in domain order; a domain a row does not name gets 0 (e.g. added by a hot reload)."""
+        doms = self.domains
+        if not doms:
+            return None
+        w = torch.tensor([[r.get(d, 0.0) for d in doms] for r in rows], dtype=torch.float32)
+        return w.to(self.device)
+
+    # ------------------------------------------------------------------ model calls
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, S) with S = cached + T
+        position_ids: torch.Tensor,  # (B, T)
+        cache,
+        weights: torch.Tensor | None,  # (B, D) or None
+    ) -> torch.Tensor:
+        """One forward over new tokens; returns the logits of each row's last position, float32 (B, V)."""
+        if self.stacked is not None:
+            self.stacked.set_weights(weights if weights is not None else torch.zeros(input_ids.shape[0], 0))
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def route(self, prompts: list[list[int]]) -> list[dict[str, float]]:
+        """Router weights for each prompt: the base-only pass over at most router_tokens tokens, then the policy."""
+        doms = self.domains
+        if not doms:
+            return [{} for _ in prompts]
+        if self.router is None:
+            # a bundle without a router: every domain at full weight (the ungated composition)
+            return [dict.fromkeys(doms, 1.0) for _ in prompts]
+        from brainstacks.router import apply_policy, router_features
+
+        n = self.router_spec.router_tokens
+        cut = [p[:n] for p in prompts]
+        width = max(len(p) for p in cut)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(cut), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(cut), width), dtype=torch.long)
+        for i, p in enumerate(cut):  # right-padded: the router pools over masked tokens
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            mask[i, : len(p)] = 1
+        feats, fmask = router_features(self.stacked, ids.to(self.device), mask.to(self.device), n)
+        probs = self.router(feats, fmask)
+        w = apply_policy(probs, self.router_domains, self.router_spec.min_weight, self.router_spec.floors)
+        rdoms = self.router_domains
+        return [{d: float(w[i, j]) for j, d in enumerate(rdoms)} for i in range(len(prompts))]
+
+    @property
+    def router_domains(self) -> list[str]:
+        r = self.router
+        for attr in ("domains", "domain_names"):
+            if r is not None and getattr(r, attr, None) is not None:
+                return list(getattr(r, attr))
+        return self.domains

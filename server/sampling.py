@@ -1,0 +1,62 @@
+"""Per-row token sampling: greedy, temperature, top-k, top-p, each row with its own torch.Generator.
+
+A row's generator is seeded from the request's seed (or a random one), so a seeded sampled completion draws the same
+tokens whatever its batch mates are. Logprobs are those of the model's distribution (the raw logits, before
+temperature and truncation), as OpenAI reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request samples; bounds are checked by the API layer before it gets here."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    logprobs: int | None = None  # None = off; k >= 0 = chosen token's logprob plus k alternatives
+    stop_token_ids: frozenset[int] = frozenset()
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    """Pick one token from a row's logits (V,) float32."""
+    if p.temperature == 0.0:
+        return int(torch.argmax(logits))
+    x = logits / p.temperature
+    if p.top_k and p.top_k < x.shape[-1]:
+        kth = torch.topk(x, p.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_x, idx = torch.sort(x, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= p.top_p
+        sorted_x = sorted_x.masked_fill(drop, float("-inf"))
+        x = torch.full_like(x, float("-inf")).scatter(0, idx, sorted_x)
+    probs = torch.softmax(x, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def sample_batch(
+    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]
+) -> tuple[list[int], torch.Tensor]:
+    """Sample every row of (B, V) logits; returns the tokens and the (B, V) log-softmax for logprobs."""
+    logits = logits.float().cpu()
+    tokens = [sample_row(logits[i], params[i], gens[i]) for i in range(logits.shape[0])]
+    return tokens, torch.log_softmax(logits, dim=-1)
