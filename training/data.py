@@ -1,0 +1,489 @@
+"""Training data: JSONL loaders for DESIGN §5's four formats, tokenization with answer-only labels, packing, collate.
+
+    records = read_jsonl(path, "messages")           # validates every line first: DataError("file:line: reason")
+    data = load_domain(spec, tokenizer, seq_len=512)  # DomainData(train=[...], valid=[...]) of SFTExample/PreferenceExample
+    loader = DataLoader(data.train, batch_size=4, collate_fn=Collator(pad_id))
+
+One JSON object per line; blank lines are skipped; keys other than the format's own are ignored (so files can carry
+ids, sources or metadata):
+
+    prompt_completion  {"prompt": str, "completion": str}           loss on the completion (+ EOS)
+    messages           {"messages": [{"role", "content"}, ...]}     loss on every assistant turn (+ its end marker)
+    text               {"text": str}                                loss on every token (+ EOS)
+    preference         {"prompt": str, "chosen": str, "rejected": str}   DPO pairs (loss on the responses)
+
+Labels are -100 wherever no loss is taken (prompt, system and user turns, padding). A prompt/completion pair is
+tokenized as prompt (with the tokenizer's usual special tokens, e.g. BOS) followed by the completion tokenized on its
+own, so the boundary is exactly where generation starts when serving `/v1/completions`.
+
+Chat rendering uses the tokenizer's own chat template. A tokenizer without one gets FALLBACK_CHAT_TEMPLATE:
+every message as `<|role|>\\n{content}\\n`, an assistant message ending with the EOS token before its newline, and
+the generation prompt `<|assistant|>\\n`. Assistant spans are found by rendering successive prefixes of the
+conversation, which needs a template whose rendering of a prefix is a prefix of the full rendering (true of common
+templates; others fall back with an explicit error).
+
+With no `valid` file, a deterministic share of examples (a hash of the seed and the example's prompt, so duplicates of
+a prompt land on the same side and the split does not depend on line order) is held out for validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainstacks.errors import BrainstacksError
+
+IGNORE_INDEX = -100
+FORMATS = ("prompt_completion", "messages", "text", "preference")
+ROLES = ("system", "user", "assistant", "tool")
+
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+class DataError(BrainstacksError, ValueError):
+    """A data file is unreadable or one of its lines is malformed; the message is 'file:line: reason'."""
+
+
+@dataclass
+class Record:
+    """One validated JSONL line."""
+
+    path: Path
+    line: int
+    data: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss is taken
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_label_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE_INDEX)
+
+
+@dataclass
+class PreferenceExample:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+@dataclass
+class DomainData:
+    name: str
+    format: str
+    train: list  # list[SFTExample] or list[PreferenceExample]
+    valid: list
+    train_records: list[Record]
+    valid_records: list[Record]
+
+
+# --- reading and validating ---------------------------------------------------------------------------------
+
+
+def _check(obj: Any, fmt: str) -> str | None:
+    """Reason the object is not a valid line of format `fmt`, or None."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+
+    def need_str(key: str, allow_empty: bool = False) -> str | None:
+        if key not in obj:
+            return f"missing key {key!r} (format {fmt!r})"
+        v = obj[key]
+        if not isinstance(v, str):
+            return f"{key!r} must be a string, got {type(v).__name__}"
+        if not allow_empty and not v.strip():
+            return f"{key!r} is empty"
+        return None
+
+    if fmt == "prompt_completion":
+        return need_str("prompt", allow_empty=True) or need_str("completion")
+    if fmt == "text":
+        return need_str("text")
+    if fmt == "preference":
+        reason = need_str("prompt", allow_empty=True) or need_str("chosen") or need_str("rejected")
+        if reason is None and obj["chosen"] == obj["rejected"]:
+            return "'chosen' and 'rejected' are identical"
+        return reason
+    if fmt == "messages":
+        msgs = obj.get("messages")
+        if msgs is None:
+            return "missing key 'messages' (format 'messages')"
+        if not isinstance(msgs, list) or not msgs:
+            return "'messages' must be a non-empty list"
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                return f"messages[{i}] must be an object with 'role' and 'content'"
+            if m.get("role") not in ROLES:
+                return f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}"
+            if not isinstance(m.get("content"), str):
+                return f"messages[{i}].content must be a string, got {type(m.get('content')).__name__}"
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+            return "no non-empty assistant message to learn from"
+        return None
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def read_jsonl(path: str | Path, fmt: str) -> list[Record]:
+    """Read and validate every line of a JSONL file. Raises DataError('file:line: reason') at the first bad line."""
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    path = Path(path)
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    records: list[Record] = []
+    with fh:
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+                reason = _check(obj, fmt)
+                if reason:
+                    raise DataError(f"{path}:{lineno}: {reason}")
+                records.append(Record(path, lineno, obj))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{len(records) + 1}: not UTF-8 text ({e.reason})") from None
+    if not records:
+        raise DataError(f"{path}: no examples (file is empty)")
+    return records
+
+
+def detect_format(obj: dict[str, Any]) -> str | None:
+    """The format a single object fits (used for [[router.mixed]] files, which may be in any SFT format)."""
+    for fmt in ("messages", "prompt_completion", "preference", "text"):
+        if _check(obj, fmt) is None:
+            return fmt
+    return None
+
+
+def read_jsonl_any(path: str | Path) -> tuple[str, list[Record]]:
+    """Read a file whose format is given by its first line; every line must then fit that format."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = next(((i, ln) for i, ln in enumerate(fh, 1) if ln.strip()), None)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if first is None:
+        raise DataError(f"{path}: no examples (file is empty)")
+    try:
+        fmt = detect_format(json.loads(first[1]))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{first[0]}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if fmt is None:
+        raise DataError(f"{path}:{first[0]}: fits none of the formats {', '.join(FORMATS)}")
+    return fmt, read_jsonl(path, fmt)
+
+
+# --- rendering and tokenization -----------------------------------------------------------------------------
+
+
+def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation as text, through the tokenizer's chat template or FALLBACK_CHAT_TEMPLATE."""
+    template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = tokenizer.apply_chat_template(
+        msgs, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return text if isinstance(text, str) else text[0]
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"]) if text else []
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """A raw prompt's ids as the server sees it: with the tokenizer's leading special tokens (e.g. BOS)."""
+    ids = _ids(tokenizer, prompt, special=True)
+    eos = tokenizer.eos_token_id
+    if ids and eos is not None and ids[-1] == eos and tokenizer.bos_token_id != eos:
+        ids = ids[:-1]  # tokenizers configured to append EOS: a prompt must stay open
+    if not ids and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id]
+    return ids
+
+
+def _eos(tokenizer) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def chat_segments(tokenizer, messages: Sequence[dict]) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, is_assistant) pieces in order."""
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        after = render_chat(tokenizer, messages[: i + 1])
+        if not before.startswith(done) or not after.startswith(before):
+            raise DataError(
+                "the tokenizer's chat template does not render a conversation's prefix as a prefix of the "
+                "conversation, so assistant tokens cannot be located"
+            )
+        segments.append((before[len(done) :], False))
+        segments.append((after[len(before) :], True))
+        done = after
+    full = render_chat(tokenizer, messages)
+    if not full.startswith(done):
+        raise DataError("the tokenizer's chat template is not prefix-stable")
+    if full[len(done) :]:
+        segments.append((full[len(done) :], False))
+    return [(t, a) for t, a in segments if t]
+
+
+def tokenize_sft(tokenizer, rec: Record | dict, fmt: str) -> SFTExample:
+    """Token ids and answer-only labels of one prompt_completion / messages / text record (not truncated)."""
+    obj = rec.data if isinstance(rec, Record) else rec
+    if fmt == "prompt_completion":
+        p = encode_prompt(tokenizer, obj["prompt"])
+        c = _ids(tokenizer, obj["completion"], special=False) + _eos(tokenizer)
+        return SFTExample(p + c, [IGNORE_INDEX] * len(p) + c)
+    if fmt == "text":
+        ids = encode_prompt(tokenizer, obj["text"]) + _eos(tokenizer)
+        return SFTExample(ids, list(ids))
+    if fmt == "messages":
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, is_answer in chat_segments(tokenizer, obj["messages"]):
+            seg = _ids(tokenizer, text, special=False)
+            ids += seg
+            labels += seg if is_answer else [IGNORE_INDEX] * len(seg)
+        return SFTExample(ids, labels)
+    if fmt == "preference":  # SFT on the chosen response (used for oracle losses on preference domains)
+        p = encode_prompt(tokenizer, obj["prompt"])
+        c = _ids(tokenizer, obj["chosen"], special=False) + _eos(tokenizer)
+        return SFTExample(p + c, [IGNORE_INDEX] * len(p) + c)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def tokenize_preference(tokenizer, rec: Record | dict, seq_len: int) -> PreferenceExample:
+    """A DPO pair; the prompt is cut from the left and responses from the right to fit seq_len."""
+    obj = rec.data if isinstance(rec, Record) else rec
+    p = encode_prompt(tokenizer, obj["prompt"])
+    ch = _ids(tokenizer, obj["chosen"], special=False) + _eos(tokenizer)
+    rj = _ids(tokenizer, obj["rejected"], special=False) + _eos(tokenizer)
+    longest = max(len(ch), len(rj))
+    if len(p) + longest > seq_len:
+        keep = max(seq_len // 2, seq_len - longest)
+        if len(p) > keep:
+            p = p[:1] + p[len(p) - keep + 1 :] if tokenizer.bos_token_id == p[0] else p[len(p) - keep :]
+        room = seq_len - len(p)
+        ch, rj = ch[:room], rj[:room]
+    return PreferenceExample(p, ch, rj)
+
+
+def prompt_text(tokenizer, rec: Record | dict, fmt: str) -> str:
+    """The text a router sees for this record: the prompt (chat: the conversation up to the last assistant turn,
+    rendered with the generation prompt); for plain text, its first half by characters."""
+    obj = rec.data if isinstance(rec, Record) else rec
+    if fmt in ("prompt_completion", "preference"):
+        return obj["prompt"]
+    if fmt == "messages":
+        msgs = obj["messages"]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return render_chat(tokenizer, msgs[:last], add_generation_prompt=True)
+    if fmt == "text":
+        return obj["text"][: max(1, len(obj["text"]) // 2)]
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def split_key(rec: Record | dict, fmt: str) -> str:
+    """What identifies 'the same prompt' for splitting."""
+    obj = rec.data if isinstance(rec, Record) else rec
+    if fmt in ("prompt_completion", "preference"):
+        return obj["prompt"]
+    if fmt == "text":
+        return obj["text"]
+    msgs = obj["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return json.dumps([[m["role"], m["content"]] for m in msgs[:last]], ensure_ascii=False)
+
+
+def _bucket(key: str, seed: int) -> float:
+    h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_records(records: list[Record], fmt: str, fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Deterministic (train, valid) split by prompt hash; at least one example on each side when there are two."""
+    keyed = [(_bucket(split_key(r, fmt), seed), r) for r in records]
+    valid = [r for b, r in keyed if b < fraction]
+    train = [r for b, r in keyed if b >= fraction]
+    if len(records) >= 2:
+        if not valid:  # a tiny file: hold out the prompt with the smallest hash (and its duplicates)
+            low = min(b for b, _ in keyed)
+            valid = [r for b, r in keyed if b == low]
+            train = [r for b, r in keyed if b != low]
+        if not train:
+            high = max(b for b, _ in keyed)
+            train = [r for b, r in keyed if b == high]
+            valid = [r for b, r in keyed if b != high]
+    else:
+        train, valid = list(records), list(records)
+    return train, valid
+
+
+def truncate(ex: SFTExample, seq_len: int) -> SFTExample | None:
+    """Cut to seq_len from the right; None when no label token survives."""
+    out = SFTExample(ex.input_ids[:seq_len], ex.labels[:seq_len])
+    return out if out.n_label_tokens else None
+
+
+def chunk(ex: SFTExample, seq_len: int) -> list[SFTExample]:
+    """Split a long example into consecutive seq_len windows (plain text keeps all its tokens this way)."""
+    out = [SFTExample(ex.input_ids[i : i + seq_len], ex.labels[i : i + seq_len]) for i in range(0, len(ex), seq_len)]
+    return [e for e in out if e.n_label_tokens and len(e) > 1]
+
+
+def pack(examples: Sequence[SFTExample], seq_len: int) -> list[SFTExample]:
+    """Concatenate examples (labels kept) and cut the stream into full seq_len blocks; the short tail is kept."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for e in examples:
+        ids += e.input_ids
+        labels += e.labels
+    return chunk(SFTExample(ids, labels), seq_len)
+
+
+def tokenize_records(
+    tokenizer, records: Sequence[Record], fmt: str, seq_len: int, stage: str = "sft", packing: bool = False
+) -> list:
+    """Records -> SFTExample list (truncated, text chunked, optionally packed) or PreferenceExample list (dpo)."""
+    if stage == "dpo":
+        return [tokenize_preference(tokenizer, r, seq_len) for r in records]
+    out: list[SFTExample] = []
+    for r in records:
+        try:
+            ex = tokenize_sft(tokenizer, r, fmt)
+        except DataError as e:
+            raise DataError(f"{r.where}: {e}") from None
+        if fmt == "text" and not packing:
+            out += chunk(ex, seq_len)
+        elif packing:
+            out.append(ex)
+        else:
+            t = truncate(ex, seq_len)
+            if t is not None:
+                out.append(t)
+    if packing:
+        out = pack(out, seq_len)
+    return out
+
+
+def load_domain(
+    spec,
+    tokenizer,
+    seq_len: int,
+    packing: bool = False,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    records: tuple[list[Record], list[Record] | None] | None = None,
+) -> DomainData:
+    """Read, split and tokenize one recipe domain (a training.recipe.DomainSpec). Validation is never packed."""
+    if records is None:
+        train_recs = read_jsonl(spec.train, spec.format)
+        valid_recs = read_jsonl(spec.valid, spec.format) if spec.valid else None
+    else:
+        train_recs, valid_recs = records
+    if valid_recs is None:
+        train_recs, valid_recs = split_records(train_recs, spec.format, valid_fraction, seed)
+    stage = getattr(spec, "stage", "sft")
+    train = tokenize_records(tokenizer, train_recs, spec.format, seq_len, stage, packing)
+    valid = tokenize_records(tokenizer, valid_recs, spec.format, seq_len, stage, packing=False)
+    if not train:
+        raise DataError(f"{spec.train}: no training example has a label token within seq_len={seq_len}")
+    if not valid:
+        raise DataError(f"{spec.valid or spec.train}: no validation example fits seq_len={seq_len}")
+    return DomainData(spec.name, spec.format, train, valid, train_recs, valid_recs)
+
+
+def validate_recipe_data(recipe) -> dict[str, list[Record]]:
+    """Read every data file a recipe names (domains, valid files, mixed sets) before any training starts."""
+    out: dict[str, list[Record]] = {}
+    for d in recipe.domains:
+        out[str(d.train)] = read_jsonl(d.train, d.format)
+        if d.valid:
+            out[str(d.valid)] = read_jsonl(d.valid, d.format)
+    for m in recipe.mixed:
+        fmt, recs = read_jsonl_any(m.file)
+        if fmt == "preference":
+            raise DataError(f"{m.file}: a mixed set needs prompt/answer data, not preference pairs")
+        out[str(m.file)] = recs
+    return out
+
+
+# --- batching -----------------------------------------------------------------------------------------------
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    n = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), n), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    return out
+
+
+def pad_id_of(tokenizer) -> int:
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+class Collator:
+    """Right-pads SFTExamples to the longest in the batch: input_ids, attention_mask, labels (-100 on padding)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+        ids = _pad([e.input_ids for e in batch], self.pad_id)  # (B, T)
+        mask = _pad([[1] * len(e) for e in batch], 0)  # (B, T)
+        labels = _pad([e.labels for e in batch], IGNORE_INDEX)  # (B, T)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PreferenceCollator:
+    """Stacks chosen and rejected sequences into one batch of 2B rows: rows [0, B) chosen, [B, 2B) rejected."""
+
+    def __init__(self, pad_id: int):
+        self.sft = Collator(pad_id)
+
+    def __call__(self, batch: Sequence[PreferenceExample]) -> dict[str, torch.Tensor]:
+        rows = [
+            SFTExample(e.prompt_ids + e.chosen_ids, [IGNORE_INDEX] * len(e.prompt_ids) + e.chosen_ids) for e in batch
+        ]
+        rows += [
+            SFTExample(e.prompt_ids + e.rejected_ids, [IGNORE_INDEX] * len(e.prompt_ids) + e.rejected_ids)
+            for e in batch
+        ]
+        return self.sft(rows)
