@@ -28,6 +28,15 @@ from brainstacks.config import StackConfig
 PARAM_NAMES = ("A", "B", "W")
 
 
+def stack_tensor_shapes(targets: dict[str, tuple[int, int]], config: StackConfig) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of one stack over projections {path: (d_out, d_in)}."""
+    E, r = config.experts, config.rank
+    out: dict[str, tuple[int, ...]] = {}
+    for path, (d_out, d_in) in targets.items():
+        out[f"{path}.A"], out[f"{path}.B"], out[f"{path}.W"] = (E, r, d_in), (E, d_out, r), (E, d_in)
+    return out
+
+
 def topk_gates(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Gate weights from router logits (..., E): softmax over the top-k entries, exact zeros elsewhere."""
     top = logits.topk(k, dim=-1)

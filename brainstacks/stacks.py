@@ -21,21 +21,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from brainstacks.base import target_modules
 from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.layer import RoutingState, StackedLinear
-from brainstacks.moe_lora import PARAM_NAMES, MoELoRA
+from brainstacks.moe_lora import MoELoRA, stack_tensor_shapes
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def find_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Every module whose attribute name is one of `targets` and that looks like a linear projection."""
-    found = {}
-    for path, mod in model.named_modules():
-        if path.rsplit(".", 1)[-1] in targets and hasattr(mod, "in_features") and hasattr(mod, "out_features"):
-            found[path] = mod
-    return found
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -52,7 +44,7 @@ class StackedModel:
         self.config.validate()
         self.state = RoutingState()
         self.layers: dict[str, StackedLinear] = {}
-        for path, mod in find_targets(model, self.config.targets).items():
+        for path, mod in target_modules(model, self.config.targets).items():
             if isinstance(mod, StackedLinear):
                 raise StackFormatError(f"{path}: model is already wrapped")
             layer = StackedLinear(mod, path, self.config, self.state)
@@ -179,25 +171,21 @@ class StackedModel:
         Every wrapped layer must be present with the exact shapes; dtype defaults to the tensors' own.
         """
         self._require_domain(domain)
-        E, r = self.config.experts, self.config.rank
-        expected = {"A": lambda o, i: (E, r, i), "B": lambda o, i: (E, o, r), "W": lambda o, i: (E, i)}
-        unknown = sorted(set(tensors) - {f"{p}.{n}" for p in self.layers for n in PARAM_NAMES})
+        want = stack_tensor_shapes(self.shapes(), self.config)
+        unknown = sorted(set(tensors) - set(want))
         if unknown:
             raise StackFormatError(f"stack for {domain!r} has tensors for no wrapped layer: {unknown[:5]}")
-        new = {}
-        for p, lay in self.layers.items():
-            new[p] = {}
-            for n in PARAM_NAMES:
-                key = f"{p}.{n}"
-                if key not in tensors:
-                    raise StackFormatError(f"stack for {domain!r} is missing tensor {key}")
-                t = tensors[key]
-                want = expected[n](lay.out_features, lay.in_features)
-                if tuple(t.shape) != want:
-                    raise StackFormatError(f"stack for {domain!r}: {key} has shape {tuple(t.shape)}, expected {want}")
-                if not t.is_floating_point():
-                    raise StackFormatError(f"stack for {domain!r}: {key} has non-float dtype {t.dtype}")
-                new[p][n] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
+        new: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.layers}
+        for key, shape in want.items():
+            if key not in tensors:
+                raise StackFormatError(f"stack for {domain!r} is missing tensor {key}")
+            t = tensors[key]
+            if tuple(t.shape) != shape:
+                raise StackFormatError(f"stack for {domain!r}: {key} has shape {tuple(t.shape)}, expected {shape}")
+            if not t.is_floating_point():
+                raise StackFormatError(f"stack for {domain!r}: {key} has non-float dtype {t.dtype}")
+            path, _, name = key.rpartition(".")
+            new[path][name] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
         dts = {t.dtype for d in new.values() for t in d.values()}
         existing = next(iter(self.layers.values())).AW
         if existing is not None:

@@ -1,0 +1,140 @@
+"""Loading the frozen base: any local Hugging Face causal LM whose decoder projections are q/k/v/o/gate/up/down_proj.
+
+    lb = load_base("/models/tinyllama", quantize="nf4", dtype="bfloat16", device="cuda")
+    lb.model, lb.tokenizer, lb.fingerprint
+
+Quantisation replaces exactly the target projections with bitsandbytes `Linear4bit` (NF4 or FP4, double
+quantisation), on CPU or CUDA; embeddings, norms and the LM head stay in `dtype`. Doing it ourselves rather than via
+`from_pretrained(quantization_config=...)` keeps the dispatch in one place, works the same on CPU and CUDA, and needs
+no `accelerate`. bitsandbytes needs every quantized layer's out_features divisible by 32: checked up front.
+
+The **fingerprint** identifies what stacks can attach to: architecture, sizes and the (d_out, d_in) of every target.
+It does not depend on quantisation, so stacks trained on an NF4 base serve on an unquantized one and vice versa.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from brainstacks.config import TARGETS, dtype_name, parse_dtype
+from brainstacks.errors import BaseModelError, ConfigError
+
+QUANTIZE_CHOICES = ("nf4", "fp4", "none")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class LoadedBase:
+    model: nn.Module
+    tokenizer: Any
+    fingerprint: dict[str, Any]
+    path: str
+    quantize: str
+    dtype: torch.dtype
+
+
+def target_modules(model: nn.Module, targets: tuple[str, ...] = TARGETS) -> dict[str, nn.Module]:
+    """Target projections by path (nn.Linear or bitsandbytes Linear4bit; wrapped layers report their base)."""
+    found = {}
+    for path, mod in model.named_modules():
+        if path.rsplit(".", 1)[-1] in targets and hasattr(mod, "in_features") and hasattr(mod, "out_features"):
+            found[path] = mod
+    return found
+
+
+def compute_fingerprint(model: nn.Module, targets: tuple[str, ...] = TARGETS) -> dict[str, Any]:
+    """Architecture, sizes and the (d_out, d_in) of every target projection, plus a short digest of all of it."""
+    cfg = getattr(model, "config", None)
+    text_cfg = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    fp: dict[str, Any] = {
+        "model_type": getattr(cfg, "model_type", type(model).__name__),
+        "architectures": list(getattr(cfg, "architectures", None) or [type(model).__name__]),
+        "hidden_size": getattr(text_cfg, "hidden_size", None),
+        "num_hidden_layers": getattr(text_cfg, "num_hidden_layers", None),
+        "vocab_size": getattr(text_cfg, "vocab_size", None),
+        "targets": {p: [int(m.out_features), int(m.in_features)] for p, m in target_modules(model, targets).items()},
+    }
+    fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    return fp
+
+
+def fingerprint_mismatches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty when they match)."""
+    out = []
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+        if expected.get(key) != actual.get(key):
+            out.append(f"{key}: bundle has {expected.get(key)!r}, base has {actual.get(key)!r}")
+    et, at = expected.get("targets", {}), actual.get("targets", {})
+    missing = sorted(set(et) - set(at))
+    if missing:
+        out.append(f"{len(missing)} target(s) missing from the base, e.g. {missing[0]}")
+    for p in sorted(set(et) & set(at)):
+        if list(et[p]) != list(at[p]):
+            out.append(f"target {p}: bundle has shape {et[p]}, base has {at[p]}")
+            break
+    return out
+
+
+def quantize_targets(model: nn.Module, quant_type: str, compute_dtype: torch.dtype, device: str,
+                     targets: tuple[str, ...] = TARGETS) -> int:
+    """Replace every target nn.Linear with a bitsandbytes Linear4bit (double quantisation). Returns the count."""
+    import bitsandbytes as bnb
+
+    mods = {p: m for p, m in target_modules(model, targets).items() if isinstance(m, nn.Linear)}
+    bad = [f"{p} (out_features={m.out_features})" for p, m in mods.items() if m.out_features % 32]
+    if bad:
+        raise BaseModelError(f"{quant_type} needs out_features divisible by 32; not so for {bad[0]} and {len(bad) - 1} more")
+    for path, lin in mods.items():
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=compute_dtype,
+                              compress_statistics=True, quant_type=quant_type, device="meta")
+        q.weight = bnb.nn.Params4bit(lin.weight.data.to(compute_dtype).contiguous(), requires_grad=False,
+                                     compress_statistics=True, quant_type=quant_type)
+        if lin.bias is not None:
+            q.bias = nn.Parameter(lin.bias.data.to(compute_dtype), requires_grad=False)
+        q = q.to(device)  # quantizes here
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, q)
+    return len(mods)
+
+
+def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch.dtype = "float32",
+              device: str = "cpu", targets: tuple[str, ...] = TARGETS) -> LoadedBase:
+    """Load model + tokenizer from a local HF directory, frozen, optionally 4-bit; never downloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise BaseModelError(f"{p}: not a Hugging Face model directory (no config.json)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BaseModelError(f"device {device!r} requested but CUDA is not available")
+    dt = parse_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dt, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except Exception as e:  # corrupt or foreign files: name the directory
+        raise BaseModelError(f"{p}: cannot load model/tokenizer: {e}") from e
+    if not target_modules(model, targets):
+        raise BaseModelError(f"{p}: no projections named {list(targets)} (unsupported architecture?)")
+    if quantize != "none":
+        quantize_targets(model, quantize, dt, device, targets)
+    model.to(device)
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedBase(model, tokenizer, compute_fingerprint(model, targets), str(p.resolve()), quantize, dt)
+
+
+__all__ = ["LoadedBase", "load_base", "compute_fingerprint", "fingerprint_mismatches", "quantize_targets",
+           "target_modules", "QUANTIZE_CHOICES", "TARGETS", "dtype_name"]

@@ -1,0 +1,359 @@
+"""The bundle on disk (DESIGN §4, a contract): safetensors + JSON, manifest replaced atomically.
+
+    BUNDLE/
+      manifest.json        {"format_version": 1, "version": n, "base": {"path", "fingerprint"}, "stack_config",
+                            "domains": [{"name", "stacks": ["stacks/<domain>/<k>", ...]}], "router": "router" | null}
+      stacks/<domain>/<k>/stack.safetensors, stack.json   (stack.json records the sha256 of the tensors file)
+      router/router.safetensors, router.json              (router.json lists the domains it scores, in order)
+      reports/  base/ (optional: a bundle may carry its base, as the demo does)
+
+Writers put every file in place first (temp file + rename) and replace manifest.json last, so a reader never sees
+a manifest naming a half-written file. Readers validate everything and refuse with an error naming the file and
+the reason: unknown format version, path escaping the bundle, missing/truncated/corrupt file (sha256), base
+fingerprint mismatch, tensor shape mismatch. Nothing is ever unpickled: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from brainstacks.base import LoadedBase, fingerprint_mismatches, load_base
+from brainstacks.config import RouterConfig, StackConfig, dtype_name
+from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
+from brainstacks.moe_lora import stack_tensor_shapes
+from brainstacks.router import MetaRouter
+from brainstacks.stacks import DOMAIN_NAME, StackedModel
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STACK_TENSORS, STACK_META = "stack.safetensors", "stack.json"
+ROUTER_TENSORS, ROUTER_META = "router.safetensors", "router.json"
+
+
+# ---- manifest ---------------------------------------------------------------------------------------------------
+@dataclass
+class DomainEntry:
+    name: str
+    stacks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    version: int
+    base: dict[str, Any]
+    stack_config: dict[str, Any]
+    domains: list[DomainEntry] = field(default_factory=list)
+    router: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "version": self.version,
+            "base": self.base,
+            "stack_config": self.stack_config,
+            "domains": [{"name": d.name, "stacks": list(d.stacks)} for d in self.domains],
+            "router": self.router,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Manifest:
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: manifest must be a JSON object")
+        fv = data.get("format_version")
+        if fv != FORMAT_VERSION:
+            raise BundleError(f"{where}: unknown format_version {fv!r} (this build reads {FORMAT_VERSION})")
+        for key, typ in (("version", int), ("base", dict), ("stack_config", dict), ("domains", list)):
+            if not isinstance(data.get(key), typ) or isinstance(data.get(key), bool):
+                raise BundleError(f"{where}: field {key!r} must be a {typ.__name__}, got {data.get(key)!r:.80}")
+        base = data["base"]
+        if not isinstance(base.get("path"), str) or not isinstance(base.get("fingerprint"), dict):
+            raise BundleError(f"{where}: base must have a string 'path' and an object 'fingerprint'")
+        domains, seen = [], set()
+        for i, d in enumerate(data["domains"]):
+            if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("stacks"), list):
+                raise BundleError(f"{where}: domains[{i}] must be {{'name': str, 'stacks': [str, ...]}}")
+            if not DOMAIN_NAME.match(d["name"]) or d["name"] in seen:
+                raise BundleError(f"{where}: domains[{i}] has an invalid or duplicate name {d['name']!r}")
+            if not all(isinstance(s, str) for s in d["stacks"]):
+                raise BundleError(f"{where}: domains[{i}].stacks must be strings")
+            seen.add(d["name"])
+            domains.append(DomainEntry(d["name"], list(d["stacks"])))
+        router = data.get("router")
+        if router is not None and not isinstance(router, str):
+            raise BundleError(f"{where}: router must be a string path or null")
+        return cls(data["version"], base, data["stack_config"], domains, router, fv)
+
+
+def safe_path(bundle_dir: str | os.PathLike, rel: str) -> Path:
+    """Resolve `rel` inside the bundle; refuse absolute paths and anything (incl. symlinks) escaping it."""
+    root = Path(bundle_dir).resolve()
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel or "\x00" in rel:
+        raise BundleError(f"{root / MANIFEST}: path {rel!r} is not a relative path inside the bundle")
+    p = (root / rel).resolve()
+    if p != root and root not in p.parents:
+        raise BundleError(f"{root / MANIFEST}: path {rel!r} escapes the bundle directory")
+    return p
+
+
+def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
+    """Read and validate manifest.json (schema, format version and that every named path stays inside)."""
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest (not a bundle directory?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: unreadable manifest: {e}") from e
+    m = Manifest.from_dict(data, str(path))
+    for d in m.domains:
+        for rel in d.stacks:
+            safe_path(bundle_dir, rel)
+    if m.router is not None:
+        safe_path(bundle_dir, m.router)
+    return m
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    def w(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+
+    _atomic_write(path, w)
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Replace BUNDLE/manifest.json atomically (temp file + fsync + rename). Call after all named files exist."""
+    for d in manifest.domains:
+        for rel in d.stacks:
+            if not (safe_path(bundle_dir, rel) / STACK_TENSORS).is_file():
+                raise BundleError(f"{Path(bundle_dir) / rel}: manifest would name a stack that is not written")
+    path = Path(bundle_dir) / MANIFEST
+    _write_json(path, manifest.to_dict())
+    return path
+
+
+def next_version(bundle_dir: str | os.PathLike) -> int:
+    try:
+        return read_manifest(bundle_dir).version + 1
+    except BundleError:
+        return 1
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- stacks -----------------------------------------------------------------------------------------------------
+def stack_relpath(domain: str, k: int) -> str:
+    return f"stacks/{domain}/{k}"
+
+
+def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict[str, torch.Tensor],
+               meta: dict[str, Any] | None = None) -> str:
+    """Write stacks/<domain>/<k>/{stack.safetensors, stack.json}; returns the relative path for the manifest."""
+    rel = stack_relpath(domain, k)
+    d = safe_path(bundle_dir, rel)
+    d.mkdir(parents=True, exist_ok=True)
+    tens = {n: t.detach().cpu().contiguous() for n, t in sorted(tensors.items())}
+    _atomic_write(d / STACK_TENSORS, lambda tmp: save_file(tens, tmp, metadata={"domain": domain, "index": str(k)}))
+    dts = {dtype_name(t.dtype) for t in tens.values()}
+    info = {"domain": domain, "index": k, "dtype": ",".join(sorted(dts)), "tensors": len(tens),
+            "parameters": int(sum(t.numel() for t in tens.values())), "bytes": (d / STACK_TENSORS).stat().st_size,
+            "sha256": sha256_file(d / STACK_TENSORS), **(meta or {})}
+    _write_json(d / STACK_META, info)
+    return rel
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: corrupt JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: must hold a JSON object")
+    return data
+
+
+def _read_tensors(path: Path, expected_sha: Any) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    if not isinstance(expected_sha, str):
+        raise BundleError(f"{path}: its metadata JSON has no sha256")
+    actual = sha256_file(path)
+    if actual != expected_sha:
+        raise BundleError(f"{path}: corrupt or truncated (sha256 {actual[:12]}… != recorded {expected_sha[:12]}…)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {n: f.get_tensor(n) for n in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers and short files
+        raise BundleError(f"{path}: not a readable safetensors file: {e}") from e
+
+
+def expected_stack_shapes(fingerprint: dict[str, Any], config: StackConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape a stack must have for this base (from the fingerprint's target shapes)."""
+    targets = {p: tuple(s) for p, s in fingerprint.get("targets", {}).items() if p.rsplit(".", 1)[-1] in config.targets}
+    return stack_tensor_shapes(targets, config)
+
+
+def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, Any],
+               config: StackConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and fully validate one stack: JSON, sha256, safetensors header, names and shapes."""
+    d = safe_path(bundle_dir, rel)
+    meta = _read_json(d / STACK_META)
+    tensors = _read_tensors(d / STACK_TENSORS, meta.get("sha256"))
+    want = expected_stack_shapes(fingerprint, config)
+    f = d / STACK_TENSORS
+    missing = sorted(set(want) - set(tensors))
+    if missing:
+        raise BundleError(f"{f}: missing tensor {missing[0]} ({len(missing)} missing)")
+    extra = sorted(set(tensors) - set(want))
+    if extra:
+        raise BundleError(f"{f}: unexpected tensor {extra[0]} (not a target of this base)")
+    for name, shape in want.items():
+        if tuple(tensors[name].shape) != shape:
+            raise BundleError(f"{f}: shape mismatch for {name}: file has {tuple(tensors[name].shape)}, base needs {shape}")
+    return tensors, meta
+
+
+# ---- router -----------------------------------------------------------------------------------------------------
+def save_router(bundle_dir: str | os.PathLike, router: MetaRouter, meta: dict[str, Any] | None = None,
+                rel: str = "router") -> str:
+    d = safe_path(bundle_dir, rel)
+    d.mkdir(parents=True, exist_ok=True)
+    tens = {n: t.detach().float().cpu().contiguous() for n, t in router.state_dict().items()}
+    _atomic_write(d / ROUTER_TENSORS, lambda tmp: save_file(tens, tmp))
+    _write_json(d / ROUTER_META, {**router.describe(), "sha256": sha256_file(d / ROUTER_TENSORS), **(meta or {})})
+    return rel
+
+
+def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = None,
+                domains: list[str] | None = None) -> MetaRouter:
+    """Read and validate the router; `domains` (the manifest's) must all be scored by it."""
+    d = safe_path(bundle_dir, rel)
+    meta = _read_json(d / ROUTER_META)
+    tensors = _read_tensors(d / ROUTER_TENSORS, meta.get("sha256"))
+    r_domains = meta.get("domains")
+    if not isinstance(r_domains, list) or not r_domains or not all(isinstance(x, str) for x in r_domains):
+        raise BundleError(f"{d / ROUTER_META}: 'domains' must be a non-empty list of names")
+    if d_model is not None and meta.get("d_model") != d_model:
+        raise BundleError(f"{d / ROUTER_META}: router reads d_model={meta.get('d_model')}, base has {d_model}")
+    if domains is not None and set(r_domains) - set(domains):
+        raise BundleError(f"{d / ROUTER_META}: router scores domains {sorted(set(r_domains) - set(domains))} "
+                          "that the manifest does not list")
+    try:
+        cfg = RouterConfig.from_dict(meta.get("config"), str(d / ROUTER_META))
+        router = MetaRouter(int(meta["d_model"]), r_domains, cfg)
+        router.load_state_dict(tensors, strict=True)
+    except (BrainstacksError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise BundleError(f"{d / ROUTER_TENSORS}: does not match router.json: {e}") from e
+    return router.eval()
+
+
+# ---- whole bundles ----------------------------------------------------------------------------------------------
+def resolve_base_path(bundle_dir: str | os.PathLike, manifest: Manifest, override: str | os.PathLike | None) -> Path:
+    """--base override, else the manifest's path (relative = inside the bundle), else a base the bundle carries."""
+    if override is not None:
+        return Path(override)
+    p = Path(manifest.base["path"])
+    if not p.is_absolute():
+        p = safe_path(bundle_dir, manifest.base["path"])
+    if not (p / "config.json").is_file() and (Path(bundle_dir) / "base" / "config.json").is_file():
+        return Path(bundle_dir) / "base"
+    return p
+
+
+def read_stacks(bundle_dir: str | os.PathLike, manifest: Manifest, fingerprint: dict[str, Any],
+                ) -> dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]]:
+    """Every stack of the manifest, validated, by domain; raises BundleError listing every problem found."""
+    mism = fingerprint_mismatches(manifest.base["fingerprint"], fingerprint)
+    if mism:
+        raise FingerprintMismatch(f"{Path(bundle_dir) / MANIFEST}: base fingerprint mismatch: {mism[0]}", mism)
+    cfg = StackConfig.from_dict(manifest.stack_config, f"{Path(bundle_dir) / MANIFEST}: stack_config")
+    out, reasons = {}, []
+    for d in manifest.domains:
+        out[d.name] = []
+        for rel in d.stacks:
+            try:
+                out[d.name].append(load_stack(bundle_dir, rel, fingerprint, cfg))
+            except BundleError as e:
+                reasons.append(str(e))
+    if reasons:
+        raise BundleError(reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""), reasons)
+    return out
+
+
+@dataclass
+class LoadedBundle:
+    manifest: Manifest
+    base: LoadedBase
+    stacked: StackedModel
+    router: MetaRouter | None
+    bundle_dir: Path
+    stack_meta: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def install_stacks(sm: StackedModel, stacks: dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]],
+                   dtype: str | torch.dtype | None = None) -> None:
+    """Replace every domain and stack of `sm` by `stacks` (domain order kept). Validated tensors only."""
+    for name in sm.domains:
+        sm.remove_domain(name)
+    for name, items in stacks.items():
+        sm.add_domain(name)
+        for tensors, _ in items:
+            sm.attach_stack(name, tensors, dtype=dtype)
+
+
+def load_bundle(bundle_dir: str | os.PathLike, base: str | os.PathLike | None = None, quantize: str = "nf4",
+                dtype: str | torch.dtype = "float32", device: str = "cpu",
+                stack_dtype: str | torch.dtype | None = None) -> LoadedBundle:
+    """Load base + every stack + router of a bundle, validating all of it first."""
+    bundle_dir = Path(bundle_dir).resolve()
+    manifest = read_manifest(bundle_dir)
+    lb = load_base(resolve_base_path(bundle_dir, manifest, base), quantize=quantize, dtype=dtype, device=device)
+    stacks = read_stacks(bundle_dir, manifest, lb.fingerprint)
+    router = None
+    if manifest.router is not None:
+        router = load_router(bundle_dir, manifest.router, lb.fingerprint["hidden_size"], manifest.domain_names)
+        router.to(device)
+    cfg = StackConfig.from_dict(manifest.stack_config, str(bundle_dir / MANIFEST))
+    sm = StackedModel(lb.model, cfg)
+    install_stacks(sm, stacks, stack_dtype)
+    metas = {name: [m for _, m in items] for name, items in stacks.items()}
+    return LoadedBundle(manifest, lb, sm, router, bundle_dir, metas)
