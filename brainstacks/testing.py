@@ -75,9 +75,30 @@ def tiny_base(path: str | os.PathLike, family: str = "llama", seed: int = 0, **s
 
     path = Path(path)
     tok = tiny_tokenizer()
-    cfg = tiny_config(family, vocab_size=max(len(tok), sizes.pop("vocab_size", 0)), **sizes)
+    cfg = tiny_config(family, vocab_size=max(len(tok), sizes.pop("vocab_size", 256)), **sizes)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def randomize_active(sm, std: float = 0.05, seed: int = 0) -> None:
+    """Give the active stack non-zero B (a fresh stack is an exact no-op) and distinct router rows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in sm.active_modules().values():
+            m.B.copy_(torch.randn(m.B.shape, generator=g) * std)
+            m.W.copy_(torch.randn(m.W.shape, generator=g) * 0.5)
+
+
+def add_random_stacks(sm, per_domain: dict[str, int], seed: int = 0, dtype: str = "float32") -> None:
+    k = 0
+    for domain, n in per_domain.items():
+        if domain not in sm.domains:
+            sm.add_domain(domain)
+        for _ in range(n):
+            sm.start_stack(domain)
+            randomize_active(sm, seed=seed + k)
+            sm.freeze_active(dtype)
+            k += 1

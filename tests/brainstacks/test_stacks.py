@@ -1,0 +1,105 @@
+"""StackedModel bookkeeping: domains, one active stack, freezing, attach/detach, base weights untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brainstacks.base import load_base
+from brainstacks.config import StackConfig
+from brainstacks.errors import RoutingError, StackFormatError
+from brainstacks.stacks import StackedModel
+from brainstacks.testing import add_random_stacks, randomize_active
+
+
+def base_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "base_layer" in k or "embed" in k or "norm" in k}
+
+
+def test_domains_stacks_and_base_untouched(base_dirs):
+    lb = load_base(base_dirs["llama"], quantize="none")
+    before = {k: v.clone() for k, v in lb.model.state_dict().items()}
+    sm = StackedModel(lb.model, StackConfig(rank=4))
+    sm.add_domain("math")
+    params = sm.start_stack("math")
+    assert params and all(p.requires_grad for p in params)
+    with pytest.raises(StackFormatError, match="already active"):
+        sm.start_stack("math")
+    randomize_active(sm)
+    domain, k = sm.freeze_active()
+    assert (domain, k) == ("math", 0) and sm.active_domain is None
+    layer = next(iter(sm.layers.values()))
+    assert layer.AW.dtype == torch.bfloat16 and not layer.AW.requires_grad  # compact storage by default
+    t = sm.stack_tensors("math", 0)
+    assert all(v.dtype == torch.bfloat16 for v in t.values())
+    sm.add_domain("code")
+    sm.attach_stack("code", t)
+    assert sm.stacks == [("math", 0), ("code", 0)]
+    assert torch.equal(sm.stack_tensors("code", 0)[next(iter(t))], t[next(iter(t))])
+    sm.remove_domain("math")
+    assert sm.domains == ["code"] and sm.stacks == [("code", 0)]
+    after = lb.model.state_dict()
+    for key, v in before.items():
+        wrapped = key.replace("q_proj.", "q_proj.base_layer.").replace("k_proj.", "k_proj.base_layer.")
+        for name in ("v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+            wrapped = wrapped.replace(f"{name}.", f"{name}.base_layer.")
+        assert torch.equal(after[wrapped], v), key
+
+
+def test_stack_order_follows_domain_order(base_dirs):
+    lb = load_base(base_dirs["llama"], quantize="none")
+    sm = StackedModel(lb.model, StackConfig(rank=4, frozen_dtype="float32"))
+    add_random_stacks(sm, {"a": 1, "b": 1})
+    t = sm.stack_tensors("a", 0)
+    sm.attach_stack("a", t)  # a second stack of the first domain is packed before b's
+    assert sm.stacks == [("a", 0), ("a", 1), ("b", 0)]
+    assert all(torch.equal(sm.stack_tensors("a", 1)[n], t[n]) for n in t)
+
+
+def test_bad_input_is_refused(base_dirs):
+    lb = load_base(base_dirs["llama"], quantize="none")
+    sm = StackedModel(lb.model, StackConfig(rank=4))
+    with pytest.raises(StackFormatError, match="invalid domain name"):
+        sm.add_domain("../evil")
+    sm.add_domain("a")
+    with pytest.raises(RoutingError, match="unknown domain"):
+        sm.start_stack("b")
+    add_random_stacks(sm, {"a": 1})
+    t = sm.stack_tensors("a", 0)
+    bad = dict(t)
+    key = next(k for k in bad if k.endswith(".A"))
+    bad[key] = bad[key][:, :2]
+    with pytest.raises(StackFormatError, match="shape"):
+        sm.attach_stack("a", bad)
+    missing = dict(t)
+    missing.pop(key)
+    with pytest.raises(StackFormatError, match="missing tensor"):
+        sm.attach_stack("a", missing)
+    with pytest.raises(RoutingError, match="shape"):
+        sm.set_weights(torch.ones(2, 3))
+    with pytest.raises(RoutingError, match=">= 0"):
+        sm.set_weights(torch.tensor([[-1.0]]))
+    with pytest.raises(StackFormatError, match="already wrapped"):
+        StackedModel(lb.model, StackConfig(rank=4))
+
+
+def test_active_stack_trains_and_snapshot_restores(base_dirs):
+    lb = load_base(base_dirs["llama"], quantize="nf4")
+    sm = StackedModel(lb.model, StackConfig(rank=4))
+    sm.add_domain("a")
+    params = sm.start_stack("a")
+    snap = sm.active_state()
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    ids = torch.randint(4, 200, (4, 8))
+    lb.model.train()
+    losses = []
+    for _ in range(8):
+        out = lb.model(ids, labels=ids)
+        loss = out.loss + sm.config.aux_loss_coef * sm.aux_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0]  # trains through the NF4 base on CPU
+    sm.load_active_state(snap)
+    assert all(torch.equal(v, sm.active_state()[k]) for k, v in snap.items())
