@@ -1,7 +1,90 @@
-"""Subcommands owned by server/ (registered into the `brainstacks` console script by brainstacks_cli.main)."""
+"""`brainstacks serve` (DESIGN §5), registered into the console script by brainstacks_cli.main.
+
+    brainstacks serve [--bundle DIR] [--base DIR] [--host 127.0.0.1] [--port 8000] [--quantize nf4|fp4|none] [--watch]
+
+Every other ServerSettings field is a flag too (--max-batch, --api-key, ...), and every field can come from a
+`BRAINSTACKS_<FIELD>` environment variable; a flag given on the command line wins over the environment.
+"""
 
 from __future__ import annotations
 
+import argparse
+import typing
+
+# the contract flags first (DESIGN §5), then the rest of ServerSettings in declaration order
+_CONTRACT = ("bundle", "base", "host", "port", "quantize", "watch")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
 
 def register(subparsers) -> None:
-    """Add this package's subcommands to the top-level parser."""
+    """Add `serve` to the top-level parser."""
+    from server.settings import ServerSettings
+
+    p = subparsers.add_parser("serve", help="serve a bundle over the OpenAI-compatible HTTP API",
+                              description="Serve a bundle (default: the embedded demo) over HTTP (DESIGN §6).")
+    fields = ServerSettings.model_fields
+    order = list(_CONTRACT) + [n for n in fields if n not in _CONTRACT]
+    for name in order:
+        f = fields[name]
+        help_text = f"{f.description} (default: {f.default!r}; env BRAINSTACKS_{name.upper()})"
+        ann = f.annotation
+        if ann is bool:
+            p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        choices = None
+        args = typing.get_args(ann)
+        if typing.get_origin(ann) is typing.Literal:
+            choices = list(args)
+        kind = str
+        if ann is int:
+            kind = int
+        elif ann is float:
+            kind = float
+        p.add_argument(_flag(name), dest=name, type=kind, choices=choices, default=None, help=help_text,
+                       metavar=None if choices else name.upper())
+    p.set_defaults(func=serve)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """ServerSettings from the environment, overridden by the flags given."""
+    from server.settings import ServerSettings
+
+    given = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields and v is not None}
+    return ServerSettings(**given)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from brainstacks.errors import ConfigError
+    from server.app import create_app
+
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        raise ConfigError(f"invalid server settings: {e}") from e
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout) + 5)
+    server = uvicorn.Server(config)
+    state = app.state.bs
+
+    def on_load_error(msg: str) -> None:
+        server.should_exit = True
+
+    state.on_load_error = on_load_error
+    server.run()
+    if state.load_error:
+        raise ConfigError(f"cannot serve: {state.load_error}")
+    return 0

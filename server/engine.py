@@ -400,7 +400,7 @@ class Engine:
         keep = [i for i, row in enumerate(b.rows) if not row.req.is_cancelled(row.index)]
         if len(keep) == len(b):
             return
-        for i, row in enumerate(b.rows):
+        for row in b.rows:
             if row.req.is_cancelled(row.index):
                 self._finish_row(row, "cancelled")
         if keep:

@@ -16,19 +16,9 @@ Everything here runs on the engine's single model thread; nothing is thread-safe
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-
-@dataclass
-class RouterSpec:
-    """The serving policy of the meta-router (from the bundle's router config)."""
-
-    router_tokens: int = 256
-    min_weight: float = 0.12
-    floors: dict[str, float] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -41,19 +31,19 @@ class ModelRunner:
         *,
         stacked: Any = None,
         router: Any = None,
-        router_spec: RouterSpec | None = None,
         bundle_version: int = 0,
         bundle_dir: str | None = None,
         manifest: Any = None,
+        fingerprint: dict | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stacked = stacked
         self.router = router.eval() if router is not None else None
-        self.router_spec = router_spec or RouterSpec()
         self.bundle_version = bundle_version
         self.bundle_dir = bundle_dir
         self.manifest = manifest
+        self.fingerprint = fingerprint
         self.device = next(model.parameters()).device
         cfg = model.config
         self.vocab_size = int(cfg.vocab_size)
@@ -114,29 +104,32 @@ class ModelRunner:
 
     @torch.inference_mode()
     def route(self, prompts: list[list[int]]) -> list[dict[str, float]]:
-        """Router weights for each prompt: the base-only pass over at most router_tokens tokens, then the policy."""
+        """Router weights for each prompt: one base-only pass over at most router_tokens tokens, then the policy."""
         doms = self.domains
         if not doms:
             return [{} for _ in prompts]
         if self.router is None:
             # a bundle without a router: every domain at full weight (the ungated composition)
             return [dict.fromkeys(doms, 1.0) for _ in prompts]
-        from brainstacks.router import apply_policy, router_features
+        from brainstacks.router import route
 
-        n = self.router_spec.router_tokens
+        n = self.router_tokens
         cut = [p[:n] for p in prompts]
         width = max(len(p) for p in cut)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(cut), width), pad, dtype=torch.long)
+        ids = torch.zeros((len(cut), width), dtype=torch.long)
         mask = torch.zeros((len(cut), width), dtype=torch.long)
-        for i, p in enumerate(cut):  # right-padded: the router pools over masked tokens
+        for i, p in enumerate(cut):
             ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
             mask[i, : len(p)] = 1
-        feats, fmask = router_features(self.stacked, ids.to(self.device), mask.to(self.device), n)
-        probs = self.router(feats, fmask)
-        w = apply_policy(probs, self.router_domains, self.router_spec.min_weight, self.router_spec.floors)
+        w = route(self.stacked, self.router, ids, mask).float().cpu()  # (B, D_router), policy applied
         rdoms = self.router_domains
-        return [{d: float(w[i, j]) for j, d in enumerate(rdoms)} for i in range(len(prompts))]
+        return [{d: float(w[i, j]) for j, d in enumerate(rdoms) if d in doms} for i in range(len(prompts))]
+
+    @property
+    def router_tokens(self) -> int:
+        from brainstacks.config import RouterConfig
+
+        return int(getattr(self.router, "config", RouterConfig()).router_tokens)
 
     @property
     def router_domains(self) -> list[str]:

@@ -80,3 +80,106 @@ def tiny_runner(tiny_tokenizer):
     from server.runner import ModelRunner
 
     return ModelRunner(build_model(vocab_size=320), tiny_tokenizer)
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 (ephemeral port) in a thread; always stopped by the fixture."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self, ready_timeout: float = 120.0) -> LiveServer:
+        import time
+
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.app.state.bs.load_error:
+                raise RuntimeError(self.app.state.bs.load_error)
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture()
+def live_server_factory():
+    servers = []
+
+    def make(app):
+        s = LiveServer(app)
+        servers.append(s)
+        return s.start()
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def build_bundle(bundle_dir, base_dir, domains=("math", "code"), seed=0, version=1, router=True, scale=0.3):
+    """A tiny bundle through the library: one random frozen stack per domain, a random router, a manifest."""
+    from brainstacks.base import load_base
+    from brainstacks.bundle import DomainEntry, Manifest, save_router, save_stack, write_manifest
+    from brainstacks.config import StackConfig
+    from brainstacks.router import MetaRouter
+    from brainstacks.stacks import StackedModel
+
+    lb = load_base(base_dir, quantize="none")
+    cfg = StackConfig(experts=2, top_k=1, rank=4, alpha=4.0)
+    sm = StackedModel(lb.model, cfg)
+    entries = []
+    torch.manual_seed(seed)
+    for d in domains:
+        sm.add_domain(d)
+        params = sm.start_stack(d)
+        with torch.no_grad():
+            for prm in params:
+                prm.normal_(0.0, scale)
+        _, k = sm.freeze_active()
+        rel = save_stack(bundle_dir, d, k, sm.stack_tensors(d, k))
+        entries.append(DomainEntry(d, [rel]))
+    rel_router = None
+    if router:
+        r = MetaRouter(lb.fingerprint["hidden_size"], list(domains))
+        with torch.no_grad():
+            r.head.bias.fill_(0.5)  # most domains on, so routed output differs from base
+        rel_router = save_router(bundle_dir, r)
+    m = Manifest(version=version, base={"path": str(base_dir), "fingerprint": lb.fingerprint},
+                 stack_config=cfg.to_dict(), domains=entries, router=rel_router)
+    write_manifest(bundle_dir, m)
+    return bundle_dir
+
+
+@pytest.fixture(scope="session")
+def core_base_dir(tmp_path_factory):
+    from brainstacks.testing import tiny_base
+
+    return tiny_base(tmp_path_factory.mktemp("core_base") / "base", family="llama", seed=0)
+
+
+@pytest.fixture()
+def tiny_bundle(tmp_path, core_base_dir):
+    return build_bundle(tmp_path / "bundle", core_base_dir)

@@ -137,3 +137,52 @@ def test_eos_stops_a_row(tiny_runner):
     first = solo(tiny_runner, PROMPTS[2], SamplingParams(max_tokens=1, temperature=0.0)).tokens()[0]
     c = solo(tiny_runner, PROMPTS[2], SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=frozenset({first})))
     assert c.tokens() == [first] and c.finish() == ["stop"]
+
+
+def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle):
+    """Each row carries its own weights through the fused forward: batched == alone, and weights matter."""
+    from server.registry import load_runner
+    from server.settings import ServerSettings
+
+    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))
+    assert runner.domains == ["math", "code"]
+    ws = [{"math": 1.0, "code": 0.0}, {"math": 0.0, "code": 1.0}, {"math": 0.0, "code": 0.0}, {"math": 0.5, "code": 0.9}]
+    prompt = [5, 17, 33, 40, 41]
+    sp = SamplingParams(max_tokens=8, temperature=0.0, logprobs=0)
+
+    def alone(w):
+        eng = Engine(runner, max_batch=4, max_waiting=4)
+        eng.start(background=False)
+        c = Collector()
+        eng.submit(GenRequest("x", prompt, sp, c, weights=w))
+        run_until_idle(eng)
+        return c
+
+    solos = [alone(w) for w in ws]
+    assert len({tuple(c.logprobs()) for c in solos}) == len(ws), "different weights must give different outputs"
+
+    eng = Engine(runner, max_batch=4, max_waiting=4)
+    eng.start(background=False)
+    cols = [Collector() for _ in ws]
+    for i, w in enumerate(ws):
+        eng.submit(GenRequest(f"r{i}", prompt, sp, cols[i], weights=w))
+        eng.step()  # each row joins one step after the previous
+    run_until_idle(eng)
+    for c, s in zip(cols, solos, strict=True):
+        assert c.tokens() == s.tokens()
+        torch.testing.assert_close(torch.tensor(c.logprobs()), torch.tensor(s.logprobs()), atol=1e-4, rtol=0)
+
+
+def test_routed_rows_get_router_weights_and_start_event(tiny_bundle):
+    from server.registry import load_runner
+    from server.settings import ServerSettings
+
+    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))
+    eng = Engine(runner, max_batch=4, max_waiting=4)
+    eng.start(background=False)
+    c = Collector()
+    eng.submit(GenRequest("routed", [5, 6, 7], SamplingParams(max_tokens=2, temperature=0.0), c))
+    run_until_idle(eng)
+    start = [e for e in c.events if e.kind == "start"][0]
+    assert start.weights == runner.route([[5, 6, 7]])[0]
+    assert set(start.weights) == {"math", "code"} and start.bundle_version == 1

@@ -1,0 +1,41 @@
+"""Prometheus metrics (DESIGN §6), prefix `brainstacks_`, in a registry per app so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LAT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "brainstacks_"
+        self.requests = Counter(p + "requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r)
+        self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first generated token.", buckets=_LAT, registry=r)
+        self.tpot = Histogram(p + "time_per_output_token_seconds", "Mean time per output token after the first.",
+                              buckets=_TPOT, registry=r)
+        self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to last token of a completion.", buckets=_LAT,
+                             registry=r)
+        self.queue = Histogram(p + "queue_time_seconds", "Arrival to admission into the running batch.", buckets=_LAT,
+                               registry=r)
+        self.route_time = Histogram(p + "routing_time_seconds", "Router pass per request (share of a batched pass).",
+                                    buckets=_TPOT, registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed.", registry=r)
+        self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated.", registry=r)
+        self.running = Gauge(p + "running_requests", "Rows in the running batch.", registry=r)
+        self.waiting = Gauge(p + "waiting_requests", "Rows waiting for a batch slot.", registry=r)
+        self.batch_size = Histogram(p + "batch_size", "Rows per decode step.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                                    registry=r)
+        self.router_weight = Histogram(p + "router_weight", "Serving weight per domain and request.", ["domain"],
+                                       buckets=(0.0, 0.12, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
+        self.stacks_loaded = Gauge(p + "stacks_loaded", "Frozen stacks loaded.", registry=r)
+        self.domains_loaded = Gauge(p + "domains_loaded", "Domains loaded.", registry=r)
+        self.bundle_version = Gauge(p + "bundle_version", "Manifest version being served.", registry=r)
+        self.reloads = Counter(p + "reloads", "Bundle reloads by result.", ["result"], registry=r)
+        for res in ("ok", "refused", "unchanged"):
+            self.reloads.labels(result=res)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,242 @@
+"""What is being served: loading the bundle (or a bare base) into a runner, describing it, and hot-reloading it.
+
+Reload (POST /admin/reload, or --watch on manifest change) runs in two phases:
+  1. off the serving path (a worker thread): read the manifest, validate the base fingerprint, every stack file
+     (sha256, names, shapes) and the router, all through brainstacks.bundle; any problem refuses the whole version;
+  2. on the model thread, between decode steps (Engine.call): install the validated stacks and router and bump the
+     version. Running rows keep their {domain: weight}; a domain they never named weighs 0 for them.
+Only paths inside the bundle directory are ever read (brainstacks.bundle.safe_path refuses anything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.runner import ModelRunner
+from server.settings import ServerSettings
+
+log = logging.getLogger("brainstacks.server")
+
+
+def _device(settings: ServerSettings) -> str:
+    if settings.device != "auto":
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def demo_bundle_dir() -> Path:
+    import brainstacks
+
+    return Path(brainstacks.__file__).parent / "demo_bundle"
+
+
+def load_runner(settings: ServerSettings) -> ModelRunner:
+    """Build the runner the settings describe: a bundle (default: the embedded demo), or a bare base with --base only."""
+    if settings.bundle is None and settings.base is not None:
+        from brainstacks.base import load_base
+
+        lb = load_base(settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
+        return ModelRunner(lb.model, lb.tokenizer)
+    from brainstacks.bundle import load_bundle
+
+    bundle = Path(settings.bundle) if settings.bundle is not None else demo_bundle_dir()
+    b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
+    return ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
+                       bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
+                       fingerprint=b.base.fingerprint)
+
+
+@dataclass
+class ReloadResult:
+    result: str  # ok | unchanged | refused
+    bundle_version: int
+    reasons: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+class Registry:
+    """Describes and reloads the served bundle. One reload at a time."""
+
+    def __init__(self, runner: ModelRunner, engine: Any, metrics: Any = None):
+        self.runner = runner
+        self.engine = engine
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+        self._thread_lock = threading.Lock()
+        self._hashes: dict[str, dict[str, Any]] = {}
+        self.last_reload: ReloadResult | None = None
+
+    @property
+    def bundle_dir(self) -> Path | None:
+        return Path(self.runner.bundle_dir) if self.runner.bundle_dir else None
+
+    # ------------------------------------------------------------------ description
+    def _file_info(self, path: Path) -> dict[str, Any]:
+        """size and sha256 of a file, cached by (size, mtime) so /admin/stacks stays cheap."""
+        from brainstacks.bundle import sha256_file
+
+        st = path.stat()
+        key = str(path)
+        hit = self._hashes.get(key)
+        if hit is None or hit["_stamp"] != (st.st_size, st.st_mtime_ns):
+            hit = {"_stamp": (st.st_size, st.st_mtime_ns), "bytes": st.st_size, "sha256": sha256_file(path)}
+            self._hashes[key] = hit
+        return {"bytes": hit["bytes"], "sha256": hit["sha256"]}
+
+    def describe(self) -> dict[str, Any]:
+        """Domains, stacks, sizes and content hashes of what is being served (GET /admin/stacks)."""
+        r = self.runner
+        m = r.manifest
+        out: dict[str, Any] = {"object": "bundle", "bundle_dir": str(self.bundle_dir) if self.bundle_dir else None,
+                               "bundle_version": r.bundle_version, "domains": [], "router": None,
+                               "stacks_loaded": 0}
+        if m is None or self.bundle_dir is None:
+            return out
+        from brainstacks.bundle import ROUTER_TENSORS, STACK_TENSORS, safe_path
+
+        for d in m.domains:
+            stacks = []
+            for rel in d.stacks:
+                info = {"path": rel}
+                try:
+                    info.update(self._file_info(safe_path(self.bundle_dir, rel) / STACK_TENSORS))
+                except (OSError, Exception) as e:  # a file changed on disk since loading: say so, don't fail
+                    info["error"] = f"unreadable: {type(e).__name__}"
+                stacks.append(info)
+            out["domains"].append({"name": d.name, "stacks": stacks})
+            out["stacks_loaded"] += len(stacks)
+        if m.router is not None:
+            info = {"path": m.router, "domains": r.router_domains}
+            try:
+                info.update(self._file_info(safe_path(self.bundle_dir, m.router) / ROUTER_TENSORS))
+            except (OSError, Exception) as e:
+                info["error"] = f"unreadable: {type(e).__name__}"
+            out["router"] = info
+        return out
+
+    def manifest_stamp(self) -> tuple[int, int] | None:
+        """(size, mtime_ns) of manifest.json, for --watch."""
+        if self.bundle_dir is None:
+            return None
+        try:
+            st = (self.bundle_dir / "manifest.json").stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    # ------------------------------------------------------------------ reload
+    def _validate(self) -> tuple[Any, dict, Any] | ReloadResult:
+        """Phase 1 (worker thread): everything read and checked; returns what phase 2 installs, or a refusal."""
+        from brainstacks.bundle import load_router, read_manifest, read_stacks
+        from brainstacks.errors import BrainstacksError
+
+        r = self.runner
+        bdir = self.bundle_dir
+        try:
+            m = read_manifest(bdir)
+            if m.version == r.bundle_version:
+                return ReloadResult("unchanged", r.bundle_version)
+            if m.version < r.bundle_version:
+                raise_reason = f"{bdir / 'manifest.json'}: version {m.version} is older than the served {r.bundle_version}"
+                return ReloadResult("refused", r.bundle_version, [raise_reason])
+            if r.manifest is not None and m.stack_config != r.manifest.stack_config:
+                return ReloadResult("refused", r.bundle_version, [
+                    f"{bdir / 'manifest.json'}: stack_config differs from the served bundle's; restart to change it"])
+            fp = self._fingerprint()
+            stacks = read_stacks(bdir, m, fp)
+            router = None
+            if m.router is not None:
+                router = load_router(bdir, m.router, fp.get("hidden_size"), m.domain_names)
+            return m, stacks, router
+        except BrainstacksError as e:
+            reasons = list(getattr(e, "reasons", None) or [str(e)])
+            return ReloadResult("refused", r.bundle_version, reasons)
+        except OSError as e:
+            return ReloadResult("refused", r.bundle_version, [f"{bdir}: {e}"])
+
+    def _fingerprint(self) -> dict[str, Any]:
+        from brainstacks.base import compute_fingerprint
+
+        if getattr(self.runner, "fingerprint", None):
+            return self.runner.fingerprint
+        if getattr(self, "_fp", None) is None:
+            with self._thread_lock:
+                # the served model's own fingerprint (computed once; the stacked wrappers report their base layers)
+                self._fp = compute_fingerprint(self.runner.model)
+        return self._fp
+
+    def _install(self, m: Any, stacks: dict, router: Any) -> ReloadResult:
+        """Phase 2 (model thread, between steps)."""
+        from brainstacks.bundle import install_stacks
+
+        r = self.runner
+        before = set(r.domains)
+        install_stacks(r.stacked, stacks)
+        if router is not None:
+            router.to(r.device)
+        r.router = router
+        r.manifest = m
+        r.bundle_version = m.version
+        after = set(r.domains)
+        return ReloadResult("ok", m.version, added=sorted(after - before), removed=sorted(before - after))
+
+    async def reload(self) -> ReloadResult:
+        if self.bundle_dir is None or self.runner.stacked is None:
+            res = ReloadResult("refused", self.runner.bundle_version, ["no bundle is being served (started with --base only)"])
+            self._record(res)
+            return res
+        async with self._lock:
+            checked = await asyncio.to_thread(self._validate)
+            if isinstance(checked, ReloadResult):
+                res = checked
+            else:
+                res = await asyncio.wrap_future(self.engine.call(lambda: self._install(*checked)))
+            self._record(res)
+            return res
+
+    def _record(self, res: ReloadResult) -> None:
+        self.last_reload = res
+        if res.result == "refused":
+            log.warning("reload refused: %s", "; ".join(res.reasons))
+        elif res.result == "ok":
+            log.info("reloaded bundle version %d (added %s, removed %s)", res.bundle_version, res.added, res.removed)
+        if self.metrics is not None:
+            self.metrics.reloads.labels(result=res.result).inc()
+            self.update_gauges()
+
+    def update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        r = self.runner
+        self.metrics.bundle_version.set(r.bundle_version)
+        self.metrics.domains_loaded.set(len(r.domains))
+        n = len(r.stacked.stacks) if r.stacked is not None else 0
+        self.metrics.stacks_loaded.set(n)
+
+
+async def watch(registry: Registry, interval: float, stop: asyncio.Event) -> None:
+    """--watch: reload whenever manifest.json's size or mtime changes (writers replace it atomically)."""
+    last = registry.manifest_stamp()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+            return
+        except asyncio.TimeoutError:
+            pass
+        stamp = registry.manifest_stamp()
+        if stamp is not None and stamp != last:
+            last = stamp
+            try:
+                await registry.reload()
+            except Exception:  # keep watching whatever happened
+                log.exception("watch reload failed")
+
+

@@ -1,0 +1,46 @@
+"""Server settings: one pydantic-settings model read from `BRAINSTACKS_*` environment variables and CLI flags.
+
+Every field carries a description and bounds; the `serve` CLI (server/cli.py) builds its flags from these fields, so
+defaults live here and nowhere else. Example: `BRAINSTACKS_API_KEY=secret brainstacks serve --bundle out/ --port 8000`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Everything `brainstacks serve` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="BRAINSTACKS_", extra="forbid", validate_default=True)
+
+    bundle: str | None = Field(None, description="Bundle directory to serve (None: the embedded demo bundle, or --base alone).")
+    base: str | None = Field(None, description="Base model directory; overrides the manifest's base path.")
+    host: str = Field("127.0.0.1", description="Address to bind.", min_length=1, max_length=255)
+    port: int = Field(8000, description="TCP port to bind (0 = any free port).", ge=0, le=65535)
+    quantize: Literal["nf4", "fp4", "none"] = Field("nf4", description="Base model quantization.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype of the base model.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device for the model (auto: cuda when available).")
+    watch: bool = Field(False, description="Reload the bundle when its manifest.json changes.")
+    watch_interval: float = Field(1.0, description="Seconds between manifest checks with --watch.", gt=0.05, le=3600)
+
+    api_key: str | None = Field(None, description="Bearer token required on /v1 (None: open).", min_length=1)
+    admin_key: str | None = Field(None, description="Bearer token required on /admin and /debug (None: open).", min_length=1)
+
+    max_batch: int = Field(16, description="Most rows in the running decode batch.", ge=1, le=1024)
+    max_waiting: int = Field(64, description="Most rows waiting for a batch slot; beyond it requests get 429.", ge=1, le=100_000)
+    max_prompt_tokens: int = Field(2048, description="Most prompt tokens per request (also capped by the model's context).", ge=1, le=1_000_000)
+    max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.", ge=1, le=1_000_000)
+    max_n: int = Field(8, description="Largest n (samples per prompt).", ge=1, le=128)
+    max_prompts: int = Field(16, description="Most prompts in one /v1/completions request.", ge=1, le=1024)
+    max_logprobs: int = Field(5, description="Most alternatives per token for logprobs / top_logprobs.", ge=0, le=20)
+    retry_after: int = Field(1, description="Seconds in the Retry-After header of a 429.", ge=1, le=3600)
+    request_timeout: float = Field(600.0, description="Seconds a request may take before it is cancelled.", gt=0, le=86_400)
+    drain_timeout: float = Field(10.0, description="Seconds shutdown waits for in-flight requests before aborting them.", ge=0, le=3600)
+    debug_history: int = Field(256, description="Completed requests kept for /debug/requests/{id}.", ge=1, le=1_000_000)
+    warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
+    threads: int = Field(0, description="torch intra-op threads (0: torch's default).", ge=0, le=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the server loggers.")
