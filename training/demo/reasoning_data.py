@@ -7,6 +7,7 @@ the form, not world knowledge, decides the answer.
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 from training.demo.lexicon import NAMES
 
@@ -44,7 +45,7 @@ def _ordering(rng: random.Random) -> tuple[str, list[str], str]:
     more, less, most, least = rng.choice(RELATIONS)
     people = rng.sample(NAMES, rng.randint(3, 5))  # people[0] has the most of the quality
     facts = []
-    for hi, lo in zip(people, people[1:]):
+    for hi, lo in pairwise(people):
         facts.append(f"{hi} is {more} than {lo}." if rng.random() < 0.5 else f"{lo} is {less} than {hi}.")
     rng.shuffle(facts)
     ask_most = rng.random() < 0.5
