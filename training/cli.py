@@ -5,3 +5,4 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     """Add this package's subcommands to the top-level parser."""
+    __import__("training.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
