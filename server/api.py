@@ -320,17 +320,15 @@ async def stream_events(state: Any, g: Generation, request: Request):
                 lp = None
                 if g.prep.top_logprobs is not None and new_infos:
                     lp = chat_logprobs(tok, new_infos) if chat else completion_logprobs(tok, new_infos, g.prep.top_logprobs)
-                if text or lp:
-                    if chat:
-                        out.append({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": None})
-                    else:
-                        out.append({"index": i, "text": text, "logprobs": lp, "finish_reason": None})
+                fin = c.finish_reason if c.done else None
                 if c.done:
                     finished_sent[i] = True
+                if text or lp or fin:  # one entry per choice per chunk; the last carries finish_reason
                     if chat:
-                        out.append({"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason})
+                        delta = {"content": text} if text else {}
+                        out.append({"index": i, "delta": delta, "logprobs": lp, "finish_reason": fin})
                     else:
-                        out.append({"index": i, "text": "", "logprobs": None, "finish_reason": c.finish_reason})
+                        out.append({"index": i, "text": text, "logprobs": lp, "finish_reason": fin})
             if out:
                 yield _chunk(state, g, out)
             if all(finished_sent):
