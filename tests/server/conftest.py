@@ -119,6 +119,21 @@ class LiveServer:
             time.sleep(0.05)
         raise RuntimeError("server did not become ready")
 
+    def start_unready(self) -> LiveServer:
+        """Start and wait only until the socket answers (the app is live before the model is loaded)."""
+        import time
+
+        import httpx
+
+        self.thread.start()
+        for _ in range(400):
+            try:
+                httpx.get(self.url + "/metrics", timeout=2)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
