@@ -265,6 +265,18 @@ class StackedModel:
             self.set_weights(prev)
 
     @contextmanager
+    def without_active(self) -> Iterator[None]:
+        """The model below the active stack (e.g. the DPO reference): frozen stacks on, active stack off."""
+        saved = {p: lay.active for p, lay in self.layers.items()}
+        for lay in self.layers.values():
+            lay.active = None
+        try:
+            yield
+        finally:
+            for p, lay in self.layers.items():
+                lay.active = saved[p]
+
+    @contextmanager
     def base_only(self) -> Iterator[None]:
         prev = self.state.enabled
         self.state.enabled = False
