@@ -11,6 +11,7 @@ Only paths inside the bundle directory are ever read (brainstacks.bundle.safe_pa
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -48,9 +49,23 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
 
     bundle = Path(settings.bundle) if settings.bundle is not None else demo_bundle_dir()
     b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
-    return ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
+    runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
                        bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
                        fingerprint=b.base.fingerprint)
+    runner.stack_meta = b.stack_meta
+    runner.router_meta = _router_meta(b.bundle_dir, b.manifest)
+    return runner
+
+
+def _router_meta(bundle_dir: Path, manifest: Any) -> dict[str, Any] | None:
+    """router.json's recorded sha256 (load_router verified the file against it) and the file size."""
+    if manifest.router is None:
+        return None
+    from brainstacks.bundle import ROUTER_META, ROUTER_TENSORS, safe_path
+
+    d = safe_path(bundle_dir, manifest.router)
+    meta = json.loads((d / ROUTER_META).read_text(encoding="utf-8"))
+    return {"sha256": meta.get("sha256"), "bytes": (d / ROUTER_TENSORS).stat().st_size}
 
 
 @dataclass
@@ -71,7 +86,6 @@ class Registry:
         self.metrics = metrics
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
-        self._hashes: dict[str, dict[str, Any]] = {}
         self.last_reload: ReloadResult | None = None
 
     @property
@@ -79,47 +93,30 @@ class Registry:
         return Path(self.runner.bundle_dir) if self.runner.bundle_dir else None
 
     # ------------------------------------------------------------------ description
-    def _file_info(self, path: Path) -> dict[str, Any]:
-        """size and sha256 of a file, cached by (size, mtime) so /admin/stacks stays cheap."""
-        from brainstacks.bundle import sha256_file
-
-        st = path.stat()
-        key = str(path)
-        hit = self._hashes.get(key)
-        if hit is None or hit["_stamp"] != (st.st_size, st.st_mtime_ns):
-            hit = {"_stamp": (st.st_size, st.st_mtime_ns), "bytes": st.st_size, "sha256": sha256_file(path)}
-            self._hashes[key] = hit
-        return {"bytes": hit["bytes"], "sha256": hit["sha256"]}
-
     def describe(self) -> dict[str, Any]:
-        """Domains, stacks, sizes and content hashes of what is being served (GET /admin/stacks)."""
+        """Domains, stacks, sizes and content hashes of what is being served (GET /admin/stacks).
+
+        Hashes are those verified when the version was loaded (not re-read from disk), so they describe the weights
+        in memory even while a writer is preparing the next version next to them.
+        """
         r = self.runner
         m = r.manifest
         out: dict[str, Any] = {"object": "bundle", "bundle_dir": str(self.bundle_dir) if self.bundle_dir else None,
-                               "bundle_version": r.bundle_version, "domains": [], "router": None,
-                               "stacks_loaded": 0}
-        if m is None or self.bundle_dir is None:
+                               "bundle_version": r.bundle_version, "domains": [], "router": None, "stacks_loaded": 0}
+        if m is None:
             return out
-        from brainstacks.bundle import ROUTER_TENSORS, STACK_TENSORS, safe_path
-
+        metas = getattr(r, "stack_meta", None) or {}
         for d in m.domains:
             stacks = []
-            for rel in d.stacks:
-                info = {"path": rel}
-                try:
-                    info.update(self._file_info(safe_path(self.bundle_dir, rel) / STACK_TENSORS))
-                except (OSError, Exception) as e:  # a file changed on disk since loading: say so, don't fail
-                    info["error"] = f"unreadable: {type(e).__name__}"
-                stacks.append(info)
+            for i, rel in enumerate(d.stacks):
+                meta = metas.get(d.name, [])
+                meta = meta[i] if i < len(meta) else {}
+                stacks.append({"path": rel, "bytes": meta.get("bytes"), "sha256": meta.get("sha256"),
+                               "parameters": meta.get("parameters"), "dtype": meta.get("dtype")})
             out["domains"].append({"name": d.name, "stacks": stacks})
             out["stacks_loaded"] += len(stacks)
         if m.router is not None:
-            info = {"path": m.router, "domains": r.router_domains}
-            try:
-                info.update(self._file_info(safe_path(self.bundle_dir, m.router) / ROUTER_TENSORS))
-            except (OSError, Exception) as e:
-                info["error"] = f"unreadable: {type(e).__name__}"
-            out["router"] = info
+            out["router"] = {"path": m.router, "domains": r.router_domains, **(getattr(r, "router_meta", None) or {})}
         return out
 
     def manifest_stamp(self) -> tuple[int, int] | None:
@@ -152,15 +149,16 @@ class Registry:
                     f"{bdir / 'manifest.json'}: stack_config differs from the served bundle's; restart to change it"])
             fp = self._fingerprint()
             stacks = read_stacks(bdir, m, fp)
-            router = None
+            router, rmeta = None, None
             if m.router is not None:
                 router = load_router(bdir, m.router, fp.get("hidden_size"), m.domain_names)
-            return m, stacks, router
+                rmeta = _router_meta(bdir, m)
+            return m, stacks, router, rmeta
         except BrainstacksError as e:
             reasons = list(getattr(e, "reasons", None) or [str(e)])
             return ReloadResult("refused", r.bundle_version, reasons)
-        except OSError as e:
-            return ReloadResult("refused", r.bundle_version, [f"{bdir}: {e}"])
+        except (OSError, ValueError) as e:
+            return ReloadResult("refused", r.bundle_version, [f"{bdir}: {type(e).__name__}: {e}"])
 
     def _fingerprint(self) -> dict[str, Any]:
         from brainstacks.base import compute_fingerprint
@@ -173,7 +171,7 @@ class Registry:
                 self._fp = compute_fingerprint(self.runner.model)
         return self._fp
 
-    def _install(self, m: Any, stacks: dict, router: Any) -> ReloadResult:
+    def _install(self, m: Any, stacks: dict, router: Any, rmeta: dict | None) -> ReloadResult:
         """Phase 2 (model thread, between steps)."""
         from brainstacks.bundle import install_stacks
 
@@ -184,6 +182,8 @@ class Registry:
             router.to(r.device)
         r.router = router
         r.manifest = m
+        r.stack_meta = {name: [meta for _, meta in items] for name, items in stacks.items()}
+        r.router_meta = rmeta
         r.bundle_version = m.version
         after = set(r.domains)
         return ReloadResult("ok", m.version, added=sorted(after - before), removed=sorted(before - after))

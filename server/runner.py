@@ -44,6 +44,8 @@ class ModelRunner:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.fingerprint = fingerprint
+        self.stack_meta: dict[str, list[dict]] = {}  # per domain, each stack's verified stack.json (sha256, bytes)
+        self.router_meta: dict | None = None
         self.device = next(model.parameters()).device
         cfg = model.config
         self.vocab_size = int(cfg.vocab_size)

@@ -198,3 +198,43 @@ def core_base_dir(tmp_path_factory):
 @pytest.fixture()
 def tiny_bundle(tmp_path, core_base_dir):
     return build_bundle(tmp_path / "bundle", core_base_dir)
+
+
+def add_domain(bundle_dir, name, seed=1, scale=0.3):
+    """What `brainstacks train --out BUNDLE` does for a new domain: a new frozen stack, a router over all domains
+    retrained (here: random), the manifest replaced atomically with version + 1."""
+    from brainstacks.base import load_base
+    from brainstacks.bundle import (
+        DomainEntry,
+        install_stacks,
+        read_manifest,
+        read_stacks,
+        resolve_base_path,
+        save_router,
+        save_stack,
+        write_manifest,
+    )
+    from brainstacks.config import StackConfig
+    from brainstacks.router import MetaRouter
+    from brainstacks.stacks import StackedModel
+
+    m = read_manifest(bundle_dir)
+    lb = load_base(resolve_base_path(bundle_dir, m, None), quantize="none")
+    sm = StackedModel(lb.model, StackConfig.from_dict(m.stack_config, "manifest"))
+    install_stacks(sm, read_stacks(bundle_dir, m, lb.fingerprint))
+    torch.manual_seed(seed)
+    sm.add_domain(name)
+    with torch.no_grad():
+        for prm in sm.start_stack(name):
+            prm.normal_(0.0, scale)
+    _, k = sm.freeze_active()
+    rel = save_stack(bundle_dir, name, k, sm.stack_tensors(name, k))
+    domains = m.domain_names + [name]
+    r = MetaRouter(lb.fingerprint["hidden_size"], domains)
+    with torch.no_grad():
+        r.head.bias.fill_(0.5)
+    m.domains.append(DomainEntry(name, [rel]))
+    m.router = save_router(bundle_dir, r)
+    m.version += 1
+    write_manifest(bundle_dir, m)
+    return m.version
