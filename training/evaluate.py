@@ -1,0 +1,83 @@
+"""Answer-only losses of a StackedModel under any composition of domains, batched with per-row routing weights.
+
+    losses = example_losses(sm, examples, weights)   # (N,) mean CE over each example's answer tokens
+    loss = dataset_loss(sm, valid, weights=None)     # token-weighted mean: the validation loss of the loops
+
+`weights` is None (ungated: every stack at 1, as in training), a (D,) vector applied to every example, or (N, D) with
+one row per example, so the oracle can score many (example, combination) pairs in one forward. An all-zero row is
+the base model alone. Rows are batched by length to keep padding small; results come back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from training.data import IGNORE_INDEX, Collator, SFTExample
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (sum of CE over label tokens, number of label tokens). logits (B, T, V), labels (B, T)."""
+    lg = logits[:, :-1].float()  # (B, T-1, V) predicts t+1
+    tg = labels[:, 1:]  # (B, T-1)
+    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    ce = ce.view(tg.shape)  # (B, T-1), 0 where ignored
+    return ce.sum(-1), (tg != IGNORE_INDEX).sum(-1)
+
+
+@torch.no_grad()
+def example_loss_sums(
+    sm,
+    examples: Sequence[SFTExample],
+    weights: torch.Tensor | None = None,
+    batch_size: int = 8,
+    pad_id: int = 0,
+    base_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) CE sums and (N,) label-token counts, each example under its weight row (see module doc)."""
+    n = len(examples)
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if weights.dim() == 1:
+            weights = weights.unsqueeze(0).expand(n, -1)
+        if weights.shape[0] != n:
+            raise ValueError(f"{weights.shape[0]} weight rows for {n} examples")
+    sums = torch.zeros(n)
+    counts = torch.zeros(n, dtype=torch.long)
+    collate = Collator(pad_id)
+    order = sorted(range(n), key=lambda i: len(examples[i]))
+    was_training = sm.model.training
+    sm.model.eval()
+    dev = sm.device
+    try:
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            batch = collate([examples[i] for i in idx])
+            w = weights[idx] if weights is not None else None
+            ctx = sm.base_only() if base_only else sm.routing(w)
+            with ctx:
+                out = sm.model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
+            ls, lc = token_losses(out.logits, batch["labels"].to(dev))
+            sums[idx] = ls.cpu()
+            counts[idx] = lc.cpu()
+    finally:
+        sm.model.train(was_training)
+    return sums, counts
+
+
+def example_losses(
+    sm, examples: Sequence[SFTExample], weights=None, batch_size: int = 8, pad_id: int = 0, base_only: bool = False
+) -> torch.Tensor:
+    """(N,) mean answer-token CE per example."""
+    s, c = example_loss_sums(sm, examples, weights, batch_size, pad_id, base_only)
+    return s / c.clamp_min(1)
+
+
+def dataset_loss(
+    sm, examples: Sequence[SFTExample], weights=None, batch_size: int = 8, pad_id: int = 0, base_only: bool = False
+) -> float:
+    """Token-weighted mean answer CE over a dataset (the loops' validation loss)."""
+    s, c = example_loss_sums(sm, examples, weights, batch_size, pad_id, base_only)
+    return float(s.sum() / c.sum().clamp_min(1))
