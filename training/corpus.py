@@ -5,7 +5,8 @@
 Sources, each capped by its share of `max_chars`:
   prose      the reference manual text in `pydoc_data.topics` and the docstrings of the standard library
              (module, class and function docstrings harvested with `ast`);
-  code       standard-library source files (comments included), cut into chunks at line boundaries;
+  code       standard-library source files (comments included), cut into chunks at line boundaries, minus the
+             functions the code domain holds out for valid/test;
   generated  short neutral stories from the demo lexicon (simple grammatical English the stdlib lacks);
   demo       train-split text of the five demo domains, rendered as the training loaders present it.
 
@@ -30,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainstacks.errors import ConfigError
-from training.demo import DOMAINS, generate
-from training.demo.code_data import stdlib_files
+from training.demo import DOMAINS, generate, split_of
+from training.demo.code_data import harvest_source, stdlib_files
 from training.demo.lexicon import NAMES, PLACES, sentence
 
 # Special tokens of the demo tokenizer and the chat layout they make (the tokenizer's chat template renders exactly
@@ -147,11 +148,23 @@ def prose_docs(seed: int, max_doc_chars: int) -> Iterator[str]:
         yield from chunk_text("\n\n".join(_docstrings(path)), max_doc_chars)
 
 
+def without_held_out_functions(source: str) -> str:
+    """`source` minus the functions the code domain uses as valid/test examples (their bodies are the answers)."""
+    lines = source.splitlines(keepends=True)
+    for prompt, _, first, last in reversed(harvest_source(source)):
+        if split_of(prompt) != "train":
+            del lines[first - 1 : last]
+    return "".join(lines)
+
+
 def code_docs(seed: int, max_doc_chars: int) -> Iterator[str]:
-    """Standard-library source files (seeded order), each cut into documents; at most 3 documents per file."""
+    """Standard-library source files (seeded order), each cut into documents; at most 3 documents per file.
+
+    Functions that the code domain holds out for validation and test are removed, so the base never sees them.
+    """
     for path in _shuffled_files(seed + 2):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = without_held_out_functions(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError):
             continue
         for i, piece in enumerate(chunk_text(text, max_doc_chars)):

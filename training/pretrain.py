@@ -45,12 +45,12 @@ CHAT_TEMPLATE = (
 class PretrainConfig:
     """Every default of `brainstacks pretrain` (the CLI flags are generated from these fields)."""
 
-    steps: int = field(default=240, metadata={"help": "optimizer steps (default: ~7 min on 2 shared CPU cores)"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps (200: 5-9 min on 2 CPU cores)"})
     seq_len: int = field(default=256, metadata={"help": "tokens per training window"})
     batch_size: int = field(default=8, metadata={"help": "windows per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a fraction of the peak"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps (at most a tenth of steps)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
     grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm"})
     seed: int = field(default=0, metadata={"help": "seed for init, corpus order and batches"})
@@ -63,7 +63,7 @@ class PretrainConfig:
     max_position_embeddings: int = field(default=512, metadata={"help": "longest sequence the model accepts"})
     corpus_chars: int = field(default=CorpusConfig.max_chars, metadata={"help": "corpus size in characters"})
     val_fraction: float = field(default=0.02, metadata={"help": "share of corpus documents held out for val loss"})
-    eval_every: int = field(default=60, metadata={"help": "steps between validation losses (0: only at the end)"})
+    eval_every: int = field(default=50, metadata={"help": "steps between validation losses (0: only at the end)"})
     eval_batches: int = field(default=4, metadata={"help": "batches per validation loss"})
     bf16_autocast: bool = field(default=False, metadata={"help": "bfloat16 autocast (fast only on CPUs with bf16 units)"})
     save_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the saved weights: bfloat16|float16|float32"})
@@ -317,7 +317,6 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, corpus_t
 
     save_dtype = getattr(torch, cfg.save_dtype)
     model.to(save_dtype).save_pretrained(out)
-    model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     for path in out.iterdir():  # safetensors writes 0600 temp files; the base is shipped and shared, make it readable
         if path.is_file():

@@ -29,11 +29,11 @@ def stdlib_files(root: str | Path | None = None) -> list[Path]:
     return [p for p in sorted(base.rglob("*.py")) if not (set(p.relative_to(base).parts[:-1]) & SKIP_DIRS)]
 
 
-def _harvest_file(path: Path) -> list[tuple[str, str]]:
+def harvest_source(source: str) -> list[tuple[str, str, int, int]]:
+    """(prompt, completion, first line, last line) of each small documented top-level function in `source`."""
     try:
-        source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
-    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+    except (SyntaxError, ValueError):
         return []
     lines = source.splitlines()
     found = []
@@ -51,7 +51,7 @@ def _harvest_file(path: Path) -> list[tuple[str, str]]:
             continue
         prompt, completion = "\n".join(head) + "\n", "\n".join(body)
         if len(prompt) + len(completion) <= MAX_FUNCTION_CHARS:
-            found.append((prompt, completion))
+            found.append((prompt, completion, node.lineno, node.end_lineno))
     return found
 
 
@@ -61,7 +61,11 @@ def harvest_stdlib(root: str | None = None) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for path in stdlib_files(root):
-        for prompt, completion in _harvest_file(path):
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for prompt, completion, _, _ in harvest_source(source):
             if prompt not in seen:
                 seen.add(prompt)
                 pairs.append((prompt, completion))
