@@ -1,8 +1,157 @@
-"""Subcommands owned by training/ (registered into the `brainstacks` console script by brainstacks_cli.main)."""
+"""Subcommands owned by training/ (registered into the `brainstacks` console script by brainstacks_cli.main).
+
+    brainstacks train --recipe FILE.toml --out DIR [--nproc N] [--device cpu|cuda]
+    brainstacks eval  --bundle DIR --recipe FILE.toml [--json PATH]
+    brainstacks route --bundle DIR [--base DIR] "prompt ..."
+    brainstacks pretrain ...            (training/pretrain.py)
+
+`python -m training train ...` is the same `train`, and is what torchrun launches for data parallelism:
+    torchrun --nproc_per_node 2 -m training train --recipe r.toml --out b/
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from brainstacks.base import QUANTIZE_CHOICES
+
+
+def _init_distributed(device: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from torch.distributed.run import main as torchrun
+
+        argv = [f"--nproc_per_node={args.nproc}", "--standalone", "-m", "training", "train", "--recipe", args.recipe,
+                "--out", args.out] + (["--device", args.device] if args.device else []) + (["--quiet"] if args.quiet else [])
+        torchrun(argv)
+        return 0
+    from training.curriculum import train_bundle
+    from training.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)  # validated before anything heavy happens
+    device = args.device or _default_device()
+    _init_distributed(device)
+    rank = int(os.environ.get("RANK", "0"))
+    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    log = print if rank == 0 else (lambda *_: None)
+    outcome = train_bundle(recipe, args.out, device=device, progress=not args.quiet, log=log)
+    if rank == 0:
+        print(json.dumps({"bundle": str(outcome.bundle_dir), "version": outcome.manifest.version,
+                          "trained": outcome.trained, "domains": outcome.manifest.domain_names}))
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # teardown only
+        pass
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from brainstacks.bundle import load_bundle
+    from training.eval_report import evaluate_bundle, format_eval
+    from training.recipe import load_recipe
+    from training.reports import write_json
+
+    recipe = load_recipe(args.recipe)
+    lb = load_bundle(args.bundle, base=args.base, quantize=args.quantize or recipe.base.quantize,
+                     dtype=recipe.base.dtype, device=args.device or _default_device())
+    result = evaluate_bundle(lb, recipe, max_examples=args.max_examples, progress=not args.quiet)
+    print(format_eval(result))
+    path = args.json or os.path.join(args.bundle, "reports", "eval.json")
+    write_json(__import__("pathlib").Path(path), result)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    import torch
+
+    from brainstacks.bundle import load_bundle
+    from brainstacks.errors import BundleError
+    from brainstacks.router import route
+    from training.data import encode_prompt
+
+    lb = load_bundle(args.bundle, base=args.base, quantize=args.quantize, device=args.device or _default_device())
+    if lb.router is None:
+        raise BundleError(f"{args.bundle}: bundle has no router (train one with `brainstacks train`)")
+    prompt = " ".join(args.prompt)
+    ids = torch.tensor([encode_prompt(lb.base.tokenizer, prompt)])
+    raw = route(lb.stacked, lb.router, ids, apply=False)[0]
+    from brainstacks.router import apply_policy
+
+    w = apply_policy(raw[None], lb.router.domains, lb.router.config.min_weight, lb.router.config.floors)[0]
+    print(json.dumps({"weights": {d: round(float(w[i]), 6) for i, d in enumerate(lb.router.domains)},
+                      "raw": {d: round(float(raw[i]), 6) for i, d in enumerate(lb.router.domains)},
+                      "active": [d for i, d in enumerate(lb.router.domains) if w[i] > 0],
+                      "bundle_version": lb.manifest.version, "prompt_tokens": int(ids.shape[1])}))
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train domain stacks and the router into a bundle",
+                              description="Train every domain of the recipe missing from --out (residual boosting, "
+                                          "null space), then the router; writes a new manifest version each time.")
+    p.add_argument("--recipe", required=True, help="recipe TOML (DESIGN §5)")
+    p.add_argument("--out", required=True, help="bundle directory (created, or resumed/extended if it holds one)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (launches torchrun; gloo on CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+    return p
 
 
 def register(subparsers) -> None:
     """Add this package's subcommands to the top-level parser."""
+    add_train_parser(subparsers)
+    p = subparsers.add_parser("eval", help="per-domain validation loss: base / own / ungated / routed / oracle")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--base", default=None, help="override the manifest's base path")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None, help="default: the recipe's")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-examples", type=int, default=64, help="validation examples per domain (default 64)")
+    p.add_argument("--json", default=None, help="where to write the JSON (default BUNDLE/reports/eval.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    p = subparsers.add_parser("route", help="print the router's weights for a prompt as JSON")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--base", default=None, help="override the manifest's base path")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="nf4")
+    p.add_argument("--device", default=None)
+    p.add_argument("prompt", nargs="+", help="the prompt text")
+    p.set_defaults(func=cmd_route)
     __import__("training.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training <train|eval|route|pretrain> ...` (what torchrun launches)."""
+    from brainstacks.errors import BrainstacksError
+
+    parser = argparse.ArgumentParser(prog="python -m training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BrainstacksError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

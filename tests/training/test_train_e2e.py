@@ -1,0 +1,132 @@
+"""`brainstacks train` end to end on a tiny random base: bundle, resume/extend, router, errors, eval, route."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainstacks.bundle import load_bundle, read_manifest
+from brainstacks.router import route
+from brainstacks.testing import tiny_base
+from brainstacks_cli.main import main as cli
+from training.data import encode_prompt
+
+DOMAINS = {
+    "math": lambda r: (f"what is {r.randint(1, 9)} plus {r.randint(1, 9)} ?", f"answer {r.randint(1, 9)}"),
+    "medical": lambda r: (f"patient dose mg per kg for the heart drug {r.randint(1, 9)} ?", f"{r.randint(1, 9)} mg"),
+    "code": lambda r: (f"def function return list value {r.randint(1, 9)} python", f"print value {r.randint(1, 9)}"),
+}
+
+
+def write_domain(path: Path, name: str, n: int, seed: int) -> Path:
+    r = random.Random(f"{name}{seed}")
+    lines = []
+    for _ in range(n):
+        p, c = DOMAINS[name](r)
+        lines.append(json.dumps({"prompt": p, "completion": c}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_recipe(root: Path, base: Path, domains: list[str], **over) -> Path:
+    for d in domains:
+        write_domain(root / f"{d}.jsonl", d, 48, 0)
+    train = dict(steps_per_round=12, max_rounds=2, min_improvement=0.002, lr=3e-3, batch_size=8, grad_accum=1,
+                 seq_len=32, eval_every=4, seed=0)
+    train.update(over)
+    body = [f'[base]\nmodel = "{base}"\nquantize = "nf4"\ndtype = "float32"\n',
+            "[stack]\nexperts = 4\ntop_k = 2\nrank = 4\nalpha = 8\n",
+            "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in train.items()),
+            "[nullspace]\nenabled = true\nsamples = 32\ndirections = 4\n",
+            "[router]\nenabled = true\nrouter_tokens = 32\noracle_samples = 8\nepochs = 12\nlr = 2e-3\n"]
+    for d in domains:
+        body.append(f'[[domains]]\nname = "{d}"\ntrain = "{d}.jsonl"\nformat = "prompt_completion"\n')
+    path = root / f"recipe_{len(domains)}.toml"
+    path.write_text("\n".join(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    base = tiny_base(root / "base", hidden=64, layers=2)
+    out = root / "bundle"
+    assert cli(["train", "--recipe", str(write_recipe(root, base, ["math", "medical"])), "--out", str(out),
+                "--quiet"]) == 0
+    return root, base, out
+
+
+def test_bundle_loads_and_reports(trained):
+    root, base, out = trained
+    m = read_manifest(out)
+    assert m.domain_names == ["math", "medical"] and m.router == "router"
+    assert m.version == 3  # one version per domain, one for the router
+    lb = load_bundle(out, quantize="nf4")
+    assert lb.stacked.num_stacks("math") >= 1 and lb.router.domains == ["math", "medical"]
+    for f in ("loss_math.png", "loss_medical.png", "forgetting.json", "forgetting.png", "routing.json"):
+        assert (out / "reports" / f).is_file(), f
+    forgetting = json.loads((out / "reports/forgetting.json").read_text())
+    assert set(forgetting["ungated"]["medical"]) == {"math", "medical"}
+    train_math = json.loads((out / "reports/train_math.json").read_text())
+    assert train_math["val_after"] < train_math["val_before"]  # the stacks learned the domain
+
+
+def test_second_run_adds_a_domain_and_keeps_stacks_byte_identical(trained, capsys):
+    root, base, out = trained
+    before = {p: p.read_bytes() for p in (out / "stacks").rglob("*") if p.is_file()}
+    v = read_manifest(out).version
+    assert cli(["train", "--recipe", str(write_recipe(root, base, ["math", "medical", "code"])), "--out", str(out),
+                "--quiet"]) == 0
+    m = read_manifest(out)
+    assert m.domain_names == ["math", "medical", "code"] and m.version == v + 2
+    for p, data in before.items():
+        assert p.read_bytes() == data, p
+    # the router now scores all three domains and separates held-out prompts
+    lb = load_bundle(out, quantize="nf4")
+    assert lb.router.domains == ["math", "medical", "code"]
+    hits = 0
+    total = 0
+    for j, name in enumerate(lb.router.domains):
+        r = random.Random(f"heldout-{name}")
+        for _ in range(6):
+            prompt, _ = DOMAINS[name](r)
+            ids = torch.tensor([encode_prompt(lb.base.tokenizer, prompt)])
+            hits += int(route(lb.stacked, lb.router, ids, apply=False)[0].argmax()) == j
+            total += 1
+    assert hits / total >= 0.8, f"{hits}/{total}"
+    capsys.readouterr()
+    assert cli(["route", "--bundle", str(out), "what is 3 plus 4 ?"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed["weights"]) == {"math", "medical", "code"} and printed["bundle_version"] == m.version
+    assert max(printed["raw"], key=printed["raw"].get) == "math"
+
+
+def test_eval_table(trained, capsys, tmp_path):
+    root, base, out = trained
+    recipe = sorted(root.glob("recipe_*.toml"))[-1]
+    assert cli(["eval", "--bundle", str(out), "--recipe", str(recipe), "--json", str(tmp_path / "e.json"),
+                "--quiet"]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    row = res["losses"]["math"]
+    assert set(row) >= {"base", "own", "ungated", "routed", "oracle"}
+    assert row["own"] < row["base"]
+    assert row["oracle"] <= min(row["base"], row["own"]) + 1e-6  # the oracle is at least as good as its candidates
+    assert "math" in capsys.readouterr().out
+
+
+def test_bad_recipe_and_bad_line_are_named(tmp_path, capsys):
+    base = tiny_base(tmp_path / "base")
+    recipe = write_recipe(tmp_path, base, ["math"])
+    recipe.write_text(recipe.read_text().replace("steps_per_round", "stpes_per_round"))
+    assert cli(["train", "--recipe", str(recipe), "--out", str(tmp_path / "b")]) == 2
+    assert "stpes_per_round" in capsys.readouterr().err
+    recipe = write_recipe(tmp_path, base, ["math"])
+    with open(tmp_path / "math.jsonl", "a") as f:
+        f.write('{"prompt": "x"}\n')
+    assert cli(["train", "--recipe", str(recipe), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "math.jsonl:49" in err and not (tmp_path / "b").exists()

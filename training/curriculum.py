@@ -1,0 +1,207 @@
+"""The outer loop: domains in recipe order, each on top of every earlier frozen stack, then the router.
+
+    outcome = train_bundle(load_recipe("recipe.toml"), "out/bundle")   # what `brainstacks train` runs
+
+1. Everything is validated before any work: the recipe (keys, values, files), every data line, the base, and, when
+   `out` already holds a bundle, that it was built for the same base and stack config.
+2. Domains already in the bundle are loaded, frozen, and skipped: training resumes at the first missing domain, and
+   `--out` on an existing bundle trains only the new domains. Existing stack files are never rewritten.
+3. Before each domain after the first, the null space of the earlier stacks is collected on sample inputs from the
+   earlier domains' training data (where those stacks are active), and the new stacks are trained orthogonal to it
+   (and folded on freezing, so it holds at inference).
+4. After each domain its stacks are written, then a new manifest version (atomically), so a server watching the
+   bundle hot-loads it; the previous router is kept until the new one is trained (new domains get weight 0).
+5. The router is retrained over all domains (outcome-based targets), and a final manifest version names it.
+6. Reports: loss curves per domain, the forgetting matrix (each domain's validation loss after each later domain,
+   ungated, plus routed at the end), the routing report.
+
+With torch.distributed initialised (torchrun), every rank trains on its own shard with averaged gradients; rank 0
+alone writes the bundle and trains the router, the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from brainstacks.base import fingerprint_mismatches, load_base
+from brainstacks.bundle import (
+    MANIFEST,
+    DomainEntry,
+    Manifest,
+    install_stacks,
+    read_manifest,
+    read_stacks,
+    save_router,
+    save_stack,
+    write_manifest,
+)
+from brainstacks.errors import BundleError
+from brainstacks.nullspace import collect_directions
+from brainstacks.stacks import StackedModel
+from training.boosting import DomainResult, _world, train_domain, validation_loss
+from training.data import Collator, DomainData, load_domain, pad_id_of, read_jsonl_any, validate_recipe_data
+from training.recipe import Recipe
+from training.reports import forgetting_tables, plot_domain_curves, plot_matrix, write_json
+
+REPORTS = "reports"
+
+
+@dataclass
+class TrainOutcome:
+    bundle_dir: Path
+    manifest: Manifest
+    trained: list[str] = field(default_factory=list)
+    results: dict[str, DomainResult] = field(default_factory=dict)
+    router_report: dict[str, Any] | None = None
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def nullspace_batches(datasets: list[DomainData], samples: int, batch_size: int, pad_id: int
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Inputs from the earlier domains' training data, round-robin across domains, `samples` sequences in all."""
+    pool = []
+    for i in range(max((len(d.train) for d in datasets), default=0)):
+        for d in datasets:
+            if i < len(d.train):
+                ex = d.train[i]
+                pool.append(ex if hasattr(ex, "input_ids") else None)
+    pool = [e for e in pool if e is not None][:samples]
+    collate = Collator(pad_id)
+    for s in range(0, len(pool), batch_size):
+        b = collate(pool[s : s + batch_size])
+        yield b["input_ids"], b["attention_mask"]
+
+
+def _check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> Manifest | None:
+    if not (out / MANIFEST).exists():
+        return None
+    m = read_manifest(out)
+    mism = fingerprint_mismatches(m.base["fingerprint"], fingerprint)
+    if mism:
+        raise BundleError(f"{out / MANIFEST}: bundle was built for another base ({mism[0]}); use a new --out", mism)
+    if m.stack_config != recipe.stack.to_dict():
+        raise BundleError(f"{out / MANIFEST}: stack_config {m.stack_config} differs from the recipe's "
+                          f"{recipe.stack.to_dict()}; use a new --out")
+    unknown = [d for d in m.domain_names if d not in [s.name for s in recipe.domains]]
+    if unknown:
+        raise BundleError(f"{out / MANIFEST}: bundle domains {unknown} are not in the recipe (the router needs their data)")
+    return m
+
+
+def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
+                 log: Callable[[str], None] = print) -> TrainOutcome:
+    rank, _ = _world()
+    out = Path(out_dir).resolve()
+    cfg = recipe.train
+    records = validate_recipe_data(recipe)  # every line of every file, before any work
+    base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device)
+    existing = _check_existing(out, recipe, base.fingerprint)
+    tok = base.tokenizer
+    pad = pad_id_of(tok)
+    sm = StackedModel(base.model, recipe.stack)
+    if existing is not None:
+        install_stacks(sm, read_stacks(out, existing, base.fingerprint))
+        log(f"{out}: resuming bundle v{existing.version} with domains {existing.domain_names}")
+    entries = list(existing.domains) if existing else []
+    version = existing.version if existing else 0
+    router_rel = existing.router if existing else None
+    reports = out / REPORTS
+    forgetting_path = reports / "forgetting.json"
+    forgetting: dict[str, Any] = json.loads(forgetting_path.read_text()) if forgetting_path.is_file() else {}
+    ungated: dict[str, dict[str, float]] = forgetting.get("ungated", {})
+
+    def domain_data(spec) -> DomainData:
+        return load_domain(spec, tok, cfg.seq_len, packing=False, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
+                           records=(records[str(spec.train)], records.get(str(spec.valid)) if spec.valid else None))
+
+    datasets: dict[str, DomainData] = {}
+    outcome = TrainOutcome(out, existing)  # type: ignore[arg-type]
+    for spec in recipe.domains:
+        datasets[spec.name] = data = domain_data(spec)
+        if spec.name in sm.domains:
+            continue
+        V = None
+        earlier = [datasets[d] for d in sm.domains if datasets[d].train and hasattr(datasets[d].train[0], "input_ids")]
+        if recipe.nullspace.enabled and sm.stacks and earlier:
+            V = collect_directions(sm, nullspace_batches(earlier, recipe.nullspace.samples, cfg.batch_size, pad),
+                                   recipe.nullspace.samples, recipe.nullspace.directions, seed=cfg.seed)
+            log(f"[{spec.name}] null space: {recipe.nullspace.directions} directions at {len(V)} projections")
+        result = train_domain(sm, data, cfg, V, spec.stage, pad, progress, log)
+        outcome.results[spec.name] = result
+        outcome.trained.append(spec.name)
+        # forgetting: every domain so far, with all stacks on (ungated), after this one
+        ungated[spec.name] = {d: validation_loss(sm, datasets[d], cfg, pad, recipe.domain(d).stage) for d in sm.domains}
+        if rank == 0:
+            rels = [save_stack(out, spec.name, k, sm.stack_tensors(spec.name, k),
+                               {"stage": spec.stage, "val_loss": r.best_val, "round": r.round, "steps": r.steps})
+                    for k, r in enumerate(result.kept_rounds)]
+            entries.append(DomainEntry(spec.name, rels))
+            version += 1
+            write_manifest(out, _manifest(version, recipe, base.fingerprint, entries, router_rel))
+            write_json(reports / f"train_{spec.name}.json", result.to_dict())
+            plot_domain_curves(reports / f"loss_{spec.name}.png", spec.name, [r.__dict__ for r in result.rounds])
+            _write_forgetting(reports, sm.domains, ungated, forgetting.get("routed"))
+            log(f"{out}: wrote v{version} with {spec.name} ({len(rels)} stack(s))")
+        _barrier()
+    if recipe.router_train.enabled and (outcome.trained or router_rel is None):
+        if rank == 0:
+            outcome.router_report = _train_router(sm, tok, recipe, datasets, out, progress, log)
+            router_rel = "router"
+            version += 1
+            write_manifest(out, _manifest(version, recipe, base.fingerprint, entries, router_rel))
+            log(f"{out}: wrote v{version} with the router over {sm.domains}")
+        _barrier()
+    outcome.manifest = read_manifest(out)
+    return outcome
+
+
+def _manifest(version: int, recipe: Recipe, fingerprint: dict, entries: list[DomainEntry], router: str | None) -> Manifest:
+    return Manifest(version=version, base={"path": str(recipe.base.model), "fingerprint": fingerprint},
+                    stack_config=recipe.stack.to_dict(), domains=list(entries), router=router)
+
+
+def _write_forgetting(reports: Path, domains: list[str], ungated: dict, routed: dict | None) -> None:
+    write_json(reports / "forgetting.json", {"ungated": ungated, "routed": routed or {}})
+    rows, cols, vals = forgetting_tables(ungated, domains)
+    if rows:
+        plot_matrix(reports / "forgetting.png", rows, cols, vals, "validation loss, all stacks on (ungated)",
+                    "after training", "evaluated domain")
+
+
+def _train_router(sm: StackedModel, tokenizer, recipe: Recipe, datasets: dict[str, DomainData], out: Path,
+                  progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from training.router_train import build_router_examples, fit_router
+
+    cfg = recipe.router_train
+    domain_records = {}
+    for spec in recipe.domains:
+        if spec.name in sm.domains:
+            domain_records[spec.name] = (spec.format, datasets[spec.name].train_records)
+    mixed = []
+    for m in recipe.mixed:
+        fmt, recs = read_jsonl_any(m.file)
+        mixed.append((m.domains, fmt, recs))
+    examples = build_router_examples(domain_records, mixed, tokenizer, recipe.train.seq_len, cfg, recipe.train.seed)
+    fit = fit_router(sm, tokenizer, examples, recipe.router, cfg, recipe.train.seed, progress=progress)
+    report = dict(fit.report)
+    save_router(out, fit.router, {"best_epoch": fit.best_epoch, "accuracy": report.get("accuracy"),
+                                  "overall_accuracy": report.get("overall_accuracy")})
+    write_json(out / REPORTS / "routing.json", report)
+    conf = report.get("confusion") or {}
+    if conf:
+        doms = list(conf)
+        plot_matrix(out / REPORTS / "routing_confusion.png", doms, doms, [[conf[r][c] for c in doms] for r in doms],
+                    "router top-1 (validation prompts)", "top-weighted domain", "true domain")
+    log(f"router: overall top-1 accuracy {report.get('overall_accuracy')}, best epoch {fit.best_epoch}")
+    return report

@@ -1,0 +1,95 @@
+"""Reports written to BUNDLE/reports/: loss curves (PNG), the forgetting matrix (JSON + PNG), routing tables (JSON).
+
+Plots use matplotlib's Agg backend (no display needed). Every writer also returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        return o
+
+    path.write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_domain_curves(path: Path, domain: str, rounds: list[dict[str, Any]]) -> Path:
+    """Train and validation loss per round of one domain (x: global step across rounds)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    offset = 0
+    for r in rounds:
+        hist = r["history"]
+        steps = [offset + h["step"] for h in hist]
+        ax.plot(steps, [h["val_loss"] for h in hist], marker="o", label=f"round {r['round']} valid"
+                + ("" if r.get("kept", True) else " (discarded)"))
+        tr = [(offset + h["step"], h["train_loss"]) for h in hist if h["train_loss"] == h["train_loss"]]
+        if tr:
+            ax.plot(*zip(*tr, strict=True), linestyle="--", alpha=0.6, label=f"round {r['round']} train")
+        offset += r["steps"]
+    ax.set_xlabel("optimizer step (rounds concatenated)")
+    ax.set_ylabel("answer-token cross-entropy")
+    ax.set_title(f"{domain}: residual boosting")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_matrix(path: Path, rows: list[str], cols: list[str], values: list[list[float | None]], title: str,
+                xlabel: str, ylabel: str) -> Path:
+    """A labelled heat map with the figures written in the cells."""
+    plt = _plt()
+    import numpy as np
+
+    arr = np.array([[np.nan if v is None else v for v in r] for r in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.0 + 0.6 * len(rows)))
+    im = ax.imshow(arr, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not np.isnan(arr[i, j]):
+                ax.text(j, i, f"{arr[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def forgetting_tables(matrix: dict[str, dict[str, float]], domains: list[str]) -> tuple[list[str], list[str], list[list]]:
+    """matrix[after][evaluated] → rows = evaluated domain, cols = 'after <domain>'."""
+    after = [d for d in domains if d in matrix]
+    rows = [d for d in domains if any(d in matrix[a] for a in after)]
+    return rows, [f"after {a}" for a in after], [[matrix[a].get(r) for a in after] for r in rows]
