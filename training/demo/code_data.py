@@ -20,7 +20,7 @@ SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlel
                        "__pycache__", "ensurepip", "tkinter", "pydoc_data"})  # fmt: skip
 MAX_BODY_LINES = 8
 MAX_DOCSTRING_CHARS = 240
-MAX_FUNCTION_CHARS = 520
+MAX_FUNCTION_CHARS = 400
 
 
 def stdlib_files(root: str | Path | None = None) -> list[Path]:
