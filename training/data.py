@@ -16,7 +16,8 @@ Labels are -100 wherever no loss is taken (prompt, system and user turns, paddin
 tokenized as prompt (with the tokenizer's usual special tokens, e.g. BOS) followed by the completion tokenized on its
 own, so the boundary is exactly where generation starts when serving `/v1/completions`.
 
-Chat rendering uses the tokenizer's own chat template. A tokenizer without one gets FALLBACK_CHAT_TEMPLATE:
+Chat rendering uses the tokenizer's own chat template; the rendered conversation gets the tokenizer's leading
+special tokens (BOS) as a raw prompt does, unless the template already wrote them (`encode_prompt`). A tokenizer without one gets FALLBACK_CHAT_TEMPLATE:
 every message as `<|role|>\\n{content}\\n`, an assistant message ending with the EOS token before its newline, and
 the generation prompt `<|assistant|>\\n`. Assistant spans are found by rendering successive prefixes of the
 conversation, which needs a template whose rendering of a prefix is a prefix of the full rendering (true of common
@@ -226,9 +227,27 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     eos = tokenizer.eos_token_id
     if ids and eos is not None and ids[-1] == eos and tokenizer.bos_token_id != eos:
         ids = ids[:-1]  # tokenizers configured to append EOS: a prompt must stay open
-    if not ids and tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id]
+    bos = tokenizer.bos_token_id
+    if not ids and bos is not None:
+        ids = [bos]
+    if (
+        len(ids) >= 2
+        and ids[0] == bos
+        and ids[1] == bos
+        and tokenizer.bos_token
+        and prompt.startswith(tokenizer.bos_token)
+    ):
+        ids = ids[1:]  # a rendered chat template that already begins with BOS: never double it
     return ids
+
+
+def leading_specials(tokenizer, text: str) -> list[int]:
+    """The special ids encode_prompt puts before `text`'s own tokens (BOS for most tokenizers; none if the text
+    already starts with it)."""
+    w = encode_prompt(tokenizer, text)
+    wo = _ids(tokenizer, text, special=False)
+    n = len(w) - len(wo)
+    return w[:n] if n > 0 and w[n:] == wo else []
 
 
 def _eos(tokenizer) -> list[int]:
@@ -271,9 +290,11 @@ def tokenize_sft(tokenizer, rec: Record | dict, fmt: str) -> SFTExample:
         ids = encode_prompt(tokenizer, obj["text"]) + _eos(tokenizer)
         return SFTExample(ids, list(ids))
     if fmt == "messages":
-        ids: list[int] = []
-        labels: list[int] = []
-        for text, is_answer in chat_segments(tokenizer, obj["messages"]):
+        segments = chat_segments(tokenizer, obj["messages"])
+        # the same leading special tokens the server's prompt encoding gives the rendered conversation
+        ids = leading_specials(tokenizer, segments[0][0]) if segments else []
+        labels = [IGNORE_INDEX] * len(ids)
+        for text, is_answer in segments:
             seg = _ids(tokenizer, text, special=False)
             ids += seg
             labels += seg if is_answer else [IGNORE_INDEX] * len(seg)

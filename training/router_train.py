@@ -35,6 +35,7 @@ from training.data import (
     SFTExample,
     chat_segments,
     encode_prompt,
+    leading_specials,
     pad_id_of,
     prompt_text,
     tokenize_sft,
@@ -74,8 +75,8 @@ def _pair_example(tokenizer, rec: Record, fmt: str, seq_len: int) -> tuple[str, 
         msgs = rec.data["messages"]
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
         segs = chat_segments(tokenizer, msgs[: last + 1])
-        ids: list[int] = []
-        labels: list[int] = []
+        ids: list[int] = leading_specials(tokenizer, segs[0][0])
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
         last_answer = max(k for k, (_, a) in enumerate(segs) if a)
         for k, (text, is_answer) in enumerate(segs):
             seg = list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -39,6 +39,18 @@ def tiny_tok():
     return make_tokenizer()
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
+def _write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def make_tok():
+    """make_tokenizer(chat_template=None): a fresh tiny tokenizer, optionally with a chat template."""
+    return make_tokenizer
+
+
+@pytest.fixture
+def write_jsonl():
+    """write_jsonl(path, rows): rows are objects (dumped as JSON) or raw strings (written as they are)."""
+    return _write_jsonl

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_tokenizer, write_jsonl
 
 from training.data import (
     FALLBACK_CHAT_TEMPLATE,
@@ -52,19 +51,30 @@ def test_messages_label_every_assistant_turn_with_fallback_template(tiny_tok):
     ]
     ex = tokenize_sft(tiny_tok, {"messages": msgs}, "messages")
     assert answer_text(tiny_tok, ex) == "hi</s>\nfour</s>\n"
-    assert tiny_tok.decode(ex.input_ids).startswith("<|system|>\nbe brief\n<|user|>\nhello\n<|assistant|>\nhi")
+    assert ex.input_ids[0] == tiny_tok.bos_token_id and ex.input_ids[1] != tiny_tok.bos_token_id
+    assert tiny_tok.decode(ex.input_ids).startswith("<s><|system|>\nbe brief\n<|user|>\nhello\n<|assistant|>\nhi")
+    # the prompt part is exactly what the server encodes for a chat request: BOS + rendered conversation
+    from training.data import encode_prompt, render_chat
+
+    served = encode_prompt(tiny_tok, render_chat(tiny_tok, msgs[:2], add_generation_prompt=True))
+    assert ex.input_ids[: len(served)] == served and ex.labels[len(served)] != IGNORE_INDEX
 
 
-def test_messages_use_the_tokenizers_own_template():
+def test_messages_use_the_tokenizers_own_template(make_tok):
     tmpl = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    tok = make_tokenizer(tmpl)
+    tok = make_tok(tmpl)
     msgs = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"}]
     ex = tokenize_sft(tok, {"messages": msgs}, "messages")
     assert answer_text(tok, ex) == "hi there<|im_end|>\n"
     assert "<|user|>" not in tok.decode(ex.input_ids) and FALLBACK_CHAT_TEMPLATE not in tmpl
+    # a template that writes BOS itself does not get a second one
+    bos_tok = make_tok("{{ bos_token }}" + tmpl)
+    ex2 = tokenize_sft(bos_tok, {"messages": msgs}, "messages")
+    assert ex2.input_ids[0] == bos_tok.bos_token_id and ex2.input_ids[1] != bos_tok.bos_token_id
+    assert answer_text(bos_tok, ex2) == "hi there<|im_end|>\n"
 
 
 def test_text_labels_everything_and_chunks_long_texts(tiny_tok):
@@ -138,7 +148,7 @@ def test_collate_pads_right_with_masked_labels(tiny_tok):
         ("preference", '{"prompt": "p", "chosen": "a", "rejected": "a"}', "identical"),
     ],
 )
-def test_bad_line_is_reported_with_file_and_line(tmp_path: Path, fmt: str, line: str, reason: str):
+def test_bad_line_is_reported_with_file_and_line(tmp_path: Path, write_jsonl, fmt: str, line: str, reason: str):
     good = {
         "prompt_completion": {"prompt": "a", "completion": "b"},
         "messages": {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
@@ -151,7 +161,7 @@ def test_bad_line_is_reported_with_file_and_line(tmp_path: Path, fmt: str, line:
     assert str(e.value).startswith(f"{path}:4: ") and reason in str(e.value)
 
 
-def test_extra_keys_ignored_blank_lines_skipped_and_empty_file_refused(tmp_path: Path):
+def test_extra_keys_ignored_blank_lines_skipped_and_empty_file_refused(tmp_path: Path, write_jsonl):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b", "source": "x"}, "  ", {"text": "t"}])
     with pytest.raises(DataError, match=":3: missing key 'prompt'"):
         read_jsonl(path, "prompt_completion")
@@ -164,7 +174,7 @@ def test_extra_keys_ignored_blank_lines_skipped_and_empty_file_refused(tmp_path:
     assert fmt == "prompt_completion" and len(recs) == 1
 
 
-def test_validation_split_is_deterministic_by_prompt(tmp_path: Path, tiny_tok):
+def test_validation_split_is_deterministic_by_prompt(tmp_path: Path, tiny_tok, write_jsonl):
     rows = [{"prompt": f"q{i % 30}", "completion": f"a{i}"} for i in range(90)]
     recs = read_jsonl(write_jsonl(tmp_path / "d.jsonl", rows), "prompt_completion")
     tr, va = split_records(recs, "prompt_completion", 0.2, seed=0)

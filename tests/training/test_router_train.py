@@ -125,3 +125,27 @@ def test_dataset_loss_is_token_weighted(stacked):
     la, lb_ = example_losses(sm, [a, b], None).tolist()
     na, nb = a.n_label_tokens, b.n_label_tokens
     assert dataset_loss(sm, [a, b]) == pytest.approx((la * na + lb_ * nb) / (na + nb), rel=1e-5)
+
+
+def test_router_examples_from_chat_and_text_records(tiny_tok):
+    from training.data import IGNORE_INDEX
+
+    tok = tiny_tok
+    msgs = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "two plus two"},
+        {"role": "assistant", "content": "four"},
+    ]
+    recs = {
+        "chat": ("messages", [Record(Path("c.jsonl"), 1, {"messages": msgs})]),
+        "prose": ("text", [Record(Path("t.jsonl"), 1, {"text": "the patient has a fever"})]),
+    }
+    cfg = RouterTrainConfig(oracle_samples=1, examples_per_domain=5)
+    chat, prose = build_router_examples(recs, [], tok, 64, cfg)
+    assert chat.prompt.endswith("<|user|>\ntwo plus two\n<|assistant|>\n") and chat.labels == {"chat"}
+    answer = [i for i, lab in zip(chat.example.input_ids, chat.example.labels, strict=True) if lab != IGNORE_INDEX]
+    assert tok.decode(answer) == "four</s>\n"  # only the answer to the routed prompt
+    assert prose.prompt == "the patient" and prose.scored
+    answer = [i for i, lab in zip(prose.example.input_ids, prose.example.labels, strict=True) if lab != IGNORE_INDEX]
+    assert tok.decode(answer) == " has a fever</s>"
