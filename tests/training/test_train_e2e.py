@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,40 +13,8 @@ from brainstacks.router import route
 from brainstacks.testing import tiny_base
 from brainstacks_cli.main import main as cli
 from training.data import encode_prompt
-
-DOMAINS = {
-    "math": lambda r: (f"what is {r.randint(1, 9)} plus {r.randint(1, 9)} ?", f"answer {r.randint(1, 9)}"),
-    "medical": lambda r: (f"patient dose mg per kg for the heart drug {r.randint(1, 9)} ?", f"{r.randint(1, 9)} mg"),
-    "code": lambda r: (f"def function return list value {r.randint(1, 9)} python", f"print value {r.randint(1, 9)}"),
-}
-
-
-def write_domain(path: Path, name: str, n: int, seed: int) -> Path:
-    r = random.Random(f"{name}{seed}")
-    lines = []
-    for _ in range(n):
-        p, c = DOMAINS[name](r)
-        lines.append(json.dumps({"prompt": p, "completion": c}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_recipe(root: Path, base: Path, domains: list[str], **over) -> Path:
-    for d in domains:
-        write_domain(root / f"{d}.jsonl", d, 48, 0)
-    train = dict(steps_per_round=12, max_rounds=2, min_improvement=0.002, lr=3e-3, batch_size=8, grad_accum=1,
-                 seq_len=32, eval_every=4, seed=0)
-    train.update(over)
-    body = [f'[base]\nmodel = "{base}"\nquantize = "nf4"\ndtype = "float32"\n',
-            "[stack]\nexperts = 4\ntop_k = 2\nrank = 4\nalpha = 8\n",
-            "[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in train.items()),
-            "[nullspace]\nenabled = true\nsamples = 32\ndirections = 4\n",
-            "[router]\nenabled = true\nrouter_tokens = 32\noracle_samples = 8\nepochs = 12\nlr = 2e-3\n"]
-    for d in domains:
-        body.append(f'[[domains]]\nname = "{d}"\ntrain = "{d}.jsonl"\nformat = "prompt_completion"\n')
-    path = root / f"recipe_{len(domains)}.toml"
-    path.write_text("\n".join(body))
-    return path
+from training.testing import TOY_DOMAINS as DOMAINS
+from training.testing import write_toy_recipe as write_recipe
 
 
 @pytest.fixture(scope="module")
