@@ -85,15 +85,11 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
     max_tokens = body.max_tokens
     if chat and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
-    max_tokens = 16 if max_tokens is None else max_tokens
+    max_tokens = min(16, s.max_tokens_limit) if max_tokens is None else max_tokens
     if max_tokens > s.max_tokens_limit:
         raise invalid(f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}.", "max_tokens")
     if body.n > s.max_n or body.n > s.max_batch:
         raise invalid(f"n={body.n} exceeds this server's limit of {min(s.max_n, s.max_batch)}.", "n")
-    if body.presence_penalty or body.frequency_penalty:
-        raise invalid("presence_penalty and frequency_penalty are not supported (must be 0).", "presence_penalty")
-    if body.stream_options is not None and not body.stream:
-        raise invalid("stream_options is only allowed when stream is true.", "stream_options")
     if chat:
         if body.top_logprobs is not None and not body.logprobs:
             raise invalid("top_logprobs needs logprobs=true.", "top_logprobs")
@@ -143,7 +139,7 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
     top_k = body.top_k if body.top_k > 0 else 0
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=body.top_p, top_k=top_k,
                             seed=body.seed, logprobs=top, stop_token_ids=runner.eos_token_ids)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     return Prepared("chat" if chat else "completion", body.model, prompts, texts, body.n, params, weights,
                     body.stop_list(), top, body.stream, include_usage)
 

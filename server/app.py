@@ -33,7 +33,7 @@ from server.metrics import Metrics
 from server.registry import Registry, load_runner, watch
 from server.runner import ModelRunner
 from server.sampling import SamplingParams
-from server.schemas import ChatCompletionRequest, CompletionRequest, RouteRequest
+from server.schemas import ChatCompletionRequest, CompletionRequest, RouteRequest, apply_limits
 from server.settings import ServerSettings
 from server.textstream import encode_prompt, render_chat
 
@@ -313,6 +313,20 @@ def create_app(settings: ServerSettings | None = None,
             return JSONResponse(payload, status_code=409)
         return JSONResponse(body)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            tok_max = {"maximum": settings.max_tokens_limit}
+            app.openapi_schema = apply_limits(doc, {
+                "max_tokens": tok_max, "max_completion_tokens": tok_max,
+                "n": {"maximum": min(settings.max_n, settings.max_batch)},
+                "logprobs": {"maximum": settings.max_logprobs}, "top_logprobs": {"maximum": settings.max_logprobs},
+                "prompt": {"maxItems": settings.max_prompts}})
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

@@ -25,6 +25,9 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = frozenset()
 
 
+GREEDY_BELOW = 1e-5  # a temperature this small is argmax (dividing by it would overflow to inf/nan)
+
+
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     if seed is None:
@@ -36,9 +39,9 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 
 def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
     """Pick one token from a row's logits (V,) float32."""
-    if p.temperature == 0.0:
+    if p.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
-    x = logits / p.temperature
+    x = (logits - logits.max()) / p.temperature  # <= 0 everywhere: no overflow for small temperatures
     if p.top_k and p.top_k < x.shape[-1]:
         kth = torch.topk(x, p.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -47,9 +50,12 @@ def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) ->
         probs = torch.softmax(sorted_x, dim=-1)
         # drop a token when the mass before it already reaches top_p (the first token always stays)
         drop = (torch.cumsum(probs, dim=-1) - probs) >= p.top_p
+        drop[0] = False  # top_p = 0 still keeps the most likely token
         sorted_x = sorted_x.masked_fill(drop, float("-inf"))
         x = torch.full_like(x, float("-inf")).scatter(0, idx, sorted_x)
     probs = torch.softmax(x, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # defensive: one row's bad numbers must not fail its batch mates
+        return int(torch.argmax(logits))
     return int(torch.multinomial(probs, 1, generator=gen))
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 MAX_CHARS = 1_000_000  # a prompt/message longer than this is refused before tokenizing
 
 StopStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-PromptStr = Annotated[str, StringConstraints(max_length=MAX_CHARS)]
+PromptStr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHARS)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
@@ -38,10 +38,10 @@ class _Common(BaseModel):
         None, description="Up to 4 strings; generation stops before the first occurrence.")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible.")
     stream: bool = Field(False, description="Send server-sent events.")
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(None, description="Streaming options (ignored without stream).")
     user: str | None = Field(None, max_length=256, description="End-user id (logged).")
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False, description="Only 0 is supported.")
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False, description="Only 0 is supported.")
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for compatibility; only 0 is supported.")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for compatibility; only 0 is supported.")
     weights: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Weight] | None = Field(
         None, max_length=256, description="Extension: {domain: weight in [0, 1]} overriding the router.")
 
@@ -103,3 +103,21 @@ class ReloadRequest(BaseModel):
     """POST /admin/reload (body optional)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def apply_limits(openapi: dict, limits: dict[str, dict[str, int]]) -> dict:
+    """Write the server's configured limits into the request schemas of the OpenAPI document, so clients (and the
+    schema fuzz) see the real bounds. limits: {property: {"maximum": v} or {"maxItems": v}}."""
+    def patch(node: dict, bound: dict[str, int]) -> None:
+        for sub in node.get("anyOf", [node]):
+            if "maximum" in bound and sub.get("type") == "integer":
+                sub["maximum"] = min(sub.get("maximum", bound["maximum"]), bound["maximum"])
+            if "maxItems" in bound and sub.get("type") == "array" and sub.get("items", {}).get("type") == "string":
+                sub["maxItems"] = min(sub.get("maxItems", bound["maxItems"]), bound["maxItems"])
+
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        props = openapi.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
+        for prop, bound in limits.items():
+            if prop in props:
+                patch(props[prop], bound)
+    return openapi

@@ -169,7 +169,7 @@ def test_metrics_cover_design_set(served):
         assert name in m, name
     req = m["brainstacks_requests"]
     assert value(req, "brainstacks_requests_total", endpoint="/v1/completions", status="200") == 2
-    assert value(req, "brainstacks_requests_total", endpoint="/v1/completions", status="400") == 1
+    assert value(req, "brainstacks_requests_total", endpoint="/v1/completions", status="422") == 1
     assert value(m["brainstacks_generation_tokens"], "brainstacks_generation_tokens_total") >= 2
     assert value(m["brainstacks_time_to_first_token_seconds"], "brainstacks_time_to_first_token_seconds_count") == 2
     for dom in ("math", "code"):

@@ -186,3 +186,12 @@ def test_routed_rows_get_router_weights_and_start_event(tiny_bundle):
     start = [e for e in c.events if e.kind == "start"][0]
     assert start.weights == runner.route([[5, 6, 7]])[0]
     assert set(start.weights) == {"math", "code"} and start.bundle_version == 1
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1e-300, 0.5), (5e-324, 0.5), (1e-6, 0.5), (2.0, 0.0), (1.0, 1e-300)])
+def test_extreme_sampling_params_sample_valid_tokens(temperature, top_p):
+    from server.sampling import make_generator, sample_row
+
+    logits = torch.tensor([3.0, 1.0, -2.0, 80.0, -1e4])
+    tok = sample_row(logits, SamplingParams(temperature=temperature, top_p=top_p, top_k=3), make_generator(0))
+    assert tok == 3
