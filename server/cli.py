@@ -84,6 +84,11 @@ def serve(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     state.on_load_error = on_load_error
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler that was installed before it ran: make that
+    # one a no-op, so a graceful shutdown exits 0 (an orchestrator's stop is not a crash)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     if state.load_error:
         raise ConfigError(f"cannot serve: {state.load_error}")
