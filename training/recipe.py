@@ -35,7 +35,8 @@ FORMATS = ("prompt_completion", "messages", "text", "preference")
 STAGES = ("sft", "dpo")
 QUANTIZE = ("nf4", "fp4", "none")
 DTYPES = ("float32", "bfloat16", "float16")
-# Used as a directory name inside the bundle (stacks/<domain>/<k>) and as an OpenAI model suffix.
+# Used as a directory name inside the bundle (stacks/<domain>/<k>) and as an OpenAI model suffix; mirrors
+# brainstacks.stacks.DOMAIN_NAME (checked equal in tests).
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

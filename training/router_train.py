@@ -10,7 +10,8 @@
    greedy additions (`training.router_targets.greedy_oracle`); every round of queries runs as batched forwards with
    one routing-weight row per (example, combination). target = 0.8 · oracle + 0.2 · label.
 3. Features. One base-only pass per prompt through `brainstacks.router.router_features` (the serving code path),
-   cached on CPU in bfloat16: the router's inputs do not change while it trains, so epochs cost only the router.
+   cached on CPU (float32, or bfloat16 when float32 would pass 1 GiB): the router's inputs do not change while it
+   trains, so epochs cost only the router.
 4. Training. AdamW (lr 8e-4, wd 0.01), batch 16, 8 epochs, cosine; loss = BCE + 0.05 · confidence penalty;
    the pooling queries start at N(0, 1) rather than the module's small init (see train_router);
    train/validation split by unique prompt; the epoch with the lowest validation loss is kept.
@@ -175,10 +176,23 @@ def targets_of(examples: Sequence[RouterExample], domains: Sequence[str], mix: f
 
 @torch.no_grad()
 def prompt_features(
-    sm, tokenizer, prompts: Sequence[str], router_config, batch_size: int = 16, progress: bool = True
+    sm,
+    tokenizer,
+    prompts: Sequence[str],
+    router_config,
+    batch_size: int = 16,
+    progress: bool = True,
+    cache_limit_bytes: int = 1 << 30,
 ) -> list[torch.Tensor]:
-    """Base-only router features per prompt: a list of (T_i, d) bfloat16 CPU tensors (T_i <= router_tokens)."""
+    """Base-only router features per prompt: a list of (T_i, d) CPU tensors (T_i <= router_tokens).
+
+    Kept in float32 (exactly what serving computes) unless that would exceed cache_limit_bytes, then bfloat16.
+    """
     from brainstacks.router import router_features
+
+    d_model = int(sm.model.config.get_text_config().hidden_size)
+    estimate = len(prompts) * router_config.router_tokens * d_model * 4
+    dtype = torch.float32 if estimate <= cache_limit_bytes else torch.bfloat16
 
     out: list[torch.Tensor] = []
     pad = pad_id_of(tokenizer)
@@ -192,7 +206,7 @@ def prompt_features(
             mask[i, : len(x)] = 1
         feats, m = router_features(sm, input_ids, mask, router_config)  # (B, T', d), (B, T')
         for i in range(feats.shape[0]):
-            out.append(feats[i][m[i].bool()].to(torch.bfloat16).cpu())
+            out.append(feats[i][m[i].bool()].to(dtype).cpu())
     return out
 
 

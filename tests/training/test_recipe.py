@@ -159,3 +159,10 @@ def test_missing_domains_and_bad_toml(tree: Path):
         load_recipe(write(tree, '[[domains]]\nname = "a"\ntrain = "data/math.jsonl"\n'))
     with pytest.raises(ConfigError, match="cannot read recipe"):
         load_recipe(tree / "absent.toml")
+
+
+def test_domain_name_rule_matches_the_core():
+    from brainstacks.stacks import DOMAIN_NAME as CORE
+    from training.recipe import DOMAIN_NAME
+
+    assert DOMAIN_NAME.pattern == CORE.pattern
