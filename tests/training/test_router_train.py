@@ -149,3 +149,16 @@ def test_router_examples_from_chat_and_text_records(tiny_tok):
     assert prose.prompt == "the patient" and prose.scored
     answer = [i for i, lab in zip(prose.example.input_ids, prose.example.labels, strict=True) if lab != IGNORE_INDEX]
     assert tok.decode(answer) == " has a fever</s>"
+
+
+def test_targets_mix_oracle_labels_and_mixed_sets():
+    from training.router_train import RouterExample, targets_of
+
+    exs = [
+        RouterExample("a", frozenset(["math"]), scored=True, oracle=frozenset(["math", "code"])),
+        RouterExample("b", frozenset(["med"]), scored=True, oracle=frozenset()),
+        RouterExample("c", frozenset(["code"])),  # not scored: one-hot label
+        RouterExample("d", frozenset(["math", "med"])),  # mixed set: multi-hot
+    ]
+    t = targets_of(exs, DOMAINS, 0.8)
+    torch.testing.assert_close(t, torch.tensor([[1.0, 0.0, 0.8], [0.0, 0.2, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]))
