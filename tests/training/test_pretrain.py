@@ -54,9 +54,12 @@ def test_corpus_demo_share_never_contains_valid_or_test_prompts(corpus):
                 assert prompt_key(row).strip() not in text
 
 
-def test_bad_corpus_config_is_refused():
-    with pytest.raises(ConfigError, match="sum to 1"):
-        build_corpus(CorpusConfig(max_chars=1000, demo_share=0.5))
+def test_corpus_shares_are_relative_and_bad_ones_refused():
+    only_generated = build_corpus(CorpusConfig(max_chars=5000, prose_share=0, code_share=0, demo_share=0))
+    assert 4900 <= sum(len(d) for d in only_generated) <= 5000
+    assert all(" spent the morning " in d for d in only_generated)
+    with pytest.raises(ConfigError, match="shares"):
+        build_corpus(CorpusConfig(max_chars=1000, demo_share=-0.1))
 
 
 def test_default_model_fits_nf4_and_bad_shapes_are_refused(corpus):
