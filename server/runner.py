@@ -15,10 +15,15 @@ Everything here runs on the engine's single model thread; nothing is thread-safe
 
 from __future__ import annotations
 
+import collections
 import inspect
 from typing import Any
 
 import torch
+
+# routed weights depend only on the router and the first router_tokens prompt tokens: repeated prompts (shared system
+# prompts, retries) skip the router pass. Cleared whenever the router is swapped, so a reload never serves stale ones.
+ROUTE_CACHE_SIZE = 4096
 
 
 class ModelRunner:
@@ -39,6 +44,7 @@ class ModelRunner:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stacked = stacked
+        self._route_cache: collections.OrderedDict[tuple, dict[str, float]] = collections.OrderedDict()
         self.router = router.eval() if router is not None else None
         self.bundle_version = bundle_version
         self.bundle_dir = bundle_dir
@@ -113,10 +119,24 @@ class ModelRunner:
         if self.router is None:
             # a bundle without a router: every domain at full weight (the ungated composition)
             return [dict.fromkeys(doms, 1.0) for _ in prompts]
+        n = self.router_tokens
+        keys = [tuple(p[:n]) for p in prompts]
+        out: list[dict[str, float] | None] = [self._route_cache.get(k) for k in keys]
+        todo = [i for i, w in enumerate(out) if w is None]
+        if todo:
+            for i, w in zip(todo, self._route_uncached([list(keys[i]) for i in todo]), strict=True):
+                out[i] = w
+                self._route_cache[keys[i]] = w
+                while len(self._route_cache) > ROUTE_CACHE_SIZE:
+                    self._route_cache.popitem(last=False)
+        for k in keys:
+            self._route_cache.move_to_end(k)
+        return [dict(w) for w in out]
+
+    def _route_uncached(self, cut: list[list[int]]) -> list[dict[str, float]]:
         from brainstacks.router import route
 
-        n = self.router_tokens
-        cut = [p[:n] for p in prompts]
+        doms = self.domains
         width = max(len(p) for p in cut)
         ids = torch.zeros((len(cut), width), dtype=torch.long)
         mask = torch.zeros((len(cut), width), dtype=torch.long)
@@ -125,7 +145,17 @@ class ModelRunner:
             mask[i, : len(p)] = 1
         w = route(self.stacked, self.router, ids, mask).float().cpu()  # (B, D_router), policy applied
         rdoms = self.router_domains
-        return [{d: float(w[i, j]) for j, d in enumerate(rdoms) if d in doms} for i in range(len(prompts))]
+        return [{d: float(w[i, j]) for j, d in enumerate(rdoms) if d in doms} for i in range(len(cut))]
+
+    @property
+    def router(self):
+        return self._router
+
+    @router.setter
+    def router(self, router) -> None:
+        """Swap the router (hot reload); cached routing results belonged to the old one."""
+        self._router = router
+        self._route_cache.clear()
 
     @property
     def router_tokens(self) -> int:

@@ -195,3 +195,17 @@ def test_extreme_sampling_params_sample_valid_tokens(temperature, top_p):
     logits = torch.tensor([3.0, 1.0, -2.0, 80.0, -1e4])
     tok = sample_row(logits, SamplingParams(temperature=temperature, top_p=top_p, top_k=3), make_generator(0))
     assert tok == 3
+
+
+def test_route_cache_hits_and_is_cleared_on_router_swap(tiny_bundle):
+    from server.registry import load_runner
+    from server.settings import ServerSettings
+
+    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))
+    a = runner.route([[5, 6, 7], [8, 9]])
+    assert runner.route([[8, 9]]) == [a[1]] and len(runner._route_cache) == 2
+    with torch.no_grad():
+        runner.router.head.bias.fill_(-5.0)  # a different router's answer ...
+    assert runner.route([[8, 9]]) == [a[1]]  # ... is not seen while cached
+    runner.router = runner.router  # swapping (reload) clears the cache
+    assert runner.route([[8, 9]]) != [a[1]]
