@@ -128,7 +128,7 @@ def _docstrings(path: Path) -> list[str]:
 
 
 def prose_docs(seed: int, max_doc_chars: int) -> Iterator[str]:
-    """The language reference text, then standard-library docstrings, as documents (lazily; stop when full)."""
+    """Language reference topics interleaved with standard-library docstrings, as documents (lazily)."""
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions strip pydoc_data

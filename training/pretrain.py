@@ -305,14 +305,15 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, corpus_t
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr = opt.param_groups[0]["lr"]  # the rate this step used
         opt.step()
         sched.step()
         value = loss.item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"pretrain loss became {value} at step {step}; lower --lr")
+            raise ConfigError(f"pretrain loss became {value} at step {step + 1}; lower --lr (now {cfg.lr})")
         history["step"].append(step + 1)
         history["loss"].append(round(value, 5))
-        history["lr"].append(opt.param_groups[0]["lr"])
+        history["lr"].append(lr)
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
             history["val_step"].append(step + 1)
             history["val_loss"].append(round(evaluate(model, val_stream, cfg, cfg.seed + 1), 5))
