@@ -106,6 +106,11 @@ class RouterConfig(_DictMixin):
     hidden: int = 512  # width of the projected token features and of the queries
     mlp_hidden: int = 512  # MLP 2*hidden -> mlp_hidden -> hidden
     dropout: float = 0.1
+    # Std of the learned pooling queries at init. Token features are LayerNorm'd (entries ~1), so queries ~N(0, 0.02)
+    # score every token alike: each domain's pool is the same mean and training sits on a plateau (measured on a
+    # tiny base, 120 prompts of 3 domains, lr 8e-4: 67% / 72% validation top-1 after 8 / 16 epochs with 0.02,
+    # 89% / 100% with 1.0).
+    query_init_std: float = 1.0
     min_temperature: float = 0.3
     max_temperature: float = 3.0
     min_weight: float = 0.12  # serving: a weight <= min_weight becomes 0 (domain skipped)

@@ -75,8 +75,8 @@ class MetaRouter(nn.Module):
         H = cfg.hidden
         self.proj = nn.Linear(d_model, H)
         self.norm = nn.LayerNorm(H)
-        self.global_query = nn.Parameter(torch.randn(H) * 0.02)
-        self.domain_queries = nn.Parameter(torch.randn(len(domains), H) * 0.02)
+        self.global_query = nn.Parameter(torch.randn(H) * cfg.query_init_std)
+        self.domain_queries = nn.Parameter(torch.randn(len(domains), H) * cfg.query_init_std)
         self.mlp = nn.Sequential(
             nn.Linear(2 * H, cfg.mlp_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.mlp_hidden, H), nn.GELU(), nn.Dropout(cfg.dropout), nn.LayerNorm(H),

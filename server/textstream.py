@@ -10,29 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FALLBACK_CHAT_TEMPLATE = (  # the same rendering training uses for tokenizers without a chat template
-    "{% for m in messages %}"
-    "{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{{ '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
+from brainstacks.text import FALLBACK_CHAT_TEMPLATE, encode_prompt  # noqa: F401 (re-exported)
+from brainstacks.text import render_chat as _render_chat
 
 
 def render_chat(tokenizer, messages: list[dict]) -> str:
-    template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
-    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-    return text if isinstance(text, str) else text[0]
-
-
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """A raw prompt's ids as training tokenizes prompts: with leading special tokens (BOS), never a trailing EOS."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"]) if text else []
-    eos = tokenizer.eos_token_id
-    if ids and eos is not None and ids[-1] == eos and tokenizer.bos_token_id != eos:
-        ids = ids[:-1]
-    return ids
+    """A chat request's prompt text (the shared rendering, with the generation prompt)."""
+    return _render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 @dataclass

@@ -39,19 +39,12 @@ from typing import Any
 import torch
 
 from brainstacks.errors import BrainstacksError
+from brainstacks.text import FALLBACK_CHAT_TEMPLATE, encode_prompt, render_chat  # noqa: F401 (re-exported)
 
 IGNORE_INDEX = -100
 FORMATS = ("prompt_completion", "messages", "text", "preference")
 ROLES = ("system", "user", "assistant", "tool")
 
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{{ '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
 
 
 class DataError(BrainstacksError, ValueError):
@@ -207,38 +200,8 @@ def read_jsonl_any(path: str | Path) -> tuple[str, list[Record]]:
 # --- rendering and tokenization -----------------------------------------------------------------------------
 
 
-def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as text, through the tokenizer's chat template or FALLBACK_CHAT_TEMPLATE."""
-    template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(
-        msgs, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    return text if isinstance(text, str) else text[0]
-
-
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"]) if text else []
-
-
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """A raw prompt's ids as the server sees it: with the tokenizer's leading special tokens (e.g. BOS)."""
-    ids = _ids(tokenizer, prompt, special=True)
-    eos = tokenizer.eos_token_id
-    if ids and eos is not None and ids[-1] == eos and tokenizer.bos_token_id != eos:
-        ids = ids[:-1]  # tokenizers configured to append EOS: a prompt must stay open
-    bos = tokenizer.bos_token_id
-    if not ids and bos is not None:
-        ids = [bos]
-    if (
-        len(ids) >= 2
-        and ids[0] == bos
-        and ids[1] == bos
-        and tokenizer.bos_token
-        and prompt.startswith(tokenizer.bos_token)
-    ):
-        ids = ids[1:]  # a rendered chat template that already begins with BOS: never double it
-    return ids
 
 
 def leading_specials(tokenizer, text: str) -> list[int]:

@@ -81,7 +81,6 @@ class RouterTrainConfig:
     confidence_margin: float = 0.3
     valid_fraction: float = 0.15  # share of unique prompts held out to choose the best epoch
     examples_per_domain: int = 400  # examples per domain (the first oracle_samples of them oracle-scored)
-    query_init_std: float = 1.0  # re-init of the router's pooling queries (see training/router_train.py)
 
 
 @dataclass

@@ -302,14 +302,6 @@ def train_router(
         valid_idx = list(train_idx)
     torch.manual_seed(seed)
     router = MetaRouter(int(feats[0].shape[-1]), domains, router_config).to(device)
-    if cfg.query_init_std > 0:
-        # Token features are LayerNorm'd (entries ~1), so queries ~N(0, 0.02) score every token alike: each domain's
-        # pool is then the same mean, the shared head cannot tell domains apart, and training sits on a plateau
-        # (measured, tiny base, 120 prompts of 3 domains, default RouterConfig, lr 8e-4: validation accuracy after
-        # 8 / 16 epochs 67% / 72% with the module's init, loss stuck at 0.64; 89% / 100% with queries ~N(0, 1)).
-        with torch.no_grad():
-            router.global_query.normal_(0.0, cfg.query_init_std)
-            router.domain_queries.normal_(0.0, cfg.query_init_std)
     opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train_idx) // cfg.batch_size)
     sched = warmup_cosine(opt, cfg.epochs * steps_per_epoch)

@@ -191,9 +191,3 @@ def test_validation_split_is_deterministic_by_prompt(tmp_path: Path, tiny_tok, w
     spec = DomainSpec("math", tmp_path / "d.jsonl", None, "prompt_completion", "sft")
     data = load_domain(spec, tiny_tok, seq_len=32, valid_fraction=0.2)
     assert len(data.valid) == len(va) and len(data.train) == len(tr)
-
-
-def test_fallback_chat_template_is_the_servers():
-    """Training and serving must render chats identically, or assistant-turn training will not match generation."""
-    server = pytest.importorskip("server.textstream")
-    assert FALLBACK_CHAT_TEMPLATE == server.FALLBACK_CHAT_TEMPLATE
