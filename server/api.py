@@ -152,6 +152,7 @@ class Generation:
     request_id: str
     prep: Prepared
     created: int
+    deadline: float | None = None
     reqs: list[GenRequest] = field(default_factory=list)
     choices: list[ChoiceText] = field(default_factory=list)
     weights: list[dict[str, float] | None] = field(default_factory=list)
@@ -173,7 +174,8 @@ def start_generation(state: Any, prep: Prepared, request_id: str) -> Generation:
         raise not_ready()
     loop = asyncio.get_running_loop()
     prefix = "chatcmpl-" if prep.kind == "chat" else "cmpl-"
-    g = Generation(prefix + uuid.uuid4().hex[:24], request_id, prep, int(time.time()))
+    g = Generation(prefix + uuid.uuid4().hex[:24], request_id, prep, int(time.time()),
+                   time.monotonic() + state.settings.request_timeout)
     runner = state.runner
     tok = runner.tokenizer
     g.bundle_version = runner.bundle_version
@@ -212,12 +214,21 @@ def _apply(g: Generation, p: int, ev: Event) -> None:
         if c.add(ev.token_id, ev.logprob, ev.top):
             g.reqs[p].cancel(ev.index)  # stop string found: free the row at the next step
     elif ev.kind == "finish":
-        c.finish("length" if ev.finish_reason == "length" else "stop")
+        c.finish(ev.finish_reason if ev.finish_reason in ("length", "stop") else "cancelled")
 
 
-async def pump(g: Generation) -> None:
-    """Wait for at least one event, then apply everything already queued."""
-    p, ev = await g.queue.get()
+async def pump(g: Generation, deadline: float | None = None) -> None:
+    """Wait for at least one event, then apply everything already queued. Past `deadline` (monotonic), the request
+    is cancelled and its unfinished choices end with finish_reason "length"."""
+    try:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        p, ev = await asyncio.wait_for(g.queue.get(), timeout)
+    except asyncio.TimeoutError:
+        log.warning("request %s timed out; cancelling", g.id)
+        g.cancel()
+        for c in g.choices:
+            c.finish("length")
+        return
     _apply(g, p, ev)
     while not g.queue.empty():
         p, ev = g.queue.get_nowait()
@@ -332,7 +343,7 @@ async def stream_events(state: Any, g: Generation, request: Request):
                     yield _chunk(state, g, [], with_usage=True)
                 yield "data: [DONE]\n\n"
                 break
-            await pump(g)
+            await pump(g, g.deadline)
     finally:
         # client gone, stream finished or error: free any row still running at the next step
         if not g.done:
@@ -349,7 +360,7 @@ async def run(state: Any, body: CompletionRequest | ChatCompletionRequest, reque
     watcher = asyncio.create_task(_watch_disconnect(request, g))
     try:
         while not g.done:
-            await pump(g)
+            await pump(g, g.deadline)
     finally:
         watcher.cancel()
         if not g.done:

@@ -194,3 +194,42 @@ def test_load_failure_reports_503_with_reason(tmp_path):
         assert "manifest" in err["message"]
     finally:
         s.stop()
+
+
+def test_disconnected_stream_frees_its_slot(tmp_path, core_base_dir, live_server_factory):
+    bundle = build_bundle(tmp_path / "b", core_base_dir)
+    app = create_app(ServerSettings(bundle=str(bundle), quantize="none", max_batch=1, max_tokens_limit=400,
+                                    max_waiting=4))
+    s = live_server_factory(app)
+    engine = app.state.bs.engine
+    gate = threading.Event()
+    # a greedy prompt that runs to max_tokens (no EOS), so only the disconnect can end it early
+    prompt = next(p for p in ("two plus two", "the patient", "def add", "what is", "blood", "code", "sum")
+                  if httpx.post(s.url + "/v1/completions", timeout=60, json={"prompt": p, "max_tokens": 400,
+                                "temperature": 0}).json()["choices"][0]["finish_reason"] == "length")
+    with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
+                      json={"prompt": prompt, "max_tokens": 400, "stream": True, "temperature": 0}) as r:
+        next(ln for ln in r.iter_lines() if ln.startswith("data: "))
+        engine.call(gate.wait)  # hold the model thread at the next step boundary, so the row cannot finish first
+        assert engine.running_rows == 1
+    threading.Timer(0.5, gate.set).start()  # the disconnect is noticed while the engine is held
+    # the client is gone: its row leaves at the next step, and the single slot serves the next request
+    r2 = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
+    assert r2.status_code == 200
+    hist = [v for v in app.state.bs.history.values() if v["finish_reasons"] == ["cancelled"]]
+    assert hist and 0 < hist[0]["usage"]["completion_tokens"] < 400
+
+
+def test_request_timeout_ends_with_length(tmp_path, core_base_dir, live_server_factory):
+    bundle = build_bundle(tmp_path / "b", core_base_dir)
+    app = create_app(ServerSettings(bundle=str(bundle), quantize="none", request_timeout=0.5, max_tokens_limit=400))
+    s = live_server_factory(app)
+    gate = threading.Event()
+    app.state.bs.engine.call(gate.wait)  # the engine makes no progress until released: the request must time out
+    try:
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 400}, timeout=60)
+    finally:
+        gate.set()
+    assert r.status_code == 200
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] < 400
