@@ -175,3 +175,18 @@ def test_metrics_cover_design_set(served):
     for dom in ("math", "code"):
         assert value(m["brainstacks_router_weight"], "brainstacks_router_weight_count", domain=dom) == 2
     assert value(m["brainstacks_running_requests"], "brainstacks_running_requests") == 0
+
+
+def test_reload_refuses_paths_outside_the_bundle(served, tmp_path):
+    s, bundle = served
+    import json
+
+    outside = tmp_path / "outside"
+    (outside / "stack").mkdir(parents=True)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["version"] += 1
+    m["domains"].append({"name": "evil", "stacks": ["../outside/stack"]})
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    r = httpx.post(s.url + "/admin/reload")
+    assert r.status_code == 409 and "escapes the bundle" in r.json()["error"]["message"]
+    assert httpx.get(s.url + "/health").json()["bundle_version"] == 1
