@@ -33,9 +33,9 @@ def _device(settings: ServerSettings) -> str:
 
 
 def demo_bundle_dir() -> Path:
-    import brainstacks
+    from brainstacks.demo import demo_bundle_path
 
-    return Path(brainstacks.__file__).parent / "demo_bundle"
+    return demo_bundle_path()
 
 
 def load_runner(settings: ServerSettings) -> ModelRunner:

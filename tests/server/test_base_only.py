@@ -6,7 +6,7 @@ import httpx
 
 from server.app import create_app
 from server.settings import ServerSettings
-from server.textstream import FALLBACK_CHAT_TEMPLATE, render_chat
+from server.textstream import render_chat
 
 
 def test_bare_base_serves_without_domains(tiny_base_dir, live_server_factory):
@@ -23,10 +23,8 @@ def test_bare_base_serves_without_domains(tiny_base_dir, live_server_factory):
 
 
 def test_chat_fallback_matches_training(tiny_tokenizer):
-    from training.data import FALLBACK_CHAT_TEMPLATE as TRAINING_TEMPLATE
     from training.data import render_chat as training_render
 
-    assert FALLBACK_CHAT_TEMPLATE == TRAINING_TEMPLATE
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two plus two"}]
     assert not getattr(tiny_tokenizer, "chat_template", None)
     assert render_chat(tiny_tokenizer, msgs) == training_render(tiny_tokenizer, msgs, add_generation_prompt=True)
