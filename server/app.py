@@ -64,6 +64,10 @@ class ServerState:
         """Load, start the engine and warm up (background thread)."""
         try:
             t0 = time.perf_counter()
+            if self.settings.threads:
+                import torch
+
+                torch.set_num_threads(self.settings.threads)
             runner = self.runner_factory(self.settings)
             engine = Engine(runner, max_batch=self.settings.max_batch, max_waiting=self.settings.max_waiting,
                             metrics=self.metrics)

@@ -70,10 +70,6 @@ def serve(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise ConfigError(f"invalid server settings: {e}") from e
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout) + 5)
