@@ -352,7 +352,7 @@ async def stream_events(state: Any, g: Generation, request: Request):
 
 
 async def run(state: Any, body: CompletionRequest | ChatCompletionRequest, request: Request):
-    prep = prepare(state, body)
+    prep = await asyncio.to_thread(prepare, state, body)  # tokenizing a long prompt must not stall the event loop
     g = start_generation(state, prep, getattr(request.state, "request_id", ""))
     if prep.stream:
         return StreamingResponse(stream_events(state, g, request), media_type="text/event-stream",

@@ -362,6 +362,11 @@ class AccessMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         t0 = time.perf_counter()
         status = {"code": 500}
+        limit = self.state.settings.max_body_bytes
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        too_big = length is not None and (not length.isdigit() or int(length) > limit)
+        if not too_big:
+            receive = _limited(receive, limit)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -372,7 +377,12 @@ class AccessMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            if too_big:
+                resp = APIError(413, f"The request body exceeds {limit} bytes.", "invalid_request_error", None,
+                                "payload_too_large").response()
+                await resp(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
             self.state.metrics.requests.labels(endpoint=self._endpoint(path), status=str(status["code"])).inc()
@@ -380,3 +390,19 @@ class AccessMiddleware:
                                         "path": path, "status": status["code"],
                                         "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
                                         "client": (scope.get("client") or ["?"])[0]}))
+
+
+def _limited(receive, limit: int):
+    """A receive that stops a chunked body at `limit` bytes (what is cut off then fails to parse: a 400)."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                return {"type": "http.request", "body": b"", "more_body": False}
+        return message
+
+    return wrapped

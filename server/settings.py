@@ -37,6 +37,7 @@ class ServerSettings(BaseSettings):
     max_n: int = Field(8, description="Largest n (samples per prompt).", ge=1, le=128)
     max_prompts: int = Field(16, description="Most prompts in one /v1/completions request.", ge=1, le=1024)
     max_logprobs: int = Field(5, description="Most alternatives per token for logprobs / top_logprobs.", ge=0, le=20)
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body in bytes (413 beyond).", ge=1024, le=1 << 31)
     retry_after: int = Field(1, description="Seconds in the Retry-After header of a 429.", ge=1, le=3600)
     request_timeout: float = Field(600.0, description="Seconds a request may take before it is cancelled.", gt=0, le=86_400)
     drain_timeout: float = Field(10.0, description="Seconds shutdown waits for in-flight requests before aborting them.", ge=0, le=3600)

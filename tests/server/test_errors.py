@@ -233,3 +233,18 @@ def test_request_timeout_ends_with_length(tmp_path, core_base_dir, live_server_f
     assert r.status_code == 200
     body = r.json()
     assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] < 400
+
+
+def test_oversized_body_is_refused(http):
+    assert_envelope(http.post("/v1/completions", content=b'{"prompt": "' + b"a" * (9 * 1024 * 1024) + b'"}',
+                              headers={"content-type": "application/json"}), 413, "payload_too_large")
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"a" * (1024 * 1024)
+        yield b'"}'
+
+    r = http.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+    ok(http)
