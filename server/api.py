@@ -311,7 +311,7 @@ async def stream_events(state: Any, g: Generation, request: Request):
     try:
         while True:
             if g.error is not None:
-                yield sse_error(APIError(503, f"generation aborted: {g.error}", "server_error", None, "aborted"))
+                yield sse_error(aborted(g))
                 break
             if not started and chat and any(w is not None for w in g.weights):
                 started = True
@@ -367,8 +367,15 @@ async def run(state: Any, body: CompletionRequest | ChatCompletionRequest, reque
             g.cancel()
         state.finish_generation(g)
     if g.error is not None:
-        raise APIError(503, f"generation aborted: {g.error}", "server_error", None, "aborted")
+        raise aborted(g)
     return JSONResponse(final_response(state, g))
+
+
+def aborted(g: Generation) -> APIError:
+    """The engine gave up on this request: 503 when the server is shutting down, 500 for an internal failure."""
+    if "shutting down" in (g.error or ""):
+        return APIError(503, f"Generation aborted: {g.error}.", "server_error", None, "shutting_down")
+    return APIError(500, f"Generation failed: {g.error}.", "server_error", None, "internal_error")
 
 
 async def _watch_disconnect(request: Request, g: Generation) -> None:

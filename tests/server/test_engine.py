@@ -209,3 +209,44 @@ def test_route_cache_hits_and_is_cleared_on_router_swap(tiny_bundle):
     assert runner.route([[8, 9]]) == [a[1]]  # ... is not seen while cached
     runner.router = runner.router  # swapping (reload) clears the cache
     assert runner.route([[8, 9]]) != [a[1]]
+
+
+def test_a_failing_step_fails_its_rows_and_the_engine_keeps_serving(tiny_runner):
+    eng = Engine(tiny_runner, max_batch=4, max_waiting=4)
+    eng.start()
+    try:
+        import threading
+
+        real = tiny_runner.forward
+        calls = {"n": 0}
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the first decode step
+                raise RuntimeError("boom")
+            return real(*a, **k)
+
+        tiny_runner.forward = flaky
+        done = threading.Event()
+        c = Collector()
+
+        def sink(ev):
+            c(ev)
+            if ev.kind in ("error", "finish"):
+                done.set()
+
+        eng.submit(GenRequest("a", PROMPTS[0], SamplingParams(max_tokens=5, temperature=0.0), sink, weights={}))
+        assert done.wait(30) and [e.kind for e in c.events][-1] == "error"
+        tiny_runner.forward = real
+        done.clear()
+        c2 = Collector()
+
+        def sink2(ev):
+            c2(ev)
+            if ev.kind in ("error", "finish"):
+                done.set()
+
+        eng.submit(GenRequest("b", PROMPTS[0], SamplingParams(max_tokens=3, temperature=0.0), sink2, weights={}))
+        assert done.wait(30) and c2.finish() == ["length"] and len(c2.tokens()) == 3
+    finally:
+        eng.stop(1)

@@ -141,3 +141,13 @@ def test_list_prompts_and_models(client, server):
     assert ids == ["brainstacks", "brainstacks:base", "brainstacks:all", "brainstacks:math", "brainstacks:code"]
     h = httpx.get(server.url + "/health")
     assert h.status_code == 200 and h.json()["bundle_version"] == 1 and h.headers["x-request-id"]
+
+
+def test_token_id_prompt_equals_text_prompt(client, server):
+    tok = server.app.state.bs.runner.tokenizer
+    from server.textstream import encode_prompt
+
+    ids = encode_prompt(tok, PROMPT)
+    a = client.completions.create(model="brainstacks:math", prompt=ids, max_tokens=6, temperature=0)
+    b = client.completions.create(model="brainstacks:math", prompt=PROMPT, max_tokens=6, temperature=0)
+    assert a.choices[0].text == b.choices[0].text and a.usage.prompt_tokens == len(ids)
