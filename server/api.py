@@ -188,7 +188,8 @@ def start_generation(state: Any, prep: Prepared, request_id: str) -> Generation:
         g.reqs.append(q)
         g.weights.append(prep.weights)
         for _ in range(prep.n):
-            g.choices.append(ChoiceText(tok, prep.stops, skip_ids=runner.eos_token_ids))
+            g.choices.append(ChoiceText(tok, prep.stops, skip_ids=runner.eos_token_ids,
+                                        keep_tokens=prep.top_logprobs is not None))
     try:
         for q in g.reqs:
             state.engine.submit(q)

@@ -33,6 +33,7 @@ class ChoiceText:
     tokenizer: object
     stops: list[str]
     skip_ids: frozenset[int] = frozenset()  # e.g. EOS: counted, never shown
+    keep_tokens: bool = True  # record TokenInfo per token (for logprobs)
     ids: list[int] = field(default_factory=list)
     text: str = ""
     tokens: list[TokenInfo] = field(default_factory=list)
@@ -56,7 +57,8 @@ class ChoiceText:
         self.ids.append(token_id)
         before = len(self.text)
         delta = self._decode_delta()
-        self.tokens.append(TokenInfo(token_id, self._piece(token_id), logprob, top, before))
+        if self.keep_tokens:  # per-token text costs a decode each: only when logprobs are returned
+            self.tokens.append(TokenInfo(token_id, self._piece(token_id), logprob, top, before))
         if not delta:
             return False
         self.text += delta
