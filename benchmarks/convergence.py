@@ -60,7 +60,7 @@ def lockstep(path: Path, data: DomainData, cfg: TrainConfig, configs: dict[str, 
     """Train one stack per config on the same batches, alternating steps; validation curves and step times."""
     runs = {}
     for name, sc in configs.items():
-        lb = load_base(path, quantize="nf4")
+        lb = load_base(path, quantize="nf4", for_training=True)
         sm = StackedModel(lb.model, sc)
         sm.add_domain(data.name)
         torch.manual_seed(cfg.seed)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. ungated forgetting of math while training medical, null space on vs off
     forgetting = {}
     for ns in (False, True):
-        lb = load_base(path, quantize="nf4")
+        lb = load_base(path, quantize="nf4", for_training=True)
         s2 = StackedModel(lb.model, StackConfig(experts=4, top_k=2, rank=16, alpha=16))
         for d, t in ((d, sm.stack_tensors(d, k)) for d, k in sm.stacks):
             if d not in s2.domains:

@@ -105,9 +105,41 @@ def quantize_targets(model: nn.Module, quant_type: str, compute_dtype: torch.dty
     return len(mods)
 
 
+def prepare_for_backward(model: nn.Module) -> int:
+    """Make every bitsandbytes 4-bit layer safe to backpropagate through; returns how many were changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight for a fast inference kernel the first
+    time it runs in eval mode without grad, and from then on always calls that kernel, which has no autograd: the
+    gradient through the base projection to earlier layers is then silently wrong (measured: layer-0 stack gradients
+    off by 100% after one validation pass). Training calls this before each new stack: it restores the canonical
+    layout and turns the repacking off for that layer. Serving never trains, so it keeps the fast kernel.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:  # no bitsandbytes: nothing quantized
+        return 0
+    changed = 0
+    for mod in model.modules():
+        if not isinstance(mod, bnb.nn.Linear4bit):
+            continue
+        qs = getattr(mod.weight, "quant_state", None)
+        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
+            mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(mod.weight.data, qs)
+            changed += 1
+        if getattr(mod, "support_avx512bf16_for_cpu", False):
+            mod.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch.dtype = "float32",
-              device: str = "cpu", targets: tuple[str, ...] = TARGETS) -> LoadedBase:
-    """Load model + tokenizer from a local HF directory, frozen, optionally 4-bit; never downloads."""
+              device: str = "cpu", targets: tuple[str, ...] = TARGETS, for_training: bool = False) -> LoadedBase:
+    """Load model + tokenizer from a local HF directory, frozen, optionally 4-bit; never downloads.
+
+    `for_training=True` keeps the 4-bit layers in bitsandbytes' autograd-safe layout from the start (see
+    prepare_for_backward), so the base weights stay bit-identical through every eval pass of a training run.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if quantize not in QUANTIZE_CHOICES:
@@ -133,8 +165,10 @@ def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch
         prm.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if for_training:
+        prepare_for_backward(model)
     return LoadedBase(model, tokenizer, compute_fingerprint(model, targets), str(p.resolve()), quantize, dt)
 
 
-__all__ = ["LoadedBase", "load_base", "compute_fingerprint", "fingerprint_mismatches", "quantize_targets",
+__all__ = ["LoadedBase", "load_base", "prepare_for_backward", "compute_fingerprint", "fingerprint_mismatches", "quantize_targets",
            "target_modules", "QUANTIZE_CHOICES", "TARGETS", "dtype_name"]

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from brainstacks.base import target_modules
+from brainstacks.base import prepare_for_backward, target_modules
 from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.layer import RoutingState, StackedLinear
@@ -116,6 +116,7 @@ class StackedModel:
         self._require_domain(domain)
         if self._active is not None:
             raise StackFormatError(f"a stack for {self._active!r} is already active; freeze or discard it first")
+        prepare_for_backward(self.model)  # gradients must flow through the 4-bit base layers correctly
         params: list[nn.Parameter] = []
         for path, lay in self.layers.items():
             V = nullspace.get(path) if nullspace else None

@@ -105,7 +105,7 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
     out = Path(out_dir).resolve()
     cfg = recipe.train
     records = validate_recipe_data(recipe)  # every line of every file, before any work
-    base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device)
+    base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device, for_training=True)
     existing = _check_existing(out, recipe, base.fingerprint)
     tok = base.tokenizer
     pad = pad_id_of(tok)

@@ -54,3 +54,44 @@ def test_refusals(tmp_path):
     with pytest.raises(BaseModelError, match="divisible by 32.*gate_proj|divisible by 32.*up_proj"):
         load_base(odd, quantize="nf4")
     assert load_base(odd, quantize="none").model is not None
+
+
+def test_gradient_through_nf4_base_is_exact_after_an_eval_pass(base_dirs):
+    """bitsandbytes repacks 4-bit weights for an inference kernel without autograd after an eval pass on AVX512-BF16
+    CPUs; start_stack must undo that, so stack gradients equal those through the same weights held dense."""
+    import bitsandbytes as bnb
+
+    from brainstacks.config import StackConfig
+    from brainstacks.stacks import StackedModel
+    from brainstacks.testing import randomize_active
+
+    ids = torch.randint(4, 200, (2, 6))
+
+    def build(quantize):
+        lb = load_base(base_dirs["llama"], quantize=quantize)
+        sm = StackedModel(lb.model, StackConfig(rank=4))
+        sm.add_domain("a")
+        return lb, sm
+
+    lb, sm = build("nf4")
+    lb.model.eval()
+    with torch.no_grad():
+        lb.model(ids)  # may repack the 4-bit weights
+    torch.manual_seed(0)
+    sm.start_stack("a")
+    randomize_active(sm)
+    dense_lb, dense_sm = build("none")
+    with torch.no_grad():  # the dense twin holds exactly the dequantized 4-bit weights and the same stack
+        for path, lay in sm.layers.items():
+            w = bnb.functional.dequantize_4bit(lay.base_layer.weight.data, lay.base_layer.weight.quant_state)
+            dense_sm.layers[path].base_layer.weight.copy_(w)
+    dense_sm.start_stack("a")
+    dense_sm.load_active_state(sm.active_state())
+    grads = []
+    for model, s in ((lb.model, sm), (dense_lb.model, dense_sm)):
+        model.train()
+        for m in s.active_modules().values():
+            m.eval()  # no gate noise: both runs route identically (grads still flow)
+        model(ids, labels=ids).loss.backward()
+        grads.append(torch.cat([m.A.grad.flatten() for m in s.active_modules().values()]))
+    assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 1e-3
