@@ -70,7 +70,7 @@ class ServerState:
                 torch.set_num_threads(self.settings.threads)
             runner = self.runner_factory(self.settings)
             engine = Engine(runner, max_batch=self.settings.max_batch, max_waiting=self.settings.max_waiting,
-                            metrics=self.metrics)
+                            max_prefill_tokens=self.settings.max_prefill_tokens, metrics=self.metrics)
             engine.start()
             self.runner, self.engine = runner, engine
             self.registry = Registry(runner, engine, self.metrics)

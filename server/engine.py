@@ -164,9 +164,11 @@ def _lpad(x: torch.Tensor, width: int) -> torch.Tensor:
 class Engine:
     """Iteration-level scheduler over one runner. Start with `start()`; submit from any thread."""
 
-    def __init__(self, runner: Any, *, max_batch: int = 16, max_waiting: int = 64, metrics: Any = None):
+    def __init__(self, runner: Any, *, max_batch: int = 16, max_waiting: int = 64, max_prefill_tokens: int = 8192,
+                 metrics: Any = None):
         self.runner = runner
         self.max_batch = max_batch
+        self.max_prefill_tokens = max_prefill_tokens
         self.max_waiting = max_waiting
         self.metrics = metrics
         self._waiting: collections.deque[GenRequest] = collections.deque()
@@ -281,6 +283,7 @@ class Engine:
     def _admit(self) -> list[GenRequest]:
         out: list[GenRequest] = []
         free = self.max_batch - self.running_rows
+        width = 0
         with self._cv:
             while self._waiting:
                 req = self._waiting[0]
@@ -291,6 +294,11 @@ class Engine:
                     continue
                 if req.n > free:
                     break
+                # the newcomers' prefill is one left-padded (k, width) forward: bound its size (always admit one)
+                w = max(width, len(req.prompt_ids))
+                if out and w * (len(out) + 1) > self.max_prefill_tokens:
+                    break
+                width = w
                 self._waiting.popleft()
                 self._waiting_rows -= req.n
                 free -= req.n

@@ -32,6 +32,8 @@ class ServerSettings(BaseSettings):
 
     max_batch: int = Field(16, description="Most rows in the running decode batch.", ge=1, le=1024)
     max_waiting: int = Field(64, description="Most rows waiting for a batch slot; beyond it requests get 429.", ge=1, le=100_000)
+    max_prefill_tokens: int = Field(8192, description="Most (padded) prompt tokens prefilled together in one step.",
+                                    ge=1, le=10_000_000)
     max_prompt_tokens: int = Field(2048, description="Most prompt tokens per request (also capped by the model's context).", ge=1, le=1_000_000)
     max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.", ge=1, le=1_000_000)
     max_n: int = Field(8, description="Largest n (samples per prompt).", ge=1, le=128)

@@ -250,3 +250,16 @@ def test_a_failing_step_fails_its_rows_and_the_engine_keeps_serving(tiny_runner)
         assert done.wait(30) and c2.finish() == ["length"] and len(c2.tokens()) == 3
     finally:
         eng.stop(1)
+
+
+def test_prefill_token_budget_splits_admission(tiny_runner):
+    eng = Engine(tiny_runner, max_batch=8, max_waiting=8, max_prefill_tokens=20)
+    eng.start(background=False)
+    sp = SamplingParams(max_tokens=3, temperature=0.0)
+    cols = [Collector() for _ in range(3)]
+    for i, c in enumerate(cols):
+        eng.submit(GenRequest(f"p{i}", list(range(5, 17)), sp, c, weights={}))  # 12 tokens each
+    eng.step()
+    assert eng.running_rows == 1 and eng.waiting_rows == 2  # 2 x 12 > 20: one per step
+    run_until_idle(eng)
+    assert all(c.tokens() == cols[0].tokens() for c in cols)
