@@ -84,9 +84,12 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ model calls
     def new_cache(self):
+        """An all-full-attention DynamicCache. Not built from the config on purpose: sliding-window layers crop their
+        cache with one length for the whole batch, which breaks rows of different lengths; full layers plus the
+        model's sliding-window mask are exact (left padding shifts a row's queries and keys alike)."""
         from transformers import DynamicCache
 
-        return DynamicCache(config=self.model.config)
+        return DynamicCache()
 
     @torch.inference_mode()
     def forward(

@@ -263,3 +263,30 @@ def test_prefill_token_budget_splits_admission(tiny_runner):
     assert eng.running_rows == 1 and eng.waiting_rows == 2  # 2 x 12 > 20: one per step
     run_until_idle(eng)
     assert all(c.tokens() == cols[0].tokens() for c in cols)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_engine_matches_hf_generate(tmp_path, family):
+    """A reference computed another way: each row of a staggered batch equals transformers' own greedy generate,
+    including a sliding-window model whose sequences outgrow the window."""
+    from transformers import AutoModelForCausalLM
+
+    from brainstacks.testing import tiny_base, tiny_tokenizer
+    from server.runner import ModelRunner
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base(tmp_path / "b", family=family)).eval()
+    if family == "gemma2":
+        model.config.sliding_window = 6
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)  # well-separated greedy choices
+    prompts = [[5 + i for i in range(n)] for n in (12, 3, 9, 15)]
+    ref = [model.generate(torch.tensor([p]), max_new_tokens=10, min_new_tokens=10, do_sample=False, eos_token_id=None,
+                          pad_token_id=1)[0, len(p):].tolist() for p in prompts]
+    eng = Engine(ModelRunner(model, tiny_tokenizer()), max_batch=4)
+    eng.start(background=False)
+    cols = [Collector() for _ in prompts]
+    for i, p in enumerate(prompts):
+        eng.submit(GenRequest(str(i), p, SamplingParams(max_tokens=10, temperature=0.0), cols[i], weights={}))
+        eng.step()
+    run_until_idle(eng)
+    assert [c.tokens() for c in cols] == ref
