@@ -139,12 +139,13 @@ def test_eos_stops_a_row(tiny_runner):
     assert c.tokens() == [first] and c.finish() == ["stop"]
 
 
-def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle):
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle, quantize):
     """Each row carries its own weights through the fused forward: batched == alone, and weights matter."""
     from server.registry import load_runner
     from server.settings import ServerSettings
 
-    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))
+    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize=quantize))
     assert runner.domains == ["math", "code"]
     ws = [{"math": 1.0, "code": 0.0}, {"math": 0.0, "code": 1.0}, {"math": 0.0, "code": 0.0}, {"math": 0.5, "code": 0.9}]
     prompt = [5, 17, 33, 40, 41]
