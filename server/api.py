@@ -72,6 +72,7 @@ class Prepared:
     top_logprobs: int | None  # None = no logprobs
     stream: bool
     include_usage: bool
+    user: str | None = None
 
 
 def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prepared:
@@ -141,7 +142,7 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
                             seed=body.seed, logprobs=top, stop_token_ids=runner.eos_token_ids)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     return Prepared("chat" if chat else "completion", body.model, prompts, texts, body.n, params, weights,
-                    body.stop_list(), top, body.stream, include_usage)
+                    body.stop_list(), top, body.stream, include_usage, body.user)
 
 
 @dataclass

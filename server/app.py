@@ -159,6 +159,7 @@ class ServerState:
             if v > 0:
                 active += [f"{dd}/{k}" for dd, k in stacks if dd == d]
         rec = {"id": g.id, "object": "debug.request", "request_id": g.request_id, "model": g.prep.model,
+               "user": g.prep.user,
                "created": g.created, "routed": g.prep.weights is None, "weights": ext["weights"],
                "prompt_weights": ext.get("prompt_weights"), "active_stacks": active,
                "bundle_version": g.bundle_version, "usage": usage,

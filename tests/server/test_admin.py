@@ -41,14 +41,14 @@ def test_debug_route_and_request_history(served):
     s, _ = served
     route = httpx.post(s.url + "/debug/route", json={"prompt": "two plus two equals"}).json()
     assert set(route["weights"]) == {"math", "code"} and route["routed"] and route["bundle_version"] == 1
-    r = httpx.post(s.url + "/v1/completions", json={"prompt": "two plus two equals", "max_tokens": 4},
+    r = httpx.post(s.url + "/v1/completions", json={"prompt": "two plus two equals", "max_tokens": 4, "user": "u-7"},
                    headers={"X-Request-Id": "dbg-1"})
     body = r.json()
     assert body["brainstacks"]["weights"] == route["weights"]  # same prompt, same router pass
     for key in (body["id"], "dbg-1"):
         rec = httpx.get(s.url + f"/debug/requests/{key}").json()
         assert rec["id"] == body["id"] and rec["weights"] == route["weights"] and rec["routed"]
-        assert rec["usage"] == body["usage"] and rec["bundle_version"] == 1
+        assert rec["usage"] == body["usage"] and rec["bundle_version"] == 1 and rec["user"] == "u-7"
         assert rec["active_stacks"] == [f"{d}/0" for d, w in route["weights"].items() if w > 0]
         t = rec["timings"]
         assert 0 <= t["queue_ms"] <= t["ttft_ms"] <= t["e2e_ms"] and t["route_ms"] >= 0 and t["prefill_ms"] > 0
