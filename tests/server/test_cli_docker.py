@@ -42,12 +42,17 @@ def _dockerfile_json(instr: str) -> list[str]:
     return json.loads(m.group(1))
 
 
-def test_dockerfile_entrypoint_is_a_valid_serve_invocation():
-    argv = _dockerfile_json("ENTRYPOINT") + _dockerfile_json("CMD")
+@pytest.mark.parametrize("extra", [[], ["--watch", "--quantize", "none"]])
+def test_dockerfile_entrypoint_is_a_valid_serve_invocation(monkeypatch, extra):
+    text = (ROOT / "Dockerfile").read_text()
+    code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    for k, v in re.findall(r"(BRAINSTACKS_[A-Z_]+)=(\S+)", code):  # the image's ENV defaults
+        monkeypatch.setenv(k, v)
+    argv = _dockerfile_json("ENTRYPOINT") + _dockerfile_json("CMD") + extra  # `docker run IMAGE ...extra`
     assert argv[0] == "brainstacks"
     s = settings_from_args(build_parser().parse_args(argv[1:]))
     assert argv[1] == "serve" and s.bundle == "/bundle" and s.host == "0.0.0.0"
-    text = (ROOT / "Dockerfile").read_text()
+    assert s.watch == bool(extra)
     assert re.search(rf"^EXPOSE {s.port}$", text, re.M)
     assert re.search(r"^ARG DEVICE=cuda$", text, re.M) and "runtime-cpu" in text and "FROM runtime-${DEVICE}" in text
 
