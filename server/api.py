@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -180,9 +181,27 @@ def start_generation(state: Any, prep: Prepared, request_id: str) -> Generation:
     runner = state.runner
     tok = runner.tokenizer
     g.bundle_version = runner.bundle_version
+    # events arrive on the model thread; coalesce them so the event loop is woken once per step, not once per token
+    pending: list[tuple[int, Event]] = []
+    lock = threading.Lock()
+
+    def flush() -> None:
+        with lock:
+            items = pending[:]
+            pending.clear()
+        for item in items:
+            g.queue.put_nowait(item)
+
     for p, ids in enumerate(prep.prompts):
         def sink(ev: Event, p: int = p) -> None:
-            loop.call_soon_threadsafe(g.queue.put_nowait, (p, ev))
+            with lock:
+                pending.append((p, ev))
+                first = len(pending) == 1
+            if first:
+                try:
+                    loop.call_soon_threadsafe(flush)
+                except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
+                    pass
 
         q = GenRequest(f"{g.id}-{p}", ids, prep.params, sink, n=prep.n,
                        weights=dict(prep.weights) if prep.weights is not None else None)
