@@ -151,3 +151,15 @@ def test_token_id_prompt_equals_text_prompt(client, server):
     a = client.completions.create(model="brainstacks:math", prompt=ids, max_tokens=6, temperature=0)
     b = client.completions.create(model="brainstacks:math", prompt=PROMPT, max_tokens=6, temperature=0)
     assert a.choices[0].text == b.choices[0].text and a.usage.prompt_tokens == len(ids)
+
+
+def test_streaming_n_and_logprobs_match_non_streaming(client):
+    kw = dict(model="brainstacks", prompt=PROMPT, max_tokens=8, temperature=0.9, seed=5, n=2, logprobs=1)
+    full = client.completions.create(**kw)
+    chunks = list(client.completions.create(**kw, stream=True))
+    for i in range(2):
+        parts = [c for ch in chunks for c in ch.choices if c.index == i]
+        assert "".join(c.text for c in parts) == full.choices[i].text
+        streamed_lp = [v for c in parts if c.logprobs for v in c.logprobs.token_logprobs]
+        assert streamed_lp == full.choices[i].logprobs.token_logprobs
+        assert parts[-1].finish_reason == full.choices[i].finish_reason
