@@ -48,6 +48,11 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
     from brainstacks.bundle import load_bundle
 
     bundle = Path(settings.bundle) if settings.bundle is not None else demo_bundle_dir()
+    if settings.bundle is None and not (bundle / "manifest.json").is_file():
+        from brainstacks.errors import BundleError
+
+        raise BundleError(f"no --bundle given and the embedded demo bundle ({bundle}) is not built: run "
+                          "`brainstacks demo build`, or pass --bundle DIR (or --base DIR for a bare base)")
     b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
     runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
                        bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
