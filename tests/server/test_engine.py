@@ -291,3 +291,25 @@ def test_engine_matches_hf_generate(tmp_path, family):
         eng.step()
     run_until_idle(eng)
     assert [c.tokens() for c in cols] == ref
+
+
+def test_stop_drains_then_aborts_what_is_left(tiny_runner):
+    import threading
+
+    from server.engine import EngineStoppedError
+
+    eng = Engine(tiny_runner, max_batch=1, max_waiting=4)
+    eng.start()
+    gate = threading.Event()
+    eng.call(gate.wait)  # hold the model thread: nothing can finish during the drain
+    a, b = Collector(), Collector()
+    eng.submit(GenRequest("a", PROMPTS[0], SamplingParams(max_tokens=50, temperature=0.0), a, weights={}))
+    eng.submit(GenRequest("b", PROMPTS[1], SamplingParams(max_tokens=50, temperature=0.0), b, weights={}))
+    threading.Timer(0.3, gate.set).start()
+    eng.stop(drain_timeout=0.0)
+    with pytest.raises(EngineStoppedError):
+        eng.submit(GenRequest("c", [5], SamplingParams(max_tokens=1), Collector(), weights={}))
+    for c in (a, b):  # each request ends with a token stream that finished or an abort, never silence
+        kinds = [e.kind for e in c.events]
+        assert kinds and kinds[-1] in ("finish", "error")
+    assert any(e.kind == "error" and "shutting down" in e.message for e in a.events + b.events)
