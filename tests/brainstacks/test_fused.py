@@ -34,9 +34,23 @@ def random_weights(rng: random.Random, rows: int, domains: int) -> torch.Tensor:
     return w
 
 
+def layer_errors(sm: StackedModel, x_by_width: dict[int, torch.Tensor]) -> float:
+    """Worst relative error of any wrapped layer's output, fused vs loop, on the given inputs."""
+    worst = 0.0
+    with torch.no_grad():
+        fused = {p: lay(x_by_width[lay.in_features]) for p, lay in sm.layers.items()}
+        with reference_forward(sm):
+            for p, lay in sm.layers.items():
+                worst = max(worst, rel_err(fused[p], lay(x_by_width[lay.in_features])))
+    return worst
+
+
 @pytest.mark.parametrize("trial", range(6))
 def test_fused_equals_loop_reference(base_dirs, trial):
+    """Per layer, on fresh random inputs, ≤ 1e-5 relative error in fp32; whole-model logits ≤ 1e-4 (the same
+    per-layer rounding differences, ~4e-7, compound through the layers and the LM head)."""
     rng = random.Random(trial)
+    torch.manual_seed(trial)
     family = ["llama", "qwen2"][trial % 2]
     lb = load_base(base_dirs[family], quantize="none")
     sm = StackedModel(lb.model, StackConfig(rank=4, experts=4, top_k=2, frozen_dtype="float32"))
@@ -47,24 +61,28 @@ def test_fused_equals_loop_reference(base_dirs, trial):
         sm.start_stack(rng.choice(sm.domains))
         randomize_active(sm, seed=999 + trial)
     lb.model.eval()
+    widths = {lay.in_features for lay in sm.layers.values()}
     for _ in range(3):  # fresh inputs and fresh mixed weights each time
         rows = rng.randint(1, 4)
-        ids = torch.randint(4, 200, (rows, rng.randint(1, 9)))
+        T = rng.randint(1, 9)
         w = random_weights(rng, rows, len(sm.domains))
         with sm.routing(w):
+            assert layer_errors(sm, {d: torch.randn(rows, T, d) for d in widths}) <= 1e-5, (layout, w)
+            ids = torch.randint(4, 200, (rows, T))
             fused = lb.model(ids).logits
             with reference_forward(sm):
                 ref = lb.model(ids).logits
         with sm.base_only():
             base = lb.model(ids).logits
-        assert rel_err(fused, ref) <= 1e-5, (layout, w)
+        assert rel_err(fused, ref) <= 1e-4, (layout, w)
         assert not torch.allclose(ref, base)  # the stacks really contribute
     # ungated (training) mode too
-    ids = torch.randint(4, 200, (2, 5))
     with sm.routing(None):
+        assert layer_errors(sm, {d: torch.randn(2, 5, d) for d in widths}) <= 1e-5
+        ids = torch.randint(4, 200, (2, 5))
         fused = lb.model(ids).logits
         with reference_forward(sm):
-            assert rel_err(fused, lb.model(ids).logits) <= 1e-5
+            assert rel_err(fused, lb.model(ids).logits) <= 1e-4
 
 
 def test_generate_with_kv_cache_mixed_rows(base_dirs):
@@ -72,6 +90,7 @@ def test_generate_with_kv_cache_mixed_rows(base_dirs):
     lb = load_base(base_dirs["llama"], quantize="none")
     sm = StackedModel(lb.model, StackConfig(rank=4, frozen_dtype="float32"))
     add_random_stacks(sm, {"a": 2, "b": 1, "c": 3}, seed=7)
+    torch.manual_seed(0)
     ids = torch.randint(4, 200, (3, 6))
     mask = torch.ones_like(ids)
     w = torch.tensor([[1.0, 0.0, 0.4], [0.0, 0.0, 0.0], [0.2, 0.9, 0.0]])
@@ -83,7 +102,7 @@ def test_generate_with_kv_cache_mixed_rows(base_dirs):
             ref = lb.model.generate(ids, attention_mask=mask, **kw)
     assert torch.equal(fused.sequences, ref.sequences)
     for a, b in zip(fused.logits, ref.logits, strict=True):
-        assert rel_err(a, b) <= 1e-5
+        assert rel_err(a, b) <= 1e-4  # whole-model logits: per-layer ~4e-7 rounding differences compound
     # a row alone gives the same continuation as inside the mixed batch
     with sm.routing(w[2:3]):
         alone = lb.model.generate(ids[2:3], attention_mask=mask[2:3], **kw)
