@@ -115,11 +115,7 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     path = Path(bundle_dir) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: no manifest (not a bundle directory?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: unreadable manifest: {e}") from e
-    m = Manifest.from_dict(data, str(path))
+    m = Manifest.from_dict(_read_json(path), str(path))
     for d in m.domains:
         for rel in d.stacks:
             safe_path(bundle_dir, rel)

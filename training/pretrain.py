@@ -27,18 +27,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from brainstacks.errors import ConfigError
+from brainstacks.text import FALLBACK_CHAT_TEMPLATE
 from training.corpus import BOS, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, CorpusConfig, build_corpus, chunk_text
 
 # Renders `bos + training.corpus.render_messages(messages)`; prefix-stable, as training/data.py requires.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}"
-    "{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{{ '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = "{{ bos_token }}" + FALLBACK_CHAT_TEMPLATE
 
 
 @dataclass
