@@ -158,12 +158,31 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
         if rank == 0:
             outcome.router_report = _train_router(sm, tok, recipe, datasets, out, progress, log)
             router_rel = "router"
+            routed = {spec.name: _routed_loss(sm, tok, out, datasets[spec.name], spec, cfg, pad)
+                      for spec in recipe.domains if spec.name in sm.domains and spec.stage == "sft"}
+            last = sm.domains[-1]
+            _write_forgetting(reports, sm.domains, ungated, {last: routed})
             version += 1
             write_manifest(out, _manifest(version, recipe, base.fingerprint, entries, router_rel))
             log(f"{out}: wrote v{version} with the router over {sm.domains}")
         _barrier()
     outcome.manifest = read_manifest(out)
     return outcome
+
+
+def _routed_loss(sm: StackedModel, tokenizer, out: Path, data: DomainData, spec, cfg, pad: int) -> float:
+    """A domain's validation loss with the just-trained router's weights, per example (the serving policy)."""
+    from brainstacks.bundle import load_router
+    from training.data import prompt_text
+    from training.eval_report import aligned_examples, routed_weights
+    from training.evaluate import example_loss_sums
+
+    router = load_router(out, "router")
+    n = cfg.max_eval_batches * cfg.batch_size
+    recs, valid = aligned_examples(tokenizer, data.valid_records[:n], spec.format, cfg.seq_len)
+    w = routed_weights(sm, tokenizer, router, [prompt_text(tokenizer, r, spec.format) for r in recs])
+    s, c = example_loss_sums(sm, valid, w, cfg.batch_size, pad)
+    return float(s.sum() / c.sum().clamp_min(1))
 
 
 def _manifest(version: int, recipe: Recipe, fingerprint: dict, entries: list[DomainEntry], router: str | None) -> Manifest:
@@ -175,7 +194,11 @@ def _write_forgetting(reports: Path, domains: list[str], ungated: dict, routed: 
     write_json(reports / "forgetting.json", {"ungated": ungated, "routed": routed or {}})
     rows, cols, vals = forgetting_tables(ungated, domains)
     if rows:
-        plot_matrix(reports / "forgetting.png", rows, cols, vals, "validation loss, all stacks on (ungated)",
+        if routed:  # one more column: every domain under the final router, after the last domain
+            after = next(iter(routed))
+            cols = [*cols, f"routed, after {after}"]
+            vals = [[*v, routed[after].get(r)] for r, v in zip(rows, vals, strict=True)]
+        plot_matrix(reports / "forgetting.png", rows, cols, vals, "validation loss: ungated after each domain; routed",
                     "after training", "evaluated domain")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from brainstacks.bundle import LoadedBundle
 from brainstacks.router import route, weights_for_model
-from training.data import encode_prompt, load_domain, pad_id_of, prompt_text, read_jsonl, split_records
+from training.data import encode_prompt, pad_id_of, prompt_text, read_jsonl, split_records, tokenize_records
 from training.evaluate import example_loss_sums
 from training.recipe import Recipe
 from training.router_train import RouterExample, score_oracle
@@ -26,11 +26,11 @@ from training.router_train import RouterExample, score_oracle
 COLUMNS = ("base", "own", "ungated", "routed", "oracle")
 
 
-def routed_weights(lb: LoadedBundle, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
-    """(N, D) serving weights in lb.stacked.domains order for raw prompts (zeros when the bundle has no router)."""
-    sm, tok = lb.stacked, lb.base.tokenizer
+def routed_weights(sm, tokenizer, router, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
+    """(N, D) serving weights in sm.domains order for raw prompts (zeros when there is no router)."""
+    tok = tokenizer
     out = torch.zeros(len(prompts), len(sm.domains))
-    if lb.router is None:
+    if router is None:
         return out
     pad = pad_id_of(tok)
     for s in range(0, len(prompts), batch_size):
@@ -40,9 +40,20 @@ def routed_weights(lb: LoadedBundle, prompts: list[str], batch_size: int = 16) -
         mask = torch.zeros((len(ids), T), dtype=torch.long)
         for i, x in enumerate(ids):
             input_ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
-        w = route(sm, lb.router, input_ids, mask)
-        out[s : s + len(ids)] = weights_for_model(sm, lb.router.domains, w)
+        w = route(sm, router, input_ids, mask)
+        out[s : s + len(ids)] = weights_for_model(sm, router.domains, w)
     return out
+
+
+def aligned_examples(tokenizer, records: list, fmt: str, seq_len: int) -> tuple[list, list]:
+    """(records, examples) kept in step: records whose example does not fit seq_len are dropped from both."""
+    recs, exs = [], []
+    for r in records:
+        ex = tokenize_records(tokenizer, [r], fmt, seq_len)
+        if ex:
+            recs.append(r)
+            exs.append(ex[0])
+    return recs, exs
 
 
 def evaluate_bundle(lb: LoadedBundle, recipe: Recipe, max_examples: int = 64, progress: bool = True
@@ -59,9 +70,7 @@ def evaluate_bundle(lb: LoadedBundle, recipe: Recipe, max_examples: int = 64, pr
         if valid_recs is None:
             train_recs, valid_recs = split_records(train_recs, spec.format, cfg.valid_fraction, cfg.seed)
         valid_recs = valid_recs[:max_examples]
-        data = load_domain(spec, tok, cfg.seq_len, records=(train_recs[:1], valid_recs))
-        ex = data.valid
-        recs = data.valid_records[: len(ex)]
+        recs, ex = aligned_examples(tok, valid_recs, spec.format, cfg.seq_len)
         n = len(ex)
 
         def loss(weights, base_only=False, ex=ex):
@@ -72,7 +81,7 @@ def evaluate_bundle(lb: LoadedBundle, recipe: Recipe, max_examples: int = 64, pr
         own[sm.domains.index(spec.name)] = 1.0
         row = {"base": loss(None, base_only=True), "own": loss(own), "ungated": loss(None)}
         if lb.router is not None:
-            row["routed"] = loss(routed_weights(lb, [prompt_text(tok, r, spec.format) for r in recs]))
+            row["routed"] = loss(routed_weights(sm, tok, lb.router, [prompt_text(tok, r, spec.format) for r in recs]))
         rex = [RouterExample("", frozenset([spec.name]), e, scored=True) for e in ex]
         sets = score_oracle(sm, rex, sm.domains, recipe.router_train, cfg.batch_size, pad, progress=progress)
         w = torch.tensor([[1.0 if d in s else 0.0 for d in sm.domains] for s in sets]) if sets else torch.zeros(n, len(sm.domains))

@@ -38,6 +38,7 @@ def test_bundle_loads_and_reports(trained):
         assert (out / "reports" / f).is_file(), f
     forgetting = json.loads((out / "reports/forgetting.json").read_text())
     assert set(forgetting["ungated"]["medical"]) == {"math", "medical"}
+    assert set(forgetting["routed"]["medical"]) == {"math", "medical"}  # under the final router
     train_math = json.loads((out / "reports/train_math.json").read_text())
     assert train_math["val_after"] < train_math["val_before"]  # the stacks learned the domain
 
