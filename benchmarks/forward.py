@@ -90,7 +90,7 @@ class OneProjection(nn.Module):
 def bench_projection(d_in: int, d_out: int, base_kind: str, quick: bool) -> list[dict]:
     name = "q_proj" if d_out == d_in else "up_proj"
     torch.manual_seed(0)
-    model = OneProjection(d_in, d_out, name)
+    model = OneProjection(d_in, d_out, name).eval()  # as served
     compute = torch.float32 if base_kind == "fp32" else torch.bfloat16
     if base_kind == "nf4":
         quantize_targets(model, "nf4", compute, DEVICE, (name,))

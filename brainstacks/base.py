@@ -100,6 +100,7 @@ def quantize_targets(model: nn.Module, quant_type: str, compute_dtype: torch.dty
         if lin.bias is not None:
             q.bias = nn.Parameter(lin.bias.data.to(compute_dtype), requires_grad=False)
         q = q.to(device)  # quantizes here
+        q.train(lin.training)  # keep the replaced layer's mode (bitsandbytes picks kernels by it)
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, name, q)
     return len(mods)
