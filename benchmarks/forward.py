@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["proj", "model"], default=None, help="run one size only")
     parser.add_argument("--bases", default="fp32,bf16,nf4", help="projection base kinds to run (comma list)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default). On a shared machine use 1: a 2-thread op "
+                             "waits for a descheduled second thread (~7 ms stalls per op were measured under load)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     global DEVICE
     DEVICE = args.device
     rows: list[dict] = []

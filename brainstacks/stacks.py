@@ -251,7 +251,9 @@ class StackedModel:
         dev = self.device
         if sel:
             cols = torch.tensor([self._domains.index(self._stacks[i][0]) for i in sel])
-            st.mult = (w_cpu[:, cols] * self.config.scale).to(dev)  # (B, m)
+            packed = next(iter(self.layers.values())).AW
+            # (B, m) in the storage dtype, so no layer casts it again
+            st.mult = (w_cpu[:, cols] * self.config.scale).to(device=dev, dtype=packed.dtype)
         else:
             st.mult = None
         st.active_mult = w_cpu[:, self._domains.index(self._active)].to(dev) if self._active is not None else None
