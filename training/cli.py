@@ -140,6 +140,7 @@ def register(subparsers) -> None:
     p.add_argument("prompt", nargs="+", help="the prompt text")
     p.set_defaults(func=cmd_route)
     __import__("training.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
+    __import__("training.demo.build", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks demo build
 
 
 def main(argv: list[str] | None = None) -> int:
