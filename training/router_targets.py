@@ -54,8 +54,15 @@ def greedy_oracle(
     single: Sequence[Sequence[float]] | Sequence[Mapping[str, float]],
     combo_loss: ComboLoss | None = None,
     threshold: float = GREEDY_THRESHOLD,
+    seeds: Sequence[frozenset] = (),
 ) -> list[frozenset]:
     """The oracle's best combination of domains for each example (empty: the base alone is best).
+
+    seeds: extra starting sets scored for every example before the greedy rounds (with combo_loss). Training passes
+    the curriculum prefixes {d_1..d_k}: a later domain's stacks were trained on top of all earlier ones, so alone
+    they can be worse than the base while their training composition is the best there is; starting from single
+    domains only, the greedy search never reaches it (measured on the demo: the oracle chose the base for 161 of 300
+    examples, and reasoning's training composition scored 1.63 against 2.51 routed).
 
     base: (N,) base-only losses. single: (N, D) losses with one domain on (rows as sequences in `domains` order, or
     dicts by name). combo_loss answers a batch of (example, combination) queries; with None, no combination is
@@ -82,6 +89,16 @@ def greedy_oracle(
         else:
             sets.append(frozenset())
             current.append(float(base[i]))
+
+    multi = [frozenset(x) for x in seeds if len(x) > 1]
+    if multi and combo_loss is not None:
+        seed_queries: list[Query] = [(i, x) for i in range(n) for x in multi]
+        seed_losses = list(combo_loss(seed_queries))
+        if len(seed_losses) != len(seed_queries):
+            raise ValueError(f"combo_loss answered {len(seed_losses)} of {len(seed_queries)} queries")
+        for (i, combo), loss in zip(seed_queries, seed_losses, strict=True):
+            if float(loss) < current[i] - (threshold if sets[i] else 0.0):
+                sets[i], current[i] = combo, float(loss)
 
     active = [i for i in range(n) if sets[i] and len(sets[i]) < len(domains)]
     while active and combo_loss is not None:

@@ -158,7 +158,9 @@ def score_oracle(
         bar.total += len(queries)
         return run([i for i, _ in queries], [label_vector(c, domains) for _, c in queries])
 
-    sets = greedy_oracle(domains, base, single, combo, cfg.greedy_threshold)
+    # curriculum prefixes (domains are in training order): each domain with every domain trained before it
+    prefixes = [frozenset(domains[:k]) for k in range(2, D + 1)]
+    sets = greedy_oracle(domains, base, single, combo, cfg.greedy_threshold, seeds=prefixes)
     bar.close()
     for e, s in zip(scored, sets, strict=True):
         e.oracle = s

@@ -128,3 +128,15 @@ def test_split_by_unique_prompt():
     assert split_by_prompt(prompts, 0.2, seed=0) == (tr, va)
     tr2, va2 = split_by_prompt(["a", "a", "b"], 0.0)
     assert tr2 and va2
+
+
+def test_curriculum_prefix_seeds_reach_the_training_composition():
+    """Alone, each domain is worse than the base; together with the domain trained before it, b is best."""
+    from training.router_targets import greedy_oracle, table_combo_loss
+
+    domains = ["a", "b"]
+    table = [{frozenset(["a", "b"]): 1.0, frozenset(["a"]): 3.0, frozenset(["b"]): 3.5}]
+    without = greedy_oracle(domains, [2.0], [[3.0, 3.5]], table_combo_loss(table))
+    assert without == [frozenset()]  # greedy from singles never starts: the base wins
+    seeded = greedy_oracle(domains, [2.0], [[3.0, 3.5]], table_combo_loss(table), seeds=[frozenset(["a", "b"])])
+    assert seeded == [frozenset(["a", "b"])]

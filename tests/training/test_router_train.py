@@ -72,7 +72,8 @@ def test_batched_oracle_matches_exhaustive_scoring(stacked):
     base = example_losses(sm, scored, base_only=True)
     single = [[float(table[frozenset([d])][i]) for d in DOMAINS] for i in range(len(scored))]
     per_ex = [{c: float(table[c][i]) for c in combos} for i in range(len(scored))]
-    expected = greedy_oracle(DOMAINS, base.tolist(), single, table_combo_loss(per_ex), 0.0)
+    prefixes = [frozenset(DOMAINS[:k]) for k in range(2, len(DOMAINS) + 1)]  # the curriculum seeds
+    expected = greedy_oracle(DOMAINS, base.tolist(), single, table_combo_loss(per_ex), 0.0, seeds=prefixes)
     assert sets == expected
     assert any(len(s) >= 2 for s in sets)  # random stacks: some combinations help, so the greedy search ran
     torch.testing.assert_close(base, example_losses(sm, scored, torch.zeros(3)), rtol=1e-5, atol=1e-5)
