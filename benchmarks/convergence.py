@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path, base_kind = base_dir(work)
-    steps = 60 if args.quick else 300
-    cfg = TrainConfig(steps_per_round=steps, max_rounds=2, min_improvement=0.0, lr=2e-3, batch_size=8, seq_len=96,
+    steps = 40 if args.quick else 300
+    cfg = TrainConfig(steps_per_round=steps, max_rounds=2, min_improvement=0.0, lr=2e-3, batch_size=8, seq_len=64,
                       eval_every=max(5, steps // 12), max_eval_batches=4, seed=0)
     tok = load_base(path, quantize="none").tokenizer
-    n_train = 400 if args.quick else 2000
+    n_train = 320 if args.quick else 2000
     math_data = domain_data("math", tok, n_train, 48, cfg.seq_len)
     med_data = domain_data("medical", tok, n_train, 48, cfg.seq_len)
 
