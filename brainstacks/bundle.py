@@ -327,13 +327,11 @@ class LoadedBundle:
 
 def install_stacks(sm: StackedModel, stacks: dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]],
                    dtype: str | torch.dtype | None = None) -> None:
-    """Replace every domain and stack of `sm` by `stacks` (domain order kept). Validated tensors only."""
-    for name in sm.domains:
-        sm.remove_domain(name)
-    for name, items in stacks.items():
+    """Replace every domain and stack of `sm` by `stacks` (domain order kept), packing once. Validated tensors only."""
+    sm.clear()
+    for name in stacks:
         sm.add_domain(name)
-        for tensors, _ in items:
-            sm.attach_stack(name, tensors, dtype=dtype)
+    sm.attach_stacks([(name, tensors) for name, items in stacks.items() for tensors, _ in items], dtype=dtype)
 
 
 def load_bundle(bundle_dir: str | os.PathLike, base: str | os.PathLike | None = None, quantize: str = "nf4",

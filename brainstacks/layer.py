@@ -19,7 +19,7 @@ not per layer.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,6 @@ class RoutingState:
     active_mult: torch.Tensor | None = None
     capture: dict[str, list[torch.Tensor]] | None = None  # null-space collection: pooled frozen deltas per layer
     capture_mask: torch.Tensor | None = None  # (B, T) valid tokens for pooling
-    extra: dict = field(default_factory=dict)
 
 
 class StackedLinear(nn.Module):

@@ -171,12 +171,37 @@ class StackedModel:
 
         Every wrapped layer must be present with the exact shapes; dtype defaults to the tensors' own.
         """
+        return self.attach_stacks([(domain, tensors)], dtype)[0]
+
+    def attach_stacks(self, items: list[tuple[str, dict[str, torch.Tensor]]],
+                      dtype: str | torch.dtype | None = None) -> list[int]:
+        """Add several frozen stacks, validating all of them first and packing once; returns their indices k."""
+        new = [(domain, self._validated(domain, tensors, dtype)) for domain, tensors in items]
+        dts = {t.dtype for _, per in new for d in per.values() for t in d.values()}
+        existing = next(iter(self.layers.values())).AW
+        if existing is not None:
+            dts.add(existing.dtype)
+        if len(dts) > 1:
+            raise StackFormatError(f"stacks mix dtypes {sorted(map(str, dts))}; frozen stacks share one")
+        per_layer = {p: {s: lay.frozen(i) for i, s in enumerate(self._stacks)} for p, lay in self.layers.items()}
+        keys = []
+        for domain, per in new:
+            k = self.num_stacks(domain) + sum(1 for d, _ in keys if d == domain)
+            keys.append((domain, k))
+            for p in self.layers:
+                per_layer[p][(domain, k)] = per[p]
+        order = sorted(self._stacks + keys, key=lambda s: (self._domains.index(s[0]), s[1]))
+        self._repack(order, {p: [per_layer[p][s] for s in order] for p in self.layers})
+        return [k for _, k in keys]
+
+    def _validated(self, domain: str, tensors: dict[str, torch.Tensor], dtype) -> dict[str, dict[str, torch.Tensor]]:
+        """One stack's tensors checked against every wrapped layer, as {layer path: {"A", "B", "W"}} on our device."""
         self._require_domain(domain)
         want = stack_tensor_shapes(self.shapes(), self.config)
         unknown = sorted(set(tensors) - set(want))
         if unknown:
             raise StackFormatError(f"stack for {domain!r} has tensors for no wrapped layer: {unknown[:5]}")
-        new: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.layers}
+        out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.layers}
         for key, shape in want.items():
             if key not in tensors:
                 raise StackFormatError(f"stack for {domain!r} is missing tensor {key}")
@@ -186,22 +211,15 @@ class StackedModel:
             if not t.is_floating_point():
                 raise StackFormatError(f"stack for {domain!r}: {key} has non-float dtype {t.dtype}")
             path, _, name = key.rpartition(".")
-            new[path][name] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
-        dts = {t.dtype for d in new.values() for t in d.values()}
-        existing = next(iter(self.layers.values())).AW
-        if existing is not None:
-            dts.add(existing.dtype)
-        if len(dts) > 1:
-            raise StackFormatError(f"stack for {domain!r} mixes dtypes {sorted(map(str, dts))}; frozen stacks share one")
-        k = self.num_stacks(domain)
-        order = sorted(self._stacks + [(domain, k)], key=lambda s: (self._domains.index(s[0]), s[1]))
-        per_layer = {}
-        for p, lay in self.layers.items():
-            old = {s: lay.frozen(i) for i, s in enumerate(self._stacks)}
-            old[(domain, k)] = new[p]
-            per_layer[p] = [old[s] for s in order]
-        self._repack(order, per_layer)
-        return k
+            out[path][name] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
+        return out
+
+    def clear(self) -> None:
+        """Remove every domain and stack (the active one too) in one step."""
+        self.discard_active()
+        self._domains = []
+        self._weights = None  # earlier weights name domains that are gone
+        self._repack([], {p: [] for p in self.layers})
 
     def _repack(self, order: list[tuple[str, int]], per_layer: dict[str, list[dict[str, torch.Tensor]]]) -> None:
         for p, lay in self.layers.items():

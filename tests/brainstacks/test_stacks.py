@@ -103,3 +103,22 @@ def test_active_stack_trains_and_snapshot_restores(base_dirs):
     assert losses[-1] < losses[0]  # trains through the NF4 base on CPU
     sm.load_active_state(snap)
     assert all(torch.equal(v, sm.active_state()[k]) for k, v in snap.items())
+
+
+def test_attach_many_packs_once_and_clear(base_dirs):
+    lb = load_base(base_dirs["llama"], quantize="none")
+    sm = StackedModel(lb.model, StackConfig(rank=4, frozen_dtype="float32"))
+    add_random_stacks(sm, {"a": 1, "b": 1})
+    ta, tb = sm.stack_tensors("a", 0), sm.stack_tensors("b", 0)
+    sm.clear()
+    assert sm.domains == [] and sm.stacks == []
+    sm.add_domain("b")
+    sm.add_domain("a")
+    packs = []
+    layer = next(iter(sm.layers.values()))
+    orig = layer.set_frozen
+    layer.set_frozen = lambda stacks: (packs.append(len(stacks)), orig(stacks))[1]
+    assert sm.attach_stacks([("a", ta), ("b", tb), ("a", ta)]) == [0, 0, 1]
+    assert packs == [3]  # one repack for the three stacks
+    assert sm.stacks == [("b", 0), ("a", 0), ("a", 1)]  # domain order, then k
+    assert all(torch.equal(sm.stack_tensors("a", 1)[n], ta[n]) for n in ta)
