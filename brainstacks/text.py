@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 FALLBACK_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
@@ -41,3 +43,16 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     if len(ids) >= 2 and ids[0] == bos and ids[1] == bos and tokenizer.bos_token and prompt.startswith(tokenizer.bos_token):
         ids = ids[1:]
     return ids
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as (input_ids, attention_mask), both (B, T) long; right padding, or left (`left=True`, so
+    prompts end together for generation)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(T - len(s), T) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask

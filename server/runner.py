@@ -138,14 +138,10 @@ class ModelRunner:
 
     def _route_uncached(self, cut: list[list[int]]) -> list[dict[str, float]]:
         from brainstacks.router import route
+        from brainstacks.text import pad_batch
 
         doms = self.domains
-        width = max(len(p) for p in cut)
-        ids = torch.zeros((len(cut), width), dtype=torch.long)
-        mask = torch.zeros((len(cut), width), dtype=torch.long)
-        for i, p in enumerate(cut):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-            mask[i, : len(p)] = 1
+        ids, mask = pad_batch(cut, 0)  # pad value is masked out
         w = route(self.stacked, self.router, ids, mask).float().cpu()  # (B, D_router), policy applied
         rdoms = self.router_domains
         return [{d: float(w[i, j]) for j, d in enumerate(rdoms) if d in doms} for i in range(len(cut))]

@@ -18,6 +18,7 @@ import torch
 
 from brainstacks.bundle import LoadedBundle
 from brainstacks.router import route, weights_for_model
+from brainstacks.text import pad_batch
 from training.data import encode_prompt, pad_id_of, prompt_text, read_jsonl, split_records, tokenize_records
 from training.evaluate import example_loss_sums
 from training.recipe import Recipe
@@ -35,11 +36,7 @@ def routed_weights(sm, tokenizer, router, prompts: list[str], batch_size: int = 
     pad = pad_id_of(tok)
     for s in range(0, len(prompts), batch_size):
         ids = [encode_prompt(tok, p) for p in prompts[s : s + batch_size]]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), T), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
+        input_ids, mask = pad_batch(ids, pad)
         w = route(sm, router, input_ids, mask)
         out[s : s + len(ids)] = weights_for_model(sm, router.domains, w)
     return out

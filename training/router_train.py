@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from brainstacks.text import pad_batch
 from training.data import (
     IGNORE_INDEX,
     Record,
@@ -200,12 +201,7 @@ def prompt_features(
     pad = pad_id_of(tokenizer)
     for s in tqdm(range(0, len(prompts), batch_size), desc="router features", disable=not progress, leave=False):
         ids = [encode_prompt(tokenizer, p)[: router_config.router_tokens] for p in prompts[s : s + batch_size]]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), T), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
+        input_ids, mask = pad_batch(ids, pad)
         feats, m = router_features(sm, input_ids, mask, router_config)  # (B, T', d), (B, T')
         for i in range(feats.shape[0]):
             out.append(feats[i][m[i].bool()].to(dtype).cpu())

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from brainstacks.bundle import LoadedBundle
-from brainstacks.text import encode_prompt
+from brainstacks.text import encode_prompt, pad_batch
 from training.data import load_domain, pad_id_of, prompt_text, read_jsonl
 from training.demo.answers import check_answer
 from training.eval_report import COLUMNS, evaluate_bundle, routed_weights
@@ -70,11 +70,8 @@ def generate(lb: LoadedBundle, prompts: Sequence[str], weights: torch.Tensor | N
     starts = range(0, len(prompts), batch_size)
     for s in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
         ids = [encode_prompt(tok, p) for p in prompts[s : s + batch_size]]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)  # left padding: prompts end together
-        mask = torch.zeros((len(ids), T), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, T - len(x) :], mask[i, T - len(x) :] = torch.tensor(x), 1
+        input_ids, mask = pad_batch(ids, pad, left=True)  # prompts end together
+        T = input_ids.shape[1]
         ctx = sm.base_only() if weights is None else sm.routing(weights[s : s + len(ids)])
         with ctx:
             gen = model.generate(input_ids=input_ids.to(sm.device), attention_mask=mask.to(sm.device),
