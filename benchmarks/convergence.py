@@ -51,7 +51,7 @@ def domain_data(name: str, tokenizer, n_train: int, n_valid: int, seq_len: int) 
         return [Record(Path(f"<{name}:{split}>"), i + 1, r) for i, r in enumerate(generate(name, split, n, seed=0))]
 
     tr, va = recs("train", n_train), recs("valid", n_valid)
-    fmt = "messages" if name == "chat" else "prompt_completion"
+    fmt = "messages"  # every demo domain is chat exchanges
     return DomainData(name, fmt, tokenize_records(tokenizer, tr, fmt, seq_len), tokenize_records(tokenizer, va, fmt, seq_len),
                       tr, va)
 

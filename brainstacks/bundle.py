@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from brainstacks.base import LoadedBase, fingerprint_mismatches, load_base
 from brainstacks.config import RouterConfig, StackConfig, dtype_name
 from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
+from brainstacks.gguf import is_package_ref
 from brainstacks.moe_lora import stack_tensor_shapes
 from brainstacks.router import MetaRouter
 from brainstacks.stacks import DOMAIN_NAME, StackedModel
@@ -124,9 +125,19 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     return m
 
 
+def _umask_mode() -> int:
+    """The permissions a plain new file gets under the process umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file, fsync, rename. The file ends with the umask's permissions, not mkstemp's 0600, so
+    a server running as another user (a container, a service account) can read the bundle."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         write(tmp)
@@ -283,14 +294,19 @@ def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = N
 
 
 # ---- whole bundles ----------------------------------------------------------------------------------------------
-def resolve_base_path(bundle_dir: str | os.PathLike, manifest: Manifest, override: str | os.PathLike | None) -> Path:
-    """--base override, else the manifest's path (relative = inside the bundle), else a base the bundle carries."""
+def resolve_base_path(bundle_dir: str | os.PathLike, manifest: Manifest, override: str | os.PathLike | None
+                      ) -> str | Path:
+    """--base override, else the manifest's path: "package:<dist>/<file>" (a base an installed package ships, as the
+    embedded demo's), an absolute path, or a path relative to the bundle; else a base the bundle carries in base/."""
     if override is not None:
         return Path(override)
-    p = Path(manifest.base["path"])
+    ref = manifest.base["path"]
+    if is_package_ref(ref):
+        return ref  # load_base resolves it, with the install command when the package is missing
+    p = Path(ref)
     if not p.is_absolute():
-        p = safe_path(bundle_dir, manifest.base["path"])
-    if not (p / "config.json").is_file() and (Path(bundle_dir) / "base" / "config.json").is_file():
+        p = safe_path(bundle_dir, ref)
+    if not p.exists() and (Path(bundle_dir) / "base" / "config.json").is_file():
         return Path(bundle_dir) / "base"
     return p
 
@@ -300,7 +316,9 @@ def read_stacks(bundle_dir: str | os.PathLike, manifest: Manifest, fingerprint: 
     """Every stack of the manifest, validated, by domain; raises BundleError listing every problem found."""
     mism = fingerprint_mismatches(manifest.base["fingerprint"], fingerprint)
     if mism:
-        raise FingerprintMismatch(f"{Path(bundle_dir) / MANIFEST}: base fingerprint mismatch: {mism[0]}", mism)
+        raise FingerprintMismatch(f"{Path(bundle_dir) / MANIFEST}: base fingerprint mismatch: the bundle needs "
+                                  f"{manifest.base['fingerprint'].get('digest')}, the base has "
+                                  f"{fingerprint.get('digest')}: {mism[0]}", mism)
     cfg = StackConfig.from_dict(manifest.stack_config, f"{Path(bundle_dir) / MANIFEST}: stack_config")
     out, reasons = {}, []
     for d in manifest.domains:

@@ -45,6 +45,22 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def eos_token_ids(model, tokenizer) -> frozenset[int]:
+    """Every id that ends a turn: the tokenizer's eos plus the model config's and generation_config.json's
+    `eos_token_id` (an int or a list), so a chat model stops at its end-of-turn token (SmolLM2: <|im_end|>) and at
+    any other end token its generation config names."""
+    ids: set[int] = set()
+    found = [getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None,
+             getattr(getattr(model, "config", None), "eos_token_id", None),
+             getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    for e in found:
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+    return frozenset(ids)
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists as (input_ids, attention_mask), both (B, T) long; right padding, or left (`left=True`, so
     prompts end together for generation)."""

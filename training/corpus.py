@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainstacks.errors import ConfigError
-from training.demo import DOMAINS, generate, split_of
-from training.demo.code_data import harvest_source, stdlib_files
+from training.demo import DOMAINS, generate
+from training.demo.code_data import stdlib_files
 from training.demo.lexicon import NAMES, PLACES, sentence
 
 # Special tokens of the demo tokenizer and the chat layout they make (the tokenizer's chat template renders exactly
@@ -148,23 +148,14 @@ def prose_docs(seed: int, max_doc_chars: int) -> Iterator[str]:
         yield from chunk_text("\n\n".join(_docstrings(path)), max_doc_chars)
 
 
-def without_held_out_functions(source: str) -> str:
-    """`source` minus the functions the code domain uses as valid/test examples (their bodies are the answers)."""
-    lines = source.splitlines(keepends=True)
-    for prompt, _, first, last in reversed(harvest_source(source)):
-        if split_of(prompt) != "train":
-            del lines[first - 1 : last]
-    return "".join(lines)
-
-
 def code_docs(seed: int, max_doc_chars: int) -> Iterator[str]:
     """Standard-library source files (seeded order), each cut into documents; at most 3 documents per file.
 
-    Functions that the code domain holds out for validation and test are removed, so the base never sees them.
+    (The demo's code domain is templated, so no stdlib function is a held-out answer.)
     """
     for path in _shuffled_files(seed + 2):
         try:
-            text = without_held_out_functions(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
         for i, piece in enumerate(chunk_text(text, max_doc_chars)):

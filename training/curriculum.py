@@ -40,6 +40,7 @@ from brainstacks.bundle import (
     read_stacks,
     save_router,
     save_stack,
+    sha256_file,
     write_manifest,
 )
 from brainstacks.errors import BundleError
@@ -110,8 +111,16 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
     tok = base.tokenizer
     pad = pad_id_of(tok)
     sm = StackedModel(base.model, recipe.stack)
+    data_sha = {spec.name: sha256_file(spec.train) for spec in recipe.domains}
     if existing is not None:
-        install_stacks(sm, read_stacks(out, existing, base.fingerprint))
+        stacks = read_stacks(out, existing, base.fingerprint)
+        for name, items in stacks.items():  # a resumed domain must have been trained on the same data
+            had = items[0][1].get("data_sha256") if items else None
+            if had is not None and name in data_sha and had != data_sha[name]:
+                raise BundleError(f"{out / MANIFEST}: domain {name!r} was trained on other data than "
+                                  f"{recipe.domain(name).train} (sha256 {had[:12]}… != {data_sha[name][:12]}…); "
+                                  "use a new --out")
+        install_stacks(sm, stacks)
         log(f"{out}: resuming bundle v{existing.version} with domains {existing.domain_names}")
     entries = list(existing.domains) if existing else []
     version = existing.version if existing else 0
@@ -144,7 +153,8 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
         ungated[spec.name] = {d: validation_loss(sm, datasets[d], cfg, pad, recipe.domain(d).stage) for d in sm.domains}
         if rank == 0:
             rels = [save_stack(out, spec.name, k, sm.stack_tensors(spec.name, k),
-                               {"stage": spec.stage, "val_loss": r.best_val, "round": r.round, "steps": r.steps})
+                               {"stage": spec.stage, "val_loss": r.best_val, "round": r.round, "steps": r.steps,
+                                "data_sha256": data_sha[spec.name]})
                     for k, r in enumerate(result.kept_rounds)]
             entries.append(DomainEntry(spec.name, rels))
             version += 1
@@ -154,7 +164,7 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
             _write_forgetting(reports, sm.domains, ungated, forgetting.get("routed"))
             log(f"{out}: wrote v{version} with {spec.name} ({len(rels)} stack(s))")
         _barrier()
-    if recipe.router_train.enabled and (outcome.trained or router_rel is None):
+    if recipe.router_train.enabled and (outcome.trained or not _router_covers(out, router_rel, sm.domains)):
         if rank == 0:
             outcome.router_report = _train_router(sm, tok, recipe, datasets, out, progress, log)
             router_rel = "router"
@@ -168,6 +178,16 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
         _barrier()
     outcome.manifest = read_manifest(out)
     return outcome
+
+
+def _router_covers(out: Path, rel: str | None, domains: list[str]) -> bool:
+    """Whether the bundle's router scores exactly these domains (a run killed mid-router leaves an older one)."""
+    if rel is None:
+        return False
+    try:
+        return json.loads((out / rel / "router.json").read_text()).get("domains") == list(domains)
+    except (OSError, ValueError):
+        return False
 
 
 def _routed_loss(sm: StackedModel, tokenizer, out: Path, data: DomainData, spec, cfg, pad: int) -> float:
@@ -215,7 +235,10 @@ def _train_router(sm: StackedModel, tokenizer, recipe: Recipe, datasets: dict[st
     for m in recipe.mixed:
         fmt, recs = read_jsonl_any(m.file)
         mixed.append((m.domains, fmt, recs))
-    examples = build_router_examples(domain_records, mixed, tokenizer, recipe.train.seq_len, cfg, recipe.train.seed)
+    valid = {spec.name: datasets[spec.name].valid_records for spec in recipe.domains
+             if spec.name in sm.domains and spec.valid is not None}  # own valid files: e.g. held-out templates
+    examples = build_router_examples(domain_records, mixed, tokenizer, recipe.train.seq_len, cfg, recipe.train.seed,
+                                     valid)
     fit = fit_router(sm, tokenizer, examples, recipe.router, cfg, recipe.train.seed, progress=progress)
     report = dict(fit.report)
     save_router(out, fit.router, {"best_epoch": fit.best_epoch, "accuracy": report.get("accuracy"),

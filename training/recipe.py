@@ -85,7 +85,7 @@ class RouterTrainConfig:
 
 @dataclass
 class BaseSpec:
-    model: Path  # absolute path of the base model directory
+    model: Path | str  # absolute path of a HF directory or .gguf file, or "package:<dist>/<file>"
     quantize: str = "nf4"
     dtype: str = "float32"
 
@@ -272,6 +272,23 @@ def _resolve_file(ctx: _Ctx, where: str, value: Any, root: Path, directory: bool
     return p
 
 
+def _resolve_base(ctx: _Ctx, value: Any, root: Path, check_files: bool) -> Path | str:
+    """[base] model: a HF directory, a .gguf file (converted once, brainstacks.gguf), or "package:<dist>/<file>"."""
+    from brainstacks.errors import BaseModelError
+    from brainstacks.gguf import is_gguf, is_package_ref, package_file
+
+    if isinstance(value, str) and is_package_ref(value):
+        if check_files:
+            try:
+                package_file(value)
+            except BaseModelError as e:
+                raise ctx.err("[base] model", str(e)) from None
+        return value
+    if not check_files:
+        return (root / str(value)).resolve()
+    return _resolve_file(ctx, "[base] model", value, root, directory=not (isinstance(value, str) and is_gguf(value)))
+
+
 def _make(ctx: _Ctx, section: str, cls: type, values: dict[str, Any], rename: dict[str, str] | None = None) -> Any:
     """Instantiate a config dataclass with its defaults overridden by `values` (recipe key -> field)."""
     rename = rename or {}
@@ -304,11 +321,7 @@ def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> R
     base_raw = _section(ctx, doc, "base", _BASE_KEYS)
     if "model" not in base_raw:
         raise ctx.err("[base]", "missing required key 'model'")
-    model = (
-        _resolve_file(ctx, "[base] model", base_raw["model"], root, directory=True)
-        if check_files
-        else (root / base_raw["model"]).resolve()
-    )
+    model = _resolve_base(ctx, base_raw["model"], root, check_files)
     base = BaseSpec(model=model, quantize=base_raw.get("quantize", "nf4"), dtype=base_raw.get("dtype", "float32"))
 
     stack_raw = _section(ctx, doc, "stack", _STACK_KEYS)

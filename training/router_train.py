@@ -56,6 +56,8 @@ class RouterExample:
     example: SFTExample | None = None  # prompt + answer with answer-only labels (for the oracle)
     scored: bool = False  # gets an oracle target
     oracle: frozenset | None = None  # filled by score_oracle
+    held_out: bool = False  # a validation example (from the domain's valid file): chooses the best epoch only
+    twin: RouterExample | None = None  # the rendered-chat example this raw-text prompt copies its oracle target from
 
 
 @dataclass
@@ -90,6 +92,16 @@ def _pair_example(tokenizer, rec: Record, fmt: str, seq_len: int) -> tuple[str, 
     return prompt, truncate(ex, seq_len)
 
 
+def raw_user_text(rec: Record | dict, fmt: str) -> str | None:
+    """The last user message of a chat record before its answer (None for other formats or multi-turn chats)."""
+    if fmt != "messages":
+        return None
+    msgs = (rec.data if isinstance(rec, Record) else rec)["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    users = [m for m in msgs[:last] if m["role"] == "user"]
+    return users[-1]["content"] if len(users) == 1 else None
+
+
 def build_router_examples(
     domain_records: Mapping[str, tuple[str, Sequence[Record]]],
     mixed: Sequence[tuple[Sequence[str], str, Sequence[Record]]],
@@ -97,8 +109,14 @@ def build_router_examples(
     seq_len: int,
     cfg: RouterTrainConfig | None = None,
     seed: int = 0,
+    valid_records: Mapping[str, Sequence[Record]] | None = None,
 ) -> list[RouterExample]:
-    """domain_records: {domain: (format, training records)} in domain order; mixed: [(domains, format, records)]."""
+    """domain_records: {domain: (format, training records)} in domain order; mixed: [(domains, format, records)].
+
+    A chat record also gives a twin example whose prompt is its last user message as raw text (the same request
+    sent to /v1/completions), with the chat example's target. `valid_records` ({domain: records}, e.g. held-out
+    templates) become held-out examples that choose the router's best epoch and are reported; without them a
+    share of the training prompts is held out (`valid_fraction`)."""
     cfg = cfg or RouterTrainConfig()
     out: list[RouterExample] = []
     for name, (fmt, recs) in domain_records.items():
@@ -110,6 +128,14 @@ def build_router_examples(
             prompt, ex = _pair_example(tokenizer, rec, fmt, seq_len)
             scored = j < cfg.oracle_samples and ex is not None
             out.append(RouterExample(prompt, frozenset([name]), ex, scored))
+            raw = raw_user_text(rec, fmt)
+            if raw is not None:  # the same request as a plain completion prompt routes the same way
+                out.append(RouterExample(raw, frozenset([name]), twin=out[-1]))
+        for rec in (valid_records or {}).get(name, ())[: cfg.examples_per_domain]:
+            out.append(RouterExample(prompt_text(tokenizer, rec, fmt), frozenset([name]), held_out=True))
+            raw = raw_user_text(rec, fmt)
+            if raw is not None:
+                out.append(RouterExample(raw, frozenset([name]), held_out=True))
     for doms, fmt, recs in mixed:
         for rec in recs:
             out.append(RouterExample(prompt_text(tokenizer, rec, fmt), frozenset(doms)))
@@ -170,8 +196,11 @@ def score_oracle(
 
 def targets_of(examples: Sequence[RouterExample], domains: Sequence[str], mix: float) -> torch.Tensor:
     """(N, D) targets: mixed oracle target for scored examples, label (one- or multi-hot) otherwise."""
+    def oracle(e: RouterExample) -> frozenset | None:
+        return e.twin.oracle if e.twin is not None else e.oracle
+
     t = [
-        mix_target(e.oracle, e.labels, domains, mix) if e.oracle is not None else label_vector(e.labels, domains)
+        mix_target(oracle(e), e.labels, domains, mix) if oracle(e) is not None else label_vector(e.labels, domains)
         for e in examples
     ]
     return torch.tensor(t, dtype=torch.float32)
@@ -295,7 +324,11 @@ def train_router(
     domains = list(domains)
     if len(feats) != len(targets) or len(feats) != len(examples):
         raise ValueError(f"{len(feats)} features, {len(targets)} targets, {len(examples)} examples")
-    train_idx, valid_idx = split_by_prompt([e.prompt for e in examples], cfg.valid_fraction, seed)
+    if any(e.held_out for e in examples):
+        train_idx = [i for i, e in enumerate(examples) if not e.held_out]
+        valid_idx = [i for i, e in enumerate(examples) if e.held_out]
+    else:
+        train_idx, valid_idx = split_by_prompt([e.prompt for e in examples], cfg.valid_fraction, seed)
     if not valid_idx:  # a single unique prompt: validate on the training set
         valid_idx = list(train_idx)
     torch.manual_seed(seed)

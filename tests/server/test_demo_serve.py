@@ -1,0 +1,81 @@
+"""`brainstacks serve` with no arguments: the shipped demo bundle over the real SmolLM2 base, through the real
+`openai` client on a real socket. The base converts from the installed package's GGUF into the session's cache."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from brainstacks.demo import DEMO_BUNDLE
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not (DEMO_BUNDLE / "manifest.json").is_file(), reason="no demo bundle in this checkout")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_server(smollm2_converted):
+    port = _free_port()
+    env = {**os.environ, "BRAINSTACKS_CACHE": str(smollm2_converted["dir"].parent.parent)}
+    env.pop("BRAINSTACKS_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "brainstacks_cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_without_arguments_answers_a_chat_sensibly(demo_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=demo_server + "/v1", api_key="unused")
+    out = client.chat.completions.create(model="brainstacks", temperature=0, max_tokens=48,
+                                         messages=[{"role": "user", "content": "What is the capital of France?"}])
+    choice = out.choices[0]
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason == "stop"  # ended at <|im_end|>, not at the token budget
+    ext = out.model_extra["brainstacks"]
+    assert set(ext["weights"]) == {"chat", "code", "math", "medical", "reasoning"}
+    assert ext["bundle_version"] >= 1
+
+
+@pytest.mark.parametrize("prompt,domain", [
+    ("What is 17 + 25?", "math"),
+    ("A patient weighs 20 kg. The dose is 5 mg/kg. How many mg?", "medical"),
+    ("Write a Python function that returns the factorial of n.", "code"),
+    ("Anna is older than Ben, and Ben is older than Carl. Who is the youngest?", "reasoning"),
+])  # fmt: skip
+def test_debug_route_picks_the_domain(demo_server, prompt, domain):
+    r = httpx.post(demo_server + "/debug/route", json={"prompt": prompt}, timeout=60)
+    assert r.status_code == 200
+    weights = r.json()["weights"]
+    assert max(weights, key=weights.get) == domain, weights

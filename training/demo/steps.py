@@ -1,0 +1,45 @@
+"""Worked arithmetic lines a small model can follow: each operation on numbers past one digit is split into parts.
+
+    add_line(156, 87)  -> "156 + 87 = 156 + 80 + 7 = 236 + 7 = 243"
+    sub_line(243, 87)  -> "243 - 87 = 243 - 80 - 7 = 163 - 7 = 156"
+    mul_line(37, 6)    -> "37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222"
+    div_line(84, 7)    -> "84 / 7 = 12 (12 * 7 = 84)"
+
+A 135M model gets a two-digit sum wrong more often than two one-digit-sized steps; the lines teach the split, and
+every number in them is exact (tests re-evaluate each "=" chain).
+"""
+
+from __future__ import annotations
+
+
+def add_line(a: int, b: int) -> str:
+    c = a + b
+    tens, units = b // 10 * 10, b % 10
+    if a < 10 or b < 10 or units == 0:
+        return f"{a} + {b} = {c}"
+    return f"{a} + {b} = {a} + {tens} + {units} = {a + tens} + {units} = {c}"
+
+
+def sub_line(a: int, b: int) -> str:
+    c = a - b
+    tens, units = b // 10 * 10, b % 10
+    if b < 10 or units == 0:
+        return f"{a} - {b} = {c}"
+    return f"{a} - {b} = {a} - {tens} - {units} = {a - tens} - {units} = {c}"
+
+
+def mul_line(a: int, b: int) -> str:
+    """a * b with b the small factor (swap so the larger number is split)."""
+    if b > a:
+        a, b = b, a
+    c = a * b
+    tens, units = a // 10 * 10, a % 10
+    if a < 10 or units == 0 or b == 1:
+        return f"{a} * {b} = {c}"
+    return f"{a} * {b} = {tens} * {b} + {units} * {b} = {tens * b} + {units * b} = {c}"
+
+
+def div_line(a: int, b: int) -> str:
+    """a / b for an exact division."""
+    q = a // b
+    return f"{a} / {b} = {q} (check: {q} * {b} = {a})"
