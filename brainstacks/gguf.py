@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -98,7 +99,7 @@ def _convert(src: Path, dst: Path, sha: str, say: Callable[[str], None]) -> None
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     t0 = time.perf_counter()
-    bar = tqdm(total=3, desc=f"convert {src.name}", unit="step", disable=None)
+    bar = tqdm(total=3, desc=f"convert {src.name}", unit="step")
     try:
         bar.set_postfix_str("read + dequantize")
         try:
@@ -127,6 +128,8 @@ def _convert(src: Path, dst: Path, sha: str, say: Callable[[str], None]) -> None
         raise
     finally:
         bar.close()
+    if dst.exists() and not (dst / STAMP).is_file():  # an incomplete leftover (not ours): replace it
+        shutil.rmtree(dst, ignore_errors=True)
     try:
         os.replace(tmp, dst)  # atomic; fails if a concurrent conversion already put a complete one there
     except OSError:
@@ -137,16 +140,17 @@ def _convert(src: Path, dst: Path, sha: str, say: Callable[[str], None]) -> None
 
 
 def _generation_config(model, tokenizer, cls):
-    """The model's generation config with every end-of-turn id the tokenizer knows (e.g. <|im_end|> and <|endoftext|>)."""
-    gen = cls.from_model_config(model.config) if getattr(model, "generation_config", None) is None \
-        else model.generation_config
-    ids: list[int] = []
-    for value in (gen.eos_token_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
-                  if "<|im_end|>" in tokenizer.get_vocab() else None):
-        for i in value if isinstance(value, list) else [value]:
-            if isinstance(i, int) and i >= 0 and i not in ids:
-                ids.append(i)
-    gen.eos_token_id = ids if len(ids) > 1 else (ids[0] if ids else None)
+    """The model's generation config ending at every end-of-turn id the model and tokenizer know (SmolLM2:
+    <|im_end|>), so generate() and the server stop where the chat template ends a turn."""
+    from brainstacks.text import eos_token_ids
+
+    gen = model.generation_config if getattr(model, "generation_config", None) is not None \
+        else cls.from_model_config(model.config)
+    ids = set(eos_token_ids(model, tokenizer))
+    if "<|im_end|>" in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    ordered = sorted(ids)
+    gen.eos_token_id = ordered if len(ordered) > 1 else (ordered[0] if ordered else None)
     if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
         gen.pad_token_id = tokenizer.pad_token_id
     return gen
@@ -168,8 +172,10 @@ def package_file(ref: str) -> Path:
     """Resolve "package:<distribution>/<file>" to the file inside the installed package, or say how to install it."""
     body = ref[len(PACKAGE_PREFIX):] if is_package_ref(ref) else ref
     dist, _, rel = body.partition("/")
-    if not dist or not rel or ".." in Path(rel).parts:
-        raise BaseModelError(f"{ref!r}: expected 'package:<distribution>/<file>'")
+    # a plain top-level name (find_spec imports the parents of a dotted one) and a relative path inside it
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", dist) or not rel or Path(rel).is_absolute() \
+            or ".." in Path(rel).parts:
+        raise BaseModelError(f"{ref!r}: expected 'package:<distribution>/<relative file path>'")
     module, install = KNOWN_PACKAGES.get(dist, (dist.replace("-", "_"), f"pip install {dist}"))
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:

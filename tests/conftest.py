@@ -53,7 +53,6 @@ def demo_bundle(smollm2_converted):
     from brainstacks.bundle import load_bundle
     from brainstacks.demo import DEMO_BUNDLE
 
-    if not (DEMO_BUNDLE / "manifest.json").is_file():
-        pytest.skip("no demo bundle in this checkout (brainstacks demo build)")
+    assert (DEMO_BUNDLE / "manifest.json").is_file(), "the demo bundle ships with the package: brainstacks demo build"
     torch.manual_seed(0)
     return load_bundle(DEMO_BUNDLE, quantize="nf4")

@@ -21,7 +21,9 @@ alone writes the bundle and trains the router, the others wait at a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,12 +102,51 @@ def _check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> M
     return m
 
 
+LOCK = ".train.lock"
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on OUT/.train.lock for the whole run: a second `brainstacks train` on the same --out
+    fails at once instead of interleaving writes. The lock dies with the process (flock), so a killed run never
+    leaves a stale one behind."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise BundleError(f"{out}: another `brainstacks train` is writing this bundle ({holder}); wait for it "
+                              "to finish or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
 def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
                  log: Callable[[str], None] = print) -> TrainOutcome:
+    """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs."""
     rank, _ = _world()
     out = Path(out_dir).resolve()
+    records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
+    if rank == 0:
+        with out_lock(out):
+            return _train_bundle(recipe, out, records, device, progress, log)
+    return _train_bundle(recipe, out, records, device, progress, log)
+
+
+def _train_bundle(recipe: Recipe, out: Path, records: dict, device: str, progress: bool,
+                  log: Callable[[str], None]) -> TrainOutcome:
+    rank, _ = _world()
     cfg = recipe.train
-    records = validate_recipe_data(recipe)  # every line of every file, before any work
     base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device, for_training=True)
     existing = _check_existing(out, recipe, base.fingerprint)
     tok = base.tokenizer

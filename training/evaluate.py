@@ -17,6 +17,10 @@ import torch.nn.functional as F
 
 from training.data import IGNORE_INDEX, Collator, SFTExample
 
+# Families whose logits are exactly head(last hidden state), soft-capped for Gemma 2/3: answer_ce may project only
+# the labelled positions. Others (e.g. Granite's logits_scaling, Cohere's logit_scale) take the full-logits path.
+PLAIN_HEAD_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"})
+
 
 def answer_ce(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +33,10 @@ def answer_ce(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labe
     """
     backbone = getattr(model, "base_model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if backbone is None or backbone is model or head is None:
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if backbone is None or backbone is model or head is None or family not in PLAIN_HEAD_FAMILIES:
         return token_losses(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
-    h = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]  # (B, T-1, d)
+    h = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
     tg = labels[:, 1:]  # (B, T-1)
     sel = tg != IGNORE_INDEX
     rows = sel.nonzero()[:, 0]  # (N,)

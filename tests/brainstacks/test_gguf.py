@@ -25,6 +25,10 @@ def test_first_load_converts_then_reuses(smollm2_converted, smollm2_gguf, smollm
     assert stamp["bytes"] == smollm2_gguf.stat().st_size and len(stamp["sha256"]) == 64
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
         p.name for p in hf.iterdir()}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    assert "<|im_start|>" in (tok.chat_template or "")  # its own chat template, not our fallback
     before = (hf / "model.safetensors").stat().st_mtime_ns
     lines: list[str] = []
     assert ensure_converted(smollm2_gguf, log=lines.append) == hf  # the second load reuses the conversion
@@ -73,11 +77,12 @@ def test_eos_ids_come_from_tokenizer_and_generation_config(smollm2_converted):
     assert "Paris" in tok.decode(new, skip_special_tokens=True)
 
 
-def test_truncated_gguf_is_refused_naming_the_file(tmp_path, smollm2_gguf, smollm2_cache):
-    bad = tmp_path / "truncated.gguf"
+@pytest.mark.parametrize("fraction", [0.02, 0.6])  # cut in the metadata, and in the tensor data
+def test_truncated_gguf_is_refused_naming_the_file(tmp_path, smollm2_gguf, smollm2_cache, fraction):
+    bad = tmp_path / f"truncated{fraction}.gguf"
     with open(smollm2_gguf, "rb") as f:
-        bad.write_bytes(f.read(2_000_000))
-    with pytest.raises(BaseModelError, match="truncated.gguf"):
+        bad.write_bytes(f.read(int(smollm2_gguf.stat().st_size * fraction)))
+    with pytest.raises(BaseModelError, match=f"truncated{fraction}.gguf"):
         ensure_converted(bad, log=lambda *_: None)
     assert not any(p.name.startswith(conversion_dir(bad).name) for p in conversion_dir(bad).parent.iterdir())
 

@@ -29,7 +29,10 @@ def test_domains_stacks_and_base_untouched(base_dirs):
     domain, k = sm.freeze_active()
     assert (domain, k) == ("math", 0) and sm.active_domain is None
     layer = next(iter(sm.layers.values()))
-    assert layer.AW.dtype == torch.bfloat16 and not layer.AW.requires_grad  # compact storage by default
+    from brainstacks.stacks import packed_dtype
+
+    # compact bf16 storage by default; computed in float32 on a CPU without native bf16 (40x faster there)
+    assert layer.AW.dtype == packed_dtype(torch.bfloat16, layer.AW.device) and not layer.AW.requires_grad
     t = sm.stack_tensors("math", 0)
     assert all(v.dtype == torch.bfloat16 for v in t.values())
     sm.add_domain("code")
@@ -122,3 +125,26 @@ def test_attach_many_packs_once_and_clear(base_dirs):
     assert packs == [3]  # one repack for the three stacks
     assert sm.stacks == [("b", 0), ("a", 0), ("a", 1)]  # domain order, then k
     assert all(torch.equal(sm.stack_tensors("a", 1)[n], ta[n]) for n in ta)
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_bf16_stacks_compute_in_fp32_on_cpus_without_bf16(base_dirs, monkeypatch, fast_bf16):
+    """Stored (and saved) in bf16 either way; packed in float32 where the CPU would emulate bf16 (40x slower)."""
+    import brainstacks.stacks as stacks_mod
+
+    monkeypatch.setattr(stacks_mod, "cpu_has_fast_bf16", lambda: fast_bf16)
+    lb = load_base(base_dirs["llama"], quantize="none")
+    sm = StackedModel(lb.model, StackConfig(rank=4))
+    sm.add_domain("math")
+    sm.start_stack("math")
+    randomize_active(sm)
+    sm.freeze_active()
+    layer = next(iter(sm.layers.values()))
+    assert layer.AW.dtype == (torch.bfloat16 if fast_bf16 else torch.float32)
+    t = sm.stack_tensors("math", 0)
+    assert all(v.dtype == torch.bfloat16 for v in t.values())  # bundles keep their size
+    sm.add_domain("code")
+    sm.attach_stack("code", t)  # a bf16 stack joins the packed ones (no dtype-mix refusal)
+    assert all(torch.equal(sm.stack_tensors("code", 0)[n], t[n]) for n in t)  # exact round trip
+    with pytest.raises(StackFormatError, match="mix dtypes"):
+        sm.attach_stack("code", {n: v.float() for n, v in t.items()})

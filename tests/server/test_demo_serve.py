@@ -16,7 +16,6 @@ import pytest
 from brainstacks.demo import DEMO_BUNDLE
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(not (DEMO_BUNDLE / "manifest.json").is_file(), reason="no demo bundle in this checkout")
 
 
 def _free_port() -> int:
@@ -26,25 +25,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_server(smollm2_converted):
+def demo_server(tmp_path_factory):
+    """`brainstacks serve --port P` and nothing else, with an empty cache: it must find and convert the base."""
+    assert (DEMO_BUNDLE / "manifest.json").is_file(), "the demo bundle ships with the package"
     port = _free_port()
-    env = {**os.environ, "BRAINSTACKS_CACHE": str(smollm2_converted["dir"].parent.parent)}
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "BRAINSTACKS_CACHE": str(tmp / "cache")}
     env.pop("BRAINSTACKS_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "brainstacks_cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path = tmp / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "brainstacks_cli", "serve", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 400
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "server did not become ready"
+            assert time.monotonic() < deadline, "server did not become ready: " + log_path.read_text()[-2000:]
             time.sleep(0.5)
-        yield url
+        yield url, log_path
     finally:
         proc.terminate()
         try:
@@ -54,10 +58,17 @@ def demo_server(smollm2_converted):
             proc.wait()
 
 
+def test_first_serve_converts_the_base_and_says_so(demo_server):
+    _, log_path = demo_server
+    text = log_path.read_text()
+    assert "converting GGUF base SmolLM2-135M-Instruct.Q4_1.gguf once" in text
+    assert "convert SmolLM2-135M-Instruct.Q4_1.gguf" in text  # the progress bar
+
+
 def test_serve_without_arguments_answers_a_chat_sensibly(demo_server):
     from openai import OpenAI
 
-    client = OpenAI(base_url=demo_server + "/v1", api_key="unused")
+    client = OpenAI(base_url=demo_server[0] + "/v1", api_key="unused")
     out = client.chat.completions.create(model="brainstacks", temperature=0, max_tokens=48,
                                          messages=[{"role": "user", "content": "What is the capital of France?"}])
     choice = out.choices[0]
@@ -75,7 +86,7 @@ def test_serve_without_arguments_answers_a_chat_sensibly(demo_server):
     ("Anna is older than Ben, and Ben is older than Carl. Who is the youngest?", "reasoning"),
 ])  # fmt: skip
 def test_debug_route_picks_the_domain(demo_server, prompt, domain):
-    r = httpx.post(demo_server + "/debug/route", json={"prompt": prompt}, timeout=60)
+    r = httpx.post(demo_server[0] + "/debug/route", json={"prompt": prompt}, timeout=60)
     assert r.status_code == 200
     weights = r.json()["weights"]
     assert max(weights, key=weights.get) == domain, weights

@@ -142,14 +142,31 @@ def test_code_rows_pass_their_own_tests_and_a_wrong_body_fails():
     assert not run_tests(wrong, rows[0]["tests"])
 
 
-def test_code_sandbox_blocks_network_loops_and_memory():
+def test_code_sandbox_blocks_network_processes_writes_loops_and_false_passes(tmp_path):
+    import socket
+
     ok = ["assert f() == 1"]
     assert run_tests("def f():\n    return 1", ok)  # no fence: the whole completion is the code
     assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
-    net = "def f():\n    import socket\n    socket.create_connection(('127.0.0.1', 9))\n    return 1"
-    assert not run_tests(net, ok)
+    with socket.socket() as server:  # a real listener: only the sandbox can make the connection fail
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        for mod in ("socket", "_socket"):
+            net = (f"def f():\n    import {mod}\n    s = {mod}.socket()\n    s.connect(('127.0.0.1', {port}))\n"
+                   "    return 1")
+            assert not run_tests(net, ok), mod
+    assert not run_tests("def f():\n    import subprocess\n    subprocess.run(['true'])\n    return 1", ok)
+    assert not run_tests("def f():\n    import os\n    os.system('true')\n    return 1", ok)
+    outside = tmp_path / "written.txt"
+    assert not run_tests(f"def f():\n    open({str(outside)!r}, 'w').write('x')\n    return 1", ok)
+    assert not outside.exists()
+    assert run_tests("def f():\n    open('inside.txt', 'w').write('x')\n    return 1", ok)  # its own temp dir
+    assert not run_tests("import sys\nsys.exit(0)\ndef f():\n    return 2", ok)  # exits 0 before the asserts
+    assert not run_tests("import os\nos._exit(0)\ndef f():\n    return 2", ok)
     assert not run_tests("def f():\n    while True:\n        pass", ok, timeout=3.0)
     assert not run_tests("def f():\n    x = bytearray(2**31)\n    return 1", ok)
+    assert not run_tests("while True:\n    print('spam' * 1000)\ndef f():\n    return 1", ok, timeout=5.0)
     assert not run_tests("def f(:\n", ok)  # syntax error
     assert not run_tests("def f():\n    return 1", [])  # no tests: nothing is proven
 

@@ -98,3 +98,22 @@ def test_bad_recipe_and_bad_line_are_named(tmp_path, capsys):
     assert cli(["train", "--recipe", str(recipe), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "math.jsonl:49" in err and not (tmp_path / "b").exists()
+
+
+def test_a_second_train_on_the_same_out_is_refused_at_once(tmp_path):
+    """`brainstacks train` locks --out: a concurrent run fails before any work, naming the holder."""
+    from brainstacks.errors import BundleError
+    from brainstacks.testing import tiny_base
+    from training.curriculum import LOCK, out_lock, train_bundle
+    from training.recipe import load_recipe
+    from training.testing import write_toy_recipe
+
+    recipe = load_recipe(write_toy_recipe(tmp_path, tiny_base(tmp_path / "base"), ["math"]))
+    out = tmp_path / "bundle"
+    with out_lock(out):  # another run holds it
+        with pytest.raises(BundleError, match=r"another `brainstacks train` is writing this bundle \(pid \d+\)"):
+            train_bundle(recipe, out, progress=False, log=lambda *_: None)
+        assert not (out / "manifest.json").exists()  # refused before writing anything
+    assert (out / LOCK).is_file()
+    with out_lock(out):  # released when the holder ends: the next run may take it
+        pass

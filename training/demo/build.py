@@ -41,6 +41,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from brainstacks.errors import ConfigError
+from training.curriculum import LOCK
 from training.demo.data import DOMAINS, SPLITS, DemoDataConfig, generate
 from training.demo.evidence import EvidenceConfig
 
@@ -183,7 +184,7 @@ def install(src: Path, dst: Path) -> None:
     tmp, old = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")
     for p in (tmp, old):
         shutil.rmtree(p, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(LOCK))  # the writer's lock is not part of it
     for p in [tmp, *tmp.rglob("*")]:  # a shipped bundle is world-readable whatever the umask
         p.chmod(0o755 if p.is_dir() else 0o644)
     if dst.exists():
@@ -272,8 +273,9 @@ def build_demo(b: DemoBuild, log: Callable[[str], None] = print) -> dict[str, An
     out = b.out if b.out is not None else (DEMO_BUNDLE if b.ship else None)
     if b.until == "evidence":
         out = None
-    if summary["bundle_mb"] > MAX_BUNDLE_MB:
-        log(f"[demo] warning: bundle is {summary['bundle_mb']:.1f} MB, over the {MAX_BUNDLE_MB:.0f} MB shipping limit")
+    if out is not None and summary["bundle_mb"] > MAX_BUNDLE_MB:
+        raise ConfigError(f"{bundle}: {summary['bundle_mb']:.1f} MB, over the {MAX_BUNDLE_MB:.0f} MB a shipped bundle "
+                          "may take; not installed (lower [stack] rank or experts in the recipe)")
     if out is not None:
         install(bundle, Path(out))
         log(f"[demo] installed {out} ({summary['bundle_mb']:.1f} MB)")
