@@ -59,13 +59,13 @@ def test_round_trip(base_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
-def test_bundle_files_get_the_umask_permissions(base_dirs, tmp_path, umask, mode):
-    """Not mkstemp's 0600: a server running as another user must be able to read a bundle written under umask 022."""
-    old = os.umask(umask)
-    try:
-        build_bundle(base_dirs["llama"], tmp_path)
-    finally:
-        os.umask(old)
+def test_bundle_files_get_the_umask_permissions(base_dirs, tmp_path, monkeypatch, umask, mode):
+    """Not mkstemp's 0600: a server running as another user must be able to read a bundle written under umask 022.
+    (The umask is read once at import, before threads write files; the test sets that reading.)"""
+    import brainstacks.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "_UMASK", umask)
+    build_bundle(base_dirs["llama"], tmp_path)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 7 and {p.stat().st_mode & 0o777 for p in files} == {mode}
 
