@@ -51,8 +51,8 @@ HANDWRITTEN = Path(__file__).resolve().parents[2] / "tests" / "data" / "handwrit
 class EvidenceConfig:
     """How much of the test split each measurement uses (the defaults are what `brainstacks demo build` reports)."""
 
-    loss_examples: int = 12  # test examples per domain for the loss table (the oracle column costs ~8 passes each)
-    accuracy_prompts: int = 30  # test prompts per domain for accuracy (rows with an answer or tests)
+    loss_examples: int = 8  # test examples per domain for the loss table (the oracle column costs ~8 passes each)
+    accuracy_prompts: int = 16  # test prompts per domain for accuracy (rows with an answer or tests)
     routing_prompts: int = 100  # test prompts per domain for the routing table
     samples_per_domain: int = 1  # routed sample completions per domain shown in the report
     max_new_tokens: int = 128  # cap; each domain generates its longest reference reply + 16 tokens (math: ~130)
