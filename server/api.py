@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -74,6 +75,25 @@ class Prepared:
     stream: bool
     include_usage: bool
     user: str | None = None
+    echo: bool = False
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def check_chars(limit: int, texts: list[str], param: str) -> None:
+    """Refuse a prompt string longer than `limit` characters before anything tokenizes it."""
+    for i, t in enumerate(texts):
+        if len(t) > limit:
+            where = param if len(texts) == 1 or param.endswith("content") else f"{param}.{i}"
+            raise invalid(f"{where}: {len(t)} characters; this server's limit is {limit} per prompt string "
+                          "(max_prompt_chars).", where, "prompt_too_long")
+
+
+def check_messages_chars(limit: int, messages: list) -> None:
+    for i, m in enumerate(messages):
+        check_chars(limit, [m.text()], f"messages.{i}.content")
 
 
 def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prepared:
@@ -83,6 +103,7 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
     chat = isinstance(body, ChatCompletionRequest)
     domains = runner.domains
     weights = resolve_weights(body.model, body.weights, domains)
+    n = _or(body.n, 1)
 
     max_tokens = body.max_tokens
     if chat and body.max_completion_tokens is not None:
@@ -90,21 +111,25 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
     max_tokens = min(16, s.max_tokens_limit) if max_tokens is None else max_tokens
     if max_tokens > s.max_tokens_limit:
         raise invalid(f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}.", "max_tokens")
-    if body.n > s.max_n or body.n > s.max_batch:
-        raise invalid(f"n={body.n} exceeds this server's limit of {min(s.max_n, s.max_batch)}.", "n")
+    if n > s.max_n or n > s.max_batch:
+        raise invalid(f"n={n} exceeds this server's limit of {min(s.max_n, s.max_batch)}.", "n")
+    echo = False
     if chat:
         if body.top_logprobs is not None and not body.logprobs:
             raise invalid("top_logprobs needs logprobs=true.", "top_logprobs")
         top = (body.top_logprobs or 0) if body.logprobs else None
     else:
         top = body.logprobs
+        echo = bool(body.echo)
+        if echo and top is not None:
+            raise invalid("echo with logprobs is not supported (the prompt's logprobs are not computed); "
+                          "drop one of them.", "echo", "unsupported_parameter")
     if top is not None and top > s.max_logprobs:
         raise invalid(f"logprobs may ask for at most {s.max_logprobs} alternatives.", "logprobs")
 
     if chat:
+        check_messages_chars(s.max_prompt_chars, body.messages)
         msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-        if not any(m["content"].strip() for m in msgs):
-            raise invalid("messages: every message is empty.", "messages", "empty_prompt")
         try:
             text = render_chat(tok, msgs)
         except Exception as e:  # a template error is the conversation's fault (e.g. roles out of order)
@@ -117,16 +142,20 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
             raise invalid(f"at most {s.max_prompts} prompts per request.", "prompt")
         if any(not t for t in texts):
             raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
+        check_chars(s.max_prompt_chars, texts, "prompt")
         prompts = [encode_prompt(tok, t) for t in texts]
     else:
         ids = list(body.prompt)
+        limit = min(s.max_prompt_tokens, runner.max_model_len)
+        if len(ids) > limit:
+            raise invalid(f"The prompt has {len(ids)} tokens; the limit is {limit}.", "prompt", "context_length_exceeded")
         bad = [i for i in ids if i >= runner.vocab_size]
         if bad:
             raise invalid(f"prompt: token id {bad[0]} is outside the vocabulary (size {runner.vocab_size}).", "prompt")
         prompts = [ids]
         texts = [tok.decode(ids)]
-    if len(prompts) * body.n > s.max_waiting:
-        raise invalid(f"{len(prompts)} prompts x n={body.n} exceeds the queue bound {s.max_waiting}.", "n")
+    if len(prompts) * n > s.max_waiting:
+        raise invalid(f"{len(prompts)} prompts x n={n} exceeds the queue bound {s.max_waiting}.", "n")
     for p in prompts:
         if not p:
             raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
@@ -137,13 +166,16 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
             raise invalid(f"The prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
                           f"length of {runner.max_model_len}.", "max_tokens", "context_length_exceeded")
 
-    temperature = body.temperature
-    top_k = body.top_k if body.top_k > 0 else 0
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=body.top_p, top_k=top_k,
-                            seed=body.seed, logprobs=top, stop_token_ids=runner.eos_token_ids)
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    return Prepared("chat" if chat else "completion", body.model, prompts, texts, body.n, params, weights,
-                    body.stop_list(), top, body.stream, include_usage, body.user)
+    top_k = _or(body.top_k, 0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=_or(body.temperature, 1.0), top_p=_or(body.top_p, 1.0),
+                            top_k=top_k if top_k > 0 else 0, seed=body.seed, logprobs=top,
+                            stop_token_ids=runner.eos_token_ids,
+                            presence_penalty=_or(body.presence_penalty, 0.0),
+                            frequency_penalty=_or(body.frequency_penalty, 0.0))
+    stream = bool(body.stream)
+    include_usage = bool(stream and body.stream_options and body.stream_options.include_usage)
+    return Prepared("chat" if chat else "completion", body.model, prompts, texts, n, params, weights,
+                    body.stop_list(), top, stream, include_usage, body.user, echo)
 
 
 @dataclass
@@ -161,6 +193,7 @@ class Generation:
     bundle_version: int = 0
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     error: str | None = None
+    client_request_id: str | None = None  # the client's X-Request-Id: recorded, never a debug-history key
 
     @property
     def done(self) -> bool:
@@ -258,7 +291,7 @@ async def pump(g: Generation, deadline: float | None = None) -> None:
 
 def brainstacks_ext(state: Any, g: Generation) -> dict[str, Any]:
     domains = state.runner.domains
-    ws = [{d: round(float((w or {}).get(d, 0.0)), 6) for d in domains} for w in g.weights]
+    ws = [{d: finite(round(float((w or {}).get(d, 0.0)), 6)) for d in domains} for w in g.weights]
     ext: dict[str, Any] = {"weights": ws[0] if ws else {}, "bundle_version": g.bundle_version}
     if len(ws) > 1:
         ext["prompt_weights"] = ws
@@ -276,18 +309,23 @@ def _tok_str(tok: Any, tid: int) -> str:
     return tok.decode([tid], skip_special_tokens=False)
 
 
-def completion_logprobs(tok: Any, infos: list, top: int) -> dict[str, Any]:
+def finite(x: float | None) -> float | None:
+    """A number JSON can carry: NaN and ±inf (a broken stack, a -inf logit) are sent as null."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def completion_logprobs(tok: Any, infos: list, top: int, offset: int = 0) -> dict[str, Any]:
     return {
         "tokens": [i.text for i in infos],
-        "token_logprobs": [i.logprob for i in infos],
-        "top_logprobs": [{_tok_str(tok, t): lp for t, lp in (i.top or [])} for i in infos] if top else None,
-        "text_offset": [i.offset for i in infos],
+        "token_logprobs": [finite(i.logprob) for i in infos],
+        "top_logprobs": [{_tok_str(tok, t): finite(lp) for t, lp in (i.top or [])} for i in infos] if top else None,
+        "text_offset": [i.offset + offset for i in infos],
     }
 
 
 def chat_logprobs(tok: Any, infos: list) -> dict[str, Any]:
     def entry(text: str, lp: float) -> dict[str, Any]:
-        return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": finite(lp), "bytes": list(text.encode("utf-8"))}
 
     return {"content": [{**entry(i.text, i.logprob),
                          "top_logprobs": [entry(_tok_str(tok, t), lp) for t, lp in (i.top or [])]} for i in infos],
@@ -307,7 +345,8 @@ def final_response(state: Any, g: Generation) -> dict[str, Any]:
             choices.append({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
                             "logprobs": lp, "finish_reason": c.finish_reason})
         else:
-            choices.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+            text = g.prep.prompt_texts[i // g.prep.n] + c.text if g.prep.echo else c.text
+            choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": c.finish_reason})
     return {"id": g.id, "object": "chat.completion" if g.prep.kind == "chat" else "text_completion",
             "created": g.created, "model": g.prep.model, "system_fingerprint": f"bundle-v{g.bundle_version}",
             "choices": choices, "usage": usage(g), "brainstacks": brainstacks_ext(state, g)}
@@ -330,6 +369,9 @@ async def stream_events(state: Any, g: Generation, request: Request):
     finished_sent = [False] * len(g.choices)
     started = False
     try:
+        if g.prep.echo:  # the prompt first, as its own chunk per choice (stop strings never apply to it)
+            yield _chunk(state, g, [{"index": i, "text": g.prep.prompt_texts[i // g.prep.n], "logprobs": None,
+                                     "finish_reason": None} for i in range(len(g.choices))])
         while True:
             if g.error is not None:
                 yield sse_error(aborted(g))
@@ -375,6 +417,7 @@ async def stream_events(state: Any, g: Generation, request: Request):
 async def run(state: Any, body: CompletionRequest | ChatCompletionRequest, request: Request):
     prep = await asyncio.to_thread(prepare, state, body)  # tokenizing a long prompt must not stall the event loop
     g = start_generation(state, prep, getattr(request.state, "request_id", ""))
+    g.client_request_id = getattr(request.state, "client_request_id", None)
     if prep.stream:
         return StreamingResponse(stream_events(state, g, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -5,8 +5,14 @@
 
 The app is live at once: loading and warm-up run in a background thread, and /health and /v1 answer 503 until both
 are done. One Engine (server/engine.py) owns the model on its own thread; shutdown stops admitting, lets in-flight
-requests finish for `drain_timeout` seconds, then aborts the rest. Every response carries X-Request-Id, and every
-request is logged as one JSON line (logger `brainstacks.access`).
+requests finish for `drain_timeout` seconds, then aborts the rest. Every response carries X-Request-Id (made by the
+server; a client's own X-Request-Id is logged and kept in the debug record, never used as a key), and every request is
+logged as one JSON line (logger `brainstacks.access`).
+
+Security (DESIGN §6): `GuardMiddleware`, a pure ASGI layer in front of every route, checks the bearer key before any
+byte of the body is read, then reads the body up to `max_body_bytes` (413 beyond). /v1 and /metrics need the API key
+(or the admin key) when one is set; /admin and /debug need the admin key when set, else the API key when set, else
+they answer loopback clients only (403 for others). /health*, / and the OpenAPI pages are open.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -30,12 +37,22 @@ from fastapi.staticfiles import StaticFiles
 
 from server import api
 from server.engine import Engine, Event, GenRequest
-from server.errors import ERROR_RESPONSES, APIError, install_error_handlers, invalid, not_found, not_ready, unauthorized
+from server.errors import (
+    ERROR_RESPONSES,
+    APIError,
+    forbidden,
+    install_error_handlers,
+    invalid,
+    not_found,
+    not_ready,
+    payload_too_large,
+    unauthorized,
+)
 from server.metrics import Metrics
 from server.registry import Registry, load_runner, watch
 from server.runner import ModelRunner
 from server.sampling import SamplingParams
-from server.schemas import ChatCompletionRequest, CompletionRequest, RouteRequest, apply_limits
+from server.schemas import ChatCompletionRequest, CompletionRequest, RouteRequest, finish_openapi
 from server.settings import ServerSettings
 from server.textstream import encode_prompt, render_chat
 
@@ -165,13 +182,15 @@ class ServerState:
         for d, v in ext["weights"].items():
             if v > 0:
                 active += [f"{dd}/{k}" for dd, k in stacks if dd == d]
-        rec = {"id": g.id, "object": "debug.request", "request_id": g.request_id, "model": g.prep.model,
-               "user": g.prep.user,
+        rec = {"id": g.id, "object": "debug.request", "request_id": g.request_id,
+               "client_request_id": g.client_request_id, "model": g.prep.model, "user": g.prep.user,
                "created": g.created, "routed": g.prep.weights is None, "weights": ext["weights"],
                "prompt_weights": ext.get("prompt_weights"), "active_stacks": active,
                "bundle_version": g.bundle_version, "usage": usage,
                "finish_reasons": [c.finish_reason or "cancelled" for c in g.choices],
                "timings": timings, "error": g.error}
+        # keyed only by ids the server made (the completion id and the server's request id), so no client header
+        # can overwrite or shadow another request's record
         self.history[g.id] = rec
         if g.request_id:
             self.history[g.request_id] = rec
@@ -179,11 +198,39 @@ class ServerState:
             self.history.popitem(last=False)
 
 
-def _bearer(request: Request) -> str | None:
-    h = request.headers.get("authorization", "")
-    if h[:7].lower() == "bearer ":
-        return h[7:].strip()
+def _bearer(scope) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k == b"authorization":
+            h = v.decode("latin-1")
+            return h[7:].strip() if h[:7].lower() == "bearer " else None
     return None
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and their IPv4-mapped forms; False for anything else (names, None)."""
+    if not host:
+        return False
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def security_warnings(settings: ServerSettings) -> list[str]:
+    """What is exposed by binding `settings.host` with the keys set (logged loudly at startup)."""
+    if settings.host == "localhost" or is_loopback(settings.host):
+        return []
+    out = []
+    if settings.api_key is None:
+        out.append(f"binding {settings.host} with no BRAINSTACKS_API_KEY: /v1 and /metrics are open to every client "
+                   "that can reach this address")
+    if settings.api_key is None and settings.admin_key is None:
+        out.append("no BRAINSTACKS_ADMIN_KEY or BRAINSTACKS_API_KEY: /admin and /debug answer loopback clients only "
+                   "(set a key to use them remotely)")
+    return out
 
 
 def _check(token: str | None, *keys: str | None) -> bool:
@@ -197,6 +244,8 @@ def create_app(settings: ServerSettings | None = None,
     """The app for `settings` (default: from the environment). `runner_factory` replaces bundle loading (tests)."""
     settings = settings or ServerSettings()
     state = ServerState(settings, runner_factory or load_runner)
+    for w in security_warnings(settings):
+        log.warning("SECURITY: %s", w)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -226,25 +275,18 @@ def create_app(settings: ServerSettings | None = None,
                   description="OpenAI-compatible routed inference over frozen MoE-LoRA stacks (DESIGN §6).")
     app.state.bs = state
     install_error_handlers(app)
-    app.add_middleware(AccessMiddleware, state=state)
+    app.add_middleware(GuardMiddleware, settings=settings)  # inner: auth, then the body limit
+    app.add_middleware(AccessMiddleware, state=state)  # outer: request id and access log, refusals included
 
-    # ------------------------------------------------------------------ guards
-    def need_api_key(request: Request) -> None:
-        if settings.api_key is not None and not _check(_bearer(request), settings.api_key, settings.admin_key):
-            raise unauthorized()
-
-    def need_admin_key(request: Request) -> None:
-        if settings.admin_key is not None and not _check(_bearer(request), settings.admin_key):
-            raise unauthorized("Missing or invalid admin bearer token.")
-
+    # ------------------------------------------------------------------ guards (the keys: GuardMiddleware)
     def need_ready() -> None:
         if not state.ready:
             if state.load_error:
                 raise not_ready(f"The model failed to load: {state.load_error}")
             raise not_ready()
 
-    v1 = [Depends(need_api_key), Depends(need_ready)]
-    admin = [Depends(need_admin_key), Depends(need_ready)]
+    v1 = [Depends(need_ready)]
+    admin = [Depends(need_ready)]
 
     # ------------------------------------------------------------------ routes
     @app.get("/health", tags=["ops"], responses=ERROR_RESPONSES)
@@ -267,11 +309,24 @@ def create_app(settings: ServerSettings | None = None,
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "brainstacks"}
                                            for m in api.model_ids(state.runner.domains)]}
 
-    @app.post("/v1/completions", tags=["openai"], dependencies=v1, responses=ERROR_RESPONSES)
+    @app.get("/v1/models/{model_id}", tags=["openai"], dependencies=v1, responses=ERROR_RESPONSES)
+    async def model(model_id: str) -> dict:
+        ids = api.model_ids(state.runner.domains)
+        if model_id not in ids:
+            raise not_found(f"The model {model_id!r} does not exist; available: {', '.join(ids)}.", "model",
+                            "model_not_found")
+        return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "brainstacks"}
+
+    completion_responses = {**ERROR_RESPONSES, 200: {"description": "The completion (JSON), or with stream=true "
+                                                     "server-sent events ending with `data: [DONE]`.",
+                                                     "content": {"application/json": {"schema": {"type": "object"}},
+                                                                 "text/event-stream": {"schema": {"type": "string"}}}}}
+
+    @app.post("/v1/completions", tags=["openai"], dependencies=v1, responses=completion_responses)
     async def completions(body: CompletionRequest, request: Request):
         return await api.run(state, body, request)
 
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=v1, responses=ERROR_RESPONSES)
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=v1, responses=completion_responses)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await api.run(state, body, request)
 
@@ -297,24 +352,42 @@ def create_app(settings: ServerSettings | None = None,
 
     @app.post("/debug/route", tags=["debug"], dependencies=admin, responses=ERROR_RESPONSES)
     async def debug_route(body: RouteRequest) -> dict:
+        """The router's weights for a prompt, bounded like a completion: the same character and token caps,
+        tokenizing off the event loop, and the request timeout."""
         r = state.runner
-        if (body.prompt is None) == (body.messages is None):
-            raise invalid("give exactly one of prompt or messages.", "prompt")
-        if body.messages is not None:
-            text = render_chat(r.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
-        else:
-            text = body.prompt
-        if not text:
-            raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
-        ids = encode_prompt(r.tokenizer, text)
-        if not ids:
-            raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
-        n = r.router_tokens if r.router is not None else None
+
+        def tokenize() -> list[int]:
+            if (body.prompt is None) == (body.messages is None):
+                raise invalid("give exactly one of prompt or messages.", "prompt")
+            if body.messages is not None:
+                api.check_messages_chars(settings.max_prompt_chars, body.messages)
+                text = render_chat(r.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
+            else:
+                api.check_chars(settings.max_prompt_chars, [body.prompt], "prompt")
+                text = body.prompt
+            ids = encode_prompt(r.tokenizer, text) if text else []
+            if not ids:
+                raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
+            limit = min(settings.max_prompt_tokens, r.max_model_len)
+            if len(ids) > limit:
+                raise invalid(f"The prompt has {len(ids)} tokens; the limit is {limit}.", "prompt",
+                              "context_length_exceeded")
+            return ids
+
         t0 = time.perf_counter()
-        w = (await asyncio.wrap_future(state.engine.call(lambda: r.route([ids]))))[0]
+        ids = await asyncio.wait_for(asyncio.to_thread(tokenize), settings.request_timeout)
+        n = r.router_tokens if r.router is not None else None
+        fut = state.engine.call(lambda: r.route([ids]))
+        try:
+            w = (await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, settings.request_timeout
+                                                                      - (time.perf_counter() - t0))))[0]
+        except asyncio.TimeoutError:
+            fut.cancel()
+            raise APIError(503, f"Routing did not finish within request_timeout={settings.request_timeout}s.",
+                           "server_error", None, "timeout", {"Retry-After": str(settings.retry_after)}) from None
         ms = (time.perf_counter() - t0) * 1000
         domains = r.domains
-        return {"object": "route", "weights": {d: round(w.get(d, 0.0), 6) for d in domains},
+        return {"object": "route", "weights": {d: api.finite(round(w.get(d, 0.0), 6)) for d in domains},
                 "routed": r.router is not None, "bundle_version": r.bundle_version, "prompt_tokens": len(ids),
                 "router_tokens": min(len(ids), n) if n else 0, "elapsed_ms": round(ms, 3)}
 
@@ -337,18 +410,28 @@ def create_app(settings: ServerSettings | None = None,
             return JSONResponse(payload, status_code=409)
         return JSONResponse(body)
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
+    openapi_cache: dict[tuple, dict] = {}
 
+    def openapi() -> dict:
+        """The OpenAPI document with the served limits and, once loaded, the model ids, domains and vocabulary
+        (rebuilt when a reload changes them)."""
+        from fastapi.openapi.utils import get_openapi
+
+        r = state.runner if state.ready else None
+        key = (tuple(r.domains), r.vocab_size) if r is not None else ()
+        if key not in openapi_cache:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            tok_max = {"maximum": settings.max_tokens_limit}
-            app.openapi_schema = apply_limits(doc, {
-                "max_tokens": tok_max, "max_completion_tokens": tok_max,
-                "n": {"maximum": min(settings.max_n, settings.max_batch)},
-                "logprobs": {"maximum": settings.max_logprobs}, "top_logprobs": {"maximum": settings.max_logprobs},
-                "prompt": {"maxItems": settings.max_prompts}})
-        return app.openapi_schema
+            doc = finish_openapi(doc, {
+                "max_tokens": settings.max_tokens_limit, "n": min(settings.max_n, settings.max_batch),
+                "logprobs": settings.max_logprobs, "prompts": settings.max_prompts,
+                "prompt_chars": settings.max_prompt_chars, "vocab_size": r.vocab_size if r is not None else None,
+                "model_ids": api.model_ids(r.domains) if r is not None else None,
+                "domains": list(r.domains) if r is not None else None})
+            if r is None:
+                return doc
+            openapi_cache.clear()
+            openapi_cache[key] = doc
+        return openapi_cache[key]
 
     app.openapi = openapi
     return app
@@ -369,6 +452,8 @@ class AccessMiddleware:
             return path
         if path.startswith("/debug/requests/"):
             return "/debug/requests/{id}"
+        if path.startswith("/v1/models/"):
+            return "/v1/models/{id}"
         return "other"
 
     async def __call__(self, scope, receive, send):
@@ -378,15 +463,12 @@ class AccessMiddleware:
         for k, v in scope.get("headers", []):
             if k == b"x-request-id":
                 incoming = v.decode("latin-1")
-        rid = incoming if incoming and _RID.match(incoming) else uuid.uuid4().hex
+        client_rid = incoming if incoming and _RID.match(incoming) else None
+        rid = uuid.uuid4().hex  # always the server's own: debug records are keyed by it
         scope.setdefault("state", {})["request_id"] = rid
+        scope["state"]["client_request_id"] = client_rid
         t0 = time.perf_counter()
         status = {"code": 500}
-        limit = self.state.settings.max_body_bytes
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        too_big = length is not None and (not length.isdigit() or int(length) > limit)
-        if not too_big:
-            receive = _limited(receive, limit)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -397,32 +479,92 @@ class AccessMiddleware:
             await send(message)
 
         try:
-            if too_big:
-                resp = APIError(413, f"The request body exceeds {limit} bytes.", "invalid_request_error", None,
-                                "payload_too_large").response()
-                await resp(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
             self.state.metrics.requests.labels(endpoint=self._endpoint(path), status=str(status["code"])).inc()
-            access_log.info(json.dumps({"event": "access", "request_id": rid, "method": scope.get("method"),
+            access_log.info(json.dumps({"event": "access", "request_id": rid, "client_request_id": client_rid,
+                                        "method": scope.get("method"),
                                         "path": path, "status": status["code"],
                                         "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
                                         "client": (scope.get("client") or ["?"])[0]}))
 
 
-def _limited(receive, limit: int):
-    """A receive that stops a chunked body at `limit` bytes (what is cut off then fails to parse: a 400)."""
-    seen = 0
+OPEN_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready", "/openapi.json", "/docs",
+                        "/docs/oauth2-redirect", "/redoc", "/favicon.ico"})
 
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                return {"type": "http.request", "body": b"", "more_body": False}
-        return message
 
-    return wrapped
+def path_policy(path: str) -> str:
+    """"admin" (/admin*, /debug*), "open" (health, the page, its static files, the OpenAPI pages) or "api"
+    (/v1, /metrics and anything else: an unknown path is guarded like /v1, so a new route is never open by accident)."""
+    if path.startswith(("/admin", "/debug")):
+        return "admin"
+    if path in OPEN_PATHS or path.startswith("/static/"):
+        return "open"
+    return "api"
+
+
+class GuardMiddleware:
+    """Pure ASGI, in front of every route: the key check (from the headers alone), then the body read up to
+    `max_body_bytes` and replayed to the app. A refused request never has a byte of its body read."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+
+    def refusal(self, scope) -> APIError | None:
+        s = self.settings
+        policy = path_policy(scope.get("path", ""))
+        if policy == "open":
+            return None
+        token = _bearer(scope)
+        if policy == "admin":
+            if s.admin_key is not None:
+                return None if _check(token, s.admin_key) else unauthorized("Missing or invalid admin bearer token.")
+            if s.api_key is not None:
+                return None if _check(token, s.api_key) else unauthorized()
+            client = scope.get("client")
+            if is_loopback(client[0] if client else None):
+                return None
+            return forbidden("/admin and /debug answer loopback clients only when neither BRAINSTACKS_ADMIN_KEY nor "
+                             "BRAINSTACKS_API_KEY is set.")
+        if s.api_key is not None and not _check(token, s.api_key, s.admin_key):
+            return unauthorized()
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        err = self.refusal(scope)
+        if err is not None:
+            return await err.response()(scope, receive, send)
+        limit = self.settings.max_body_bytes
+        length = None
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                length = v
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await payload_too_large(limit).response()(scope, receive, send)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                return await payload_too_large(limit).response()(scope, receive, send)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

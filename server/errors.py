@@ -2,12 +2,15 @@
 
 Handlers registered by `install_error_handlers(app)` map our `APIError`s, FastAPI validation errors, HTTP errors and
 any unexpected exception to that envelope, so a client never sees a traceback (unexpected ones are logged with it).
+An invalid request is always 400 (OpenAI's status; never FastAPI's 422), with `param` naming the field at fault
+(`max_tokens`, `messages.0.role`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,6 +62,15 @@ def unauthorized(message: str = "Missing or invalid bearer token.") -> APIError:
     return APIError(401, message, "authentication_error", None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
 
+def forbidden(message: str) -> APIError:
+    return APIError(403, message, "permission_error", None, "loopback_only")
+
+
+def payload_too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body exceeds {limit} bytes (max_body_bytes).", "invalid_request_error", None,
+                    "payload_too_large")
+
+
 def not_ready(message: str = "The model is loading; try again shortly.") -> APIError:
     return APIError(503, message, "service_unavailable", None, "not_ready", {"Retry-After": "1"})
 
@@ -69,12 +81,28 @@ def queue_full(retry_after: int) -> APIError:
 
 
 # every status the API may answer besides 200, for the OpenAPI spec (schemathesis checks conformance)
-ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 404, 422, 429, 503)}
+ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 429, 503)}
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _loc(err: dict) -> str | None:
-    loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
-    return ".".join(loc) or None
+    """The field path of a pydantic error, without its location prefix and union-member tags:
+    ("body", "stop", "list[constrained-str]", 0) -> "stop"; ("body", "messages", 0, "role") -> "messages.0.role"."""
+    out: list[str] = []
+    for i, x in enumerate(err.get("loc", ())):
+        if i == 0 and x in ("body", "query", "path", "header"):
+            continue
+        if isinstance(x, int) or (isinstance(x, str) and x.isdigit()):
+            out.append(str(x))
+        elif isinstance(x, str) and _FIELD.match(x) and x not in _TAGS:
+            out.append(x)
+        else:  # a union tag such as "list[int]" or "function-after[...]": what follows is inside a type, not a field
+            break
+    return ".".join(out) or None
+
+
+_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "tuple", "literal", "constrained_str"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -94,13 +122,14 @@ def install_error_handlers(app: FastAPI) -> None:
             msgs.append(f"{where}: {e.get('msg', 'invalid value')}")
         # pydantic's messages can quote the input; keep them short and never include internals
         message = "; ".join(msgs)[:1000] or "Invalid request."
-        return APIError(422, message, "invalid_request_error", _loc(first), "invalid_value").response()
+        return invalid(message, _loc(first), "invalid_value").response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         codes = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        # keep the exception's headers: a 405 carries `Allow`
         return APIError(exc.status_code, str(exc.detail), "invalid_request_error", None,
-                        codes.get(exc.status_code)).response()
+                        codes.get(exc.status_code), dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

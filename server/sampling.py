@@ -2,7 +2,11 @@
 
 A row's generator is seeded from the request's seed (or a random one), so a seeded sampled completion draws the same
 tokens whatever its batch mates are. Logprobs are those of the model's distribution (the raw logits, before
-temperature and truncation), as OpenAI reports them.
+penalties, temperature and truncation), as OpenAI reports them.
+
+Presence and frequency penalties follow OpenAI's definition over the tokens this row has generated so far (c[j] times
+token j was sampled): `logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty`, before greedy or
+sampled selection.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # None = off; k >= 0 = chosen token's logprob plus k alternatives
     stop_token_ids: frozenset[int] = frozenset()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 GREEDY_BELOW = 1e-5  # a temperature this small is argmax (dividing by it would overflow to inf/nan)
@@ -59,10 +69,25 @@ def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) ->
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+def apply_penalties(logits: torch.Tensor, p: SamplingParams, history: list[int]) -> torch.Tensor:
+    """A row's (V,) logits with OpenAI's presence/frequency penalties over its generated tokens `history`."""
+    if not p.penalized or not history:
+        return logits
+    V = logits.shape[-1]
+    ids = torch.tensor([t for t in history if 0 <= t < V], dtype=torch.long)
+    counts = torch.bincount(ids, minlength=V).to(logits.dtype)  # (V,)
+    return logits - counts * p.frequency_penalty - (counts > 0).to(logits.dtype) * p.presence_penalty
+
+
 def sample_batch(
-    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]
+    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator],
+    histories: list[list[int]] | None = None,
 ) -> tuple[list[int], torch.Tensor]:
-    """Sample every row of (B, V) logits; returns the tokens and the (B, V) log-softmax for logprobs."""
+    """Sample every row of (B, V) logits; returns the tokens and the (B, V) log-softmax for logprobs (of the raw
+    logits). `histories[i]`: the tokens row i generated so far, for its penalties."""
     logits = logits.float().cpu()
-    tokens = [sample_row(logits[i], params[i], gens[i]) for i in range(logits.shape[0])]
+    tokens = []
+    for i in range(logits.shape[0]):
+        row = logits[i] if histories is None else apply_penalties(logits[i], params[i], histories[i])
+        tokens.append(sample_row(row, params[i], gens[i]))
     return tokens, torch.log_softmax(logits, dim=-1)

@@ -1,47 +1,57 @@
-"""OpenAI request bodies (DESIGN §6) as pydantic models with bounds; responses are built as plain dicts in OpenAI's shapes.
+"""OpenAI request bodies (DESIGN §6) as strict pydantic models with bounds; responses are built as plain dicts in
+OpenAI's shapes.
 
-Bounds here are the hard schema limits (what the OpenAPI spec advertises); the configurable limits (max_tokens_limit,
-max_n, prompt tokens, ...) are checked against settings in server/api.py and answer 400.
-Unknown top-level fields are refused (422), as are unknown domains in the `weights` extension (400).
+Validation is strict (`"echo": 0`, `"max_tokens": "5"` and `1.0` for an integer are refused, as the JSON types in the
+schema say) and every field OpenAI's spec marks nullable accepts null, meaning "the default". Bounds here are the
+hard schema limits; the configurable ones (max_tokens_limit, max_n, max_prompt_chars, ...) are checked against the
+settings in server/api.py and written into `/openapi.json` by `finish_openapi`, together with the rules JSON Schema
+can state (token-id range, the model ids, exactly one of prompt / messages), so the published schema and the server
+agree. Every refusal answers 400 with `param` naming the field (unknown model: 404).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-MAX_CHARS = 1_000_000  # a prompt/message longer than this is refused before tokenizing
+MAX_CHARS = 100_000_000  # hard ceiling of one prompt string; the served cap is settings.max_prompt_chars
+INT64 = 2**63
 
 StopStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PromptStr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHARS)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    include_usage: bool = Field(False, description="Send a final chunk with usage (choices empty).")
+    model_config = _STRICT
+    include_usage: bool | None = Field(None, description="Send a final chunk with usage (choices empty).")
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     model: str = Field("brainstacks", max_length=256, description=(
         "The composition: brainstacks (routed), brainstacks:base, brainstacks:all, brainstacks:<domain>."))
     max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Most tokens to generate (default 16).")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy.")
-    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
-    top_k: int = Field(0, ge=-1, le=1_000_000, description="Keep the k most likely tokens (0 or -1: off).")
-    n: int = Field(1, ge=1, le=128, description="Samples per prompt.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy (default 1).")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass (default 1).")
+    top_k: int | None = Field(None, ge=-1, le=1_000_000, description="Keep the k most likely tokens (0 or -1: off).")
+    n: int | None = Field(None, ge=1, le=128, description="Samples per prompt (default 1).")
     stop: StopStr | Annotated[list[StopStr], Field(max_length=4)] | None = Field(
         None, description="Up to 4 strings; generation stops before the first occurrence.")
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible.")
-    stream: bool = Field(False, description="Send server-sent events.")
+    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1, description="Makes sampling reproducible (an int64).")
+    stream: bool | None = Field(None, description="Send server-sent events (text/event-stream).")
     stream_options: StreamOptions | None = Field(None, description="Streaming options (ignored without stream).")
     user: str | None = Field(None, max_length=256, description="End-user id (logged).")
-    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for compatibility; only 0 is supported.")
-    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for compatibility; only 0 is supported.")
+    presence_penalty: Penalty | None = Field(None, description=(
+        "Subtracted from the logit of every token already generated in this choice (OpenAI's definition)."))
+    frequency_penalty: Penalty | None = Field(None, description=(
+        "Subtracted from a token's logit once per time it was already generated in this choice."))
     weights: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Weight] | None = Field(
         None, max_length=256, description="Extension: {domain: weight in [0, 1]} overriding the router.")
 
@@ -58,17 +68,17 @@ class CompletionRequest(_Common):
         list[TokenId], Field(min_length=1, max_length=1_000_000)] = Field(
         ..., description="A string, a list of strings (one choice set each), or a list of token ids.")
     logprobs: int | None = Field(None, ge=0, le=20, description="Return the chosen token's logprob and this many alternatives.")
-    echo: Literal[False] = Field(False, description="Echoing the prompt is not supported.")
+    echo: bool | None = Field(None, description="Prepend the prompt to each choice's text (not with logprobs).")
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     type: Literal["text"]
     text: Annotated[str, StringConstraints(max_length=MAX_CHARS)]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[str, StringConstraints(max_length=MAX_CHARS)] | Annotated[
         list[TextPart], Field(max_length=256)] | None = None
@@ -87,37 +97,80 @@ class ChatCompletionRequest(_Common):
 
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Alias of max_tokens.")
-    logprobs: bool = Field(False, description="Return logprobs of the chosen tokens.")
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token (needs logprobs).")
+    logprobs: bool | None = Field(None, description="Return logprobs of the chosen tokens.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token (needs logprobs=true).")
 
 
 class RouteRequest(BaseModel):
-    """POST /debug/route."""
+    """POST /debug/route: exactly one of prompt or messages."""
 
-    model_config = ConfigDict(extra="forbid")
-    prompt: PromptStr | None = Field(None, description="Raw prompt text.")
-    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1024, description="Or chat messages.")
-
-
-class ReloadRequest(BaseModel):
-    """POST /admin/reload (body optional)."""
-
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
+    prompt: PromptStr = Field(None, description="Raw prompt text.")
+    messages: list[ChatMessage] = Field(None, min_length=1, max_length=1024, description="Or chat messages.")
 
 
-def apply_limits(openapi: dict, limits: dict[str, dict[str, int]]) -> dict:
-    """Write the server's configured limits into the request schemas of the OpenAPI document, so clients (and the
-    schema fuzz) see the real bounds. limits: {property: {"maximum": v} or {"maxItems": v}}."""
-    def patch(node: dict, bound: dict[str, int]) -> None:
-        for sub in node.get("anyOf", [node]):
-            if "maximum" in bound and sub.get("type") == "integer":
-                sub["maximum"] = min(sub.get("maximum", bound["maximum"]), bound["maximum"])
-            if "maxItems" in bound and sub.get("type") == "array" and sub.get("items", {}).get("type") == "string":
-                sub["maxItems"] = min(sub.get("maxItems", bound["maxItems"]), bound["maxItems"])
+# ---------------------------------------------------------------------------------------------------- OpenAPI
+def _subs(node: dict) -> list[dict]:
+    return node.get("anyOf", [node])
 
+
+def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
+    """Make the generated OpenAPI document state what the server enforces.
+
+    limits: max_tokens, n, logprobs, prompts (items), prompt_chars, vocab_size (None: not loaded yet),
+    model_ids (None: not loaded yet), domains (None: not loaded yet).
+    """
+    schemas = doc.get("components", {}).get("schemas", {})
+    # an invalid request answers 400 in OpenAI's envelope, never FastAPI's 422
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            if isinstance(op, dict) and "422" in op.get("responses", {}):
+                op["responses"].pop("422")
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+    chars = limits["prompt_chars"]
     for name in ("CompletionRequest", "ChatCompletionRequest"):
-        props = openapi.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
-        for prop, bound in limits.items():
-            if prop in props:
-                patch(props[prop], bound)
-    return openapi
+        props = schemas.get(name, {}).get("properties", {})
+        for prop in ("max_tokens", "max_completion_tokens"):
+            for sub in _subs(props.get(prop, {})):
+                if sub.get("type") == "integer":
+                    sub["maximum"] = min(sub.get("maximum", limits["max_tokens"]), limits["max_tokens"])
+        for prop, key in (("n", "n"), ("logprobs", "logprobs"), ("top_logprobs", "logprobs")):
+            for sub in _subs(props.get(prop, {})):
+                if sub.get("type") == "integer":
+                    sub["maximum"] = min(sub.get("maximum", limits[key]), limits[key])
+        if "model" in props and limits.get("model_ids"):
+            props["model"]["enum"] = list(limits["model_ids"])
+        if "weights" in props and limits.get("domains") is not None:
+            for sub in _subs(props["weights"]):
+                if sub.get("type") == "object":
+                    sub["propertyNames"] = {"enum": list(limits["domains"])}
+    prompt = schemas.get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
+    for sub in _subs(prompt):
+        if sub.get("type") == "string":
+            sub["maxLength"] = chars
+        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "string":
+            sub["maxItems"] = min(sub.get("maxItems", limits["prompts"]), limits["prompts"])
+            sub["items"]["maxLength"] = chars
+        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "integer" and limits.get("vocab_size"):
+            sub["items"]["maximum"] = limits["vocab_size"] - 1
+    for name in ("ChatMessage", "TextPart"):
+        props = schemas.get(name, {}).get("properties", {})
+        for prop in ("content", "text"):
+            for sub in _subs(props.get(prop, {})):
+                if sub.get("type") == "string":
+                    sub["maxLength"] = chars
+    route = schemas.get("RouteRequest")
+    if route is not None:
+        route["properties"]["prompt"]["maxLength"] = chars
+        route["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
+    comp = schemas.get("CompletionRequest")
+    if comp is not None:  # echo: true cannot be combined with logprobs
+        comp["not"] = {"required": ["echo", "logprobs"],
+                       "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}}}
+    chat = schemas.get("ChatCompletionRequest")
+    if chat is not None:  # top_logprobs needs logprobs: true
+        chat["if"] = {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}}
+        chat["then"] = {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}
+    return doc

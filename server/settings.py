@@ -27,8 +27,10 @@ class ServerSettings(BaseSettings):
     watch: bool = Field(False, description="Reload the bundle when its manifest.json changes.")
     watch_interval: float = Field(1.0, description="Seconds between manifest checks with --watch.", gt=0.05, le=3600)
 
-    api_key: str | None = Field(None, description="Bearer token required on /v1 (None: open).", min_length=1)
-    admin_key: str | None = Field(None, description="Bearer token required on /admin and /debug (None: open).", min_length=1)
+    api_key: str | None = Field(None, description="Bearer token required on /v1 and /metrics (None: open).", min_length=1)
+    admin_key: str | None = Field(None, description=(
+        "Bearer token required on /admin and /debug (None: the API key guards them; with neither key set they "
+        "answer loopback clients only)."), min_length=1)
 
     max_batch: int = Field(16, description="Most rows in the running decode batch.", ge=1, le=1024)
     max_waiting: int = Field(64, description="Most rows waiting for a batch slot; beyond it requests get 429.", ge=1, le=100_000)
@@ -39,7 +41,10 @@ class ServerSettings(BaseSettings):
     max_n: int = Field(8, description="Largest n (samples per prompt).", ge=1, le=128)
     max_prompts: int = Field(16, description="Most prompts in one /v1/completions request.", ge=1, le=1024)
     max_logprobs: int = Field(5, description="Most alternatives per token for logprobs / top_logprobs.", ge=0, le=20)
-    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body in bytes (413 beyond).", ge=1024, le=1 << 31)
+    max_prompt_chars: int = Field(262_144, description=(
+        "Most characters in one prompt string or one message's content, checked before tokenizing (400 beyond)."),
+        ge=1, le=100_000_000)
+    max_body_bytes: int = Field(1024 * 1024, description="Largest request body in bytes (413 beyond).", ge=1024, le=1 << 31)
     retry_after: int = Field(1, description="Seconds in the Retry-After header of a 429.", ge=1, le=3600)
     request_timeout: float = Field(600.0, description="Seconds a request may take before it is cancelled.", gt=0, le=86_400)
     drain_timeout: float = Field(10.0, description="Seconds shutdown waits for in-flight requests before aborting them.", ge=0, le=3600)
