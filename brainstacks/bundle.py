@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from brainstacks.base import LoadedBase, fingerprint_mismatches, load_base
-from brainstacks.config import RouterConfig, StackConfig, dtype_name
+from brainstacks.config import RouterConfig, StackConfig, dtype_name, parse_dtype
 from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
 from brainstacks.gguf import is_package_ref
 from brainstacks.moe_lora import stack_tensor_shapes
@@ -139,7 +139,7 @@ def _umask_mode() -> int:
     return 0o666 & ~_UMASK
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temp file, fsync, rename. The file ends with the umask's permissions, not mkstemp's 0600, so
     a server running as another user (a container, a service account) can read the bundle."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def _write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
 
-    _atomic_write(path, w)
+    atomic_write(path, w)
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
@@ -204,7 +204,7 @@ def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict
     d = safe_path(bundle_dir, rel)
     d.mkdir(parents=True, exist_ok=True)
     tens = {n: t.detach().cpu().contiguous() for n, t in sorted(tensors.items())}
-    _atomic_write(d / STACK_TENSORS, lambda tmp: save_file(tens, tmp, metadata={"domain": domain, "index": str(k)}))
+    atomic_write(d / STACK_TENSORS, lambda tmp: save_file(tens, tmp, metadata={"domain": domain, "index": str(k)}))
     dts = {dtype_name(t.dtype) for t in tens.values()}
     info = {"domain": domain, "index": k, "dtype": ",".join(sorted(dts)), "tensors": len(tens),
             "parameters": int(sum(t.numel() for t in tens.values())), "bytes": (d / STACK_TENSORS).stat().st_size,
@@ -248,7 +248,9 @@ def expected_stack_shapes(fingerprint: dict[str, Any], config: StackConfig) -> d
 
 def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, Any],
                config: StackConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and fully validate one stack: JSON, sha256, safetensors header, names and shapes."""
+    """Read and fully validate one stack: JSON, sha256, safetensors header, names, shapes, dtype (the bundle's
+    stack_config.frozen_dtype: frozen stacks share one) and finite values (a NaN would silently empty every
+    composition that uses the stack)."""
     d = safe_path(bundle_dir, rel)
     meta = _read_json(d / STACK_META)
     tensors = _read_tensors(d / STACK_TENSORS, meta.get("sha256"))
@@ -263,23 +265,38 @@ def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, A
     for name, shape in want.items():
         if tuple(tensors[name].shape) != shape:
             raise BundleError(f"{f}: shape mismatch for {name}: file has {tuple(tensors[name].shape)}, base needs {shape}")
+    want_dtype = parse_dtype(config.frozen_dtype)
+    for name in sorted(want):
+        t = tensors[name]
+        if t.dtype != want_dtype:
+            raise BundleError(f"{f}: {name} is {dtype_name(t.dtype)}, the bundle's stacks are {config.frozen_dtype} "
+                              "(stack_config.frozen_dtype)")
+        if not bool(torch.isfinite(t).all()):
+            raise BundleError(f"{f}: {name} holds non-finite values (NaN or inf)")
     return tensors, meta
 
 
 # ---- router -----------------------------------------------------------------------------------------------------
+def router_relpath(version: int) -> str:
+    """Where `brainstacks train` writes the router of manifest version `version`: a path of its own, so the router a
+    live manifest names is never overwritten in place (old bundles name "router" and keep loading)."""
+    return f"router/v{int(version)}"
+
+
 def save_router(bundle_dir: str | os.PathLike, router: MetaRouter, meta: dict[str, Any] | None = None,
                 rel: str = "router") -> str:
     d = safe_path(bundle_dir, rel)
     d.mkdir(parents=True, exist_ok=True)
     tens = {n: t.detach().float().cpu().contiguous() for n, t in router.state_dict().items()}
-    _atomic_write(d / ROUTER_TENSORS, lambda tmp: save_file(tens, tmp))
+    atomic_write(d / ROUTER_TENSORS, lambda tmp: save_file(tens, tmp))
     _write_json(d / ROUTER_META, {**router.describe(), "sha256": sha256_file(d / ROUTER_TENSORS), **(meta or {})})
     return rel
 
 
 def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = None,
                 domains: list[str] | None = None) -> MetaRouter:
-    """Read and validate the router; `domains` (the manifest's) must all be scored by it."""
+    """Read and validate the router; with `domains` (the manifest's), it must score exactly those, in that order: a
+    router missing a domain would give it weight 0 forever, so it is refused, naming the missing domains."""
     d = safe_path(bundle_dir, rel)
     meta = _read_json(d / ROUTER_META)
     tensors = _read_tensors(d / ROUTER_TENSORS, meta.get("sha256"))
@@ -288,13 +305,24 @@ def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = N
         raise BundleError(f"{d / ROUTER_META}: 'domains' must be a non-empty list of names")
     if d_model is not None and meta.get("d_model") != d_model:
         raise BundleError(f"{d / ROUTER_META}: router reads d_model={meta.get('d_model')}, base has {d_model}")
-    if domains is not None and set(r_domains) - set(domains):
-        raise BundleError(f"{d / ROUTER_META}: router scores domains {sorted(set(r_domains) - set(domains))} "
-                          "that the manifest does not list")
+    if domains is not None and list(r_domains) != list(domains):
+        missing = [x for x in domains if x not in r_domains]
+        extra = [x for x in r_domains if x not in domains]
+        if missing:
+            why = (f"router covers only {r_domains}, missing {missing} of the manifest's domains {list(domains)} "
+                   "(a `brainstacks train` run stopped before retraining the router? rerun it)")
+        elif extra:
+            why = f"router scores domains {extra} that the manifest does not list"
+        else:
+            why = f"router scores {r_domains}, the manifest lists {list(domains)}: not in the same order"
+        raise BundleError(f"{d / ROUTER_META}: {why}")
     try:
         cfg = RouterConfig.from_dict(meta.get("config"), str(d / ROUTER_META))
         router = MetaRouter(int(meta["d_model"]), r_domains, cfg)
         router.load_state_dict(tensors, strict=True)
+        bad = sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        if bad:
+            raise ValueError(f"{bad[0]} holds non-finite values (NaN or inf)")
     except (BrainstacksError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise BundleError(f"{d / ROUTER_TENSORS}: does not match router.json: {e}") from e
     return router.eval()
@@ -352,11 +380,10 @@ class LoadedBundle:
 
 def install_stacks(sm: StackedModel, stacks: dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]],
                    dtype: str | torch.dtype | None = None) -> None:
-    """Replace every domain and stack of `sm` by `stacks` (domain order kept), packing once. Validated tensors only."""
-    sm.clear()
-    for name in stacks:
-        sm.add_domain(name)
-    sm.attach_stacks([(name, tensors) for name, items in stacks.items() for tensors, _ in items], dtype=dtype)
+    """Replace every domain and stack of `sm` by `stacks` (domain order kept), packing once. Validated tensors only.
+    Transactional: the new packed tensors are built to the side and swapped in only when all of them are ready, so a
+    failure (an out-of-memory error while packing too) leaves `sm` as it was."""
+    sm.commit(sm.prepare({name: [tensors for tensors, _ in items] for name, items in stacks.items()}, dtype))
 
 
 def load_bundle(bundle_dir: str | os.PathLike, base: str | os.PathLike | None = None, quantize: str = "nf4",

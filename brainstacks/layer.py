@@ -70,16 +70,25 @@ class StackedLinear(nn.Module):
     # ---- packing ---------------------------------------------------------------------------------------------
     def set_frozen(self, stacks: list[dict[str, torch.Tensor]]) -> None:
         """Pack frozen stacks (each {"A": (E, r, d_in), "B": (E, d_out, r), "W": (E, d_in)}), in the given order."""
-        self._subsets.clear()
-        self.num_stacks = len(stacks)
+        self.set_packed(*self.pack(stacks), len(stacks))
+
+    def pack(self, stacks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The packed (AW, Bp) of `stacks`, built to the side: the layer's live tensors are not touched, so a hot
+        reload can build every layer first and swap them in only once all succeeded (set_packed)."""
         if not stacks:
-            self.AW = self.Bp = None
-            return
+            return None, None
         E, r = self.config.experts, self.config.rank
         A = torch.cat([s["A"].reshape(E * r, self.in_features) for s in stacks])  # (S*E*r, d_in)
         W = torch.cat([s["W"] for s in stacks])  # (S*E, d_in)
-        self.AW = torch.cat([A, W]).contiguous()
-        self.Bp = torch.cat([s["B"].permute(1, 0, 2).reshape(self.out_features, E * r) for s in stacks], 1).contiguous()
+        AW = torch.cat([A, W]).contiguous()
+        Bp = torch.cat([s["B"].permute(1, 0, 2).reshape(self.out_features, E * r) for s in stacks], 1).contiguous()
+        return AW, Bp
+
+    def set_packed(self, AW: torch.Tensor | None, Bp: torch.Tensor | None, num_stacks: int) -> None:
+        """Install tensors from `pack`: pointer assignments only (cannot fail half-way)."""
+        self._subsets = OrderedDict()
+        self.AW, self.Bp = AW, Bp
+        self.num_stacks = num_stacks
 
     def frozen(self, i: int) -> dict[str, torch.Tensor]:
         """Stack i back as {"A", "B", "W"} (copies, in the storage dtype)."""

@@ -18,6 +18,7 @@ import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,6 +56,16 @@ def packed_dtype(storage: torch.dtype | None, device: torch.device) -> torch.dty
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+@dataclass
+class PreparedStacks:
+    """A full set of frozen stacks packed to the side by `StackedModel.prepare`, ready for `commit`."""
+
+    domains: list[str]
+    stacks: list[tuple[str, int]]  # packed order
+    storage_dtype: torch.dtype | None
+    packed: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]  # layer path -> (AW, Bp)
 
 
 class StackedModel:
@@ -222,9 +233,48 @@ class StackedModel:
         self._repack(order, {p: [per_layer[p][s] for s in order] for p in self.layers})
         return [k for _, k in keys]
 
-    def _validated(self, domain: str, tensors: dict[str, torch.Tensor], dtype) -> dict[str, dict[str, torch.Tensor]]:
+    def prepare(self, items: dict[str, list[dict[str, torch.Tensor]]],
+                dtype: str | torch.dtype | None = None) -> PreparedStacks:
+        """Validate and pack a complete replacement set {domain: [stack tensors, ...]} (domain order kept) to the
+        side: nothing live changes, so the model keeps serving its current stacks while this runs (on another
+        thread, for a hot reload) and any failure, an out-of-memory error while packing included, leaves it as it
+        was. `commit` then swaps the result in."""
+        domains = list(items)
+        for name in domains:
+            if not isinstance(name, str) or not DOMAIN_NAME.match(name):
+                raise StackFormatError(f"invalid domain name {name!r}: use letters, digits, '_', '.', '-' (max 64)")
+        order = [(d, k) for d in domains for k in range(len(items[d]))]
+        per = [self._validated(d, items[d][k], dtype, domains) for d, k in order]  # each {layer: {A, B, W}}
+        dts = {t.dtype for p in per for lay in p.values() for t in lay.values()}
+        if len(dts) > 1:
+            raise StackFormatError(f"stacks mix dtypes {sorted(map(str, dts))}; frozen stacks share one")
+        storage = dts.pop() if dts else None
+        compute = packed_dtype(storage, self.device)
+        packed = {}
+        for path, lay in self.layers.items():
+            packed[path] = lay.pack([{n: t.to(compute) for n, t in p[path].items()} for p in per])
+        return PreparedStacks(domains, order, storage, packed)
+
+    def commit(self, prepared: PreparedStacks) -> None:
+        """Swap in what `prepare` built: pointer assignments only, so it cannot fail half-way. Call between forwards
+        (the engine's model thread). Routing weights are reset: their columns named the old domains."""
+        if self._active is not None:
+            raise StackFormatError(f"a stack for {self._active!r} is being trained; freeze or discard it first")
+        for path, lay in self.layers.items():
+            AW, Bp = prepared.packed[path]
+            lay.set_packed(AW, Bp, len(prepared.stacks))
+        self._domains = list(prepared.domains)
+        self._stacks = list(prepared.stacks)
+        self._storage_dtype = prepared.storage_dtype
+        self.set_weights(None)
+
+    def _validated(self, domain: str, tensors: dict[str, torch.Tensor], dtype,
+                   domains: list[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
         """One stack's tensors checked against every wrapped layer, as {layer path: {"A", "B", "W"}} on our device."""
-        self._require_domain(domain)
+        if domains is None:
+            self._require_domain(domain)
+        elif domain not in domains:
+            raise RoutingError(f"unknown domain {domain!r}; known: {domains}")
         want = stack_tensor_shapes(self.shapes(), self.config)
         unknown = sorted(set(tensors) - set(want))
         if unknown:

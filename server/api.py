@@ -193,6 +193,7 @@ class Generation:
     bundle_version: int = 0
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     error: str | None = None
+    error_code: str = ""  # the engine's Event.code, or "timeout" (request_timeout passed)
     client_request_id: str | None = None  # the client's X-Request-Id: recorded, never a debug-history key
 
     @property
@@ -251,7 +252,7 @@ def start_generation(state: Any, prep: Prepared, request_id: str) -> Generation:
         raise queue_full(state.settings.retry_after) from e
     except EngineStoppedError as e:
         g.cancel()
-        raise not_ready("The server is shutting down.") from e
+        raise not_ready(f"The server is not accepting requests: {e}.") from e
     return g
 
 
@@ -261,7 +262,7 @@ def _apply(g: Generation, p: int, ev: Event) -> None:
         g.bundle_version = ev.bundle_version
         return
     if ev.kind == "error":
-        g.error = ev.message
+        g.error, g.error_code = ev.message, ev.code or "internal"
         return
     c = g.choices[p * g.prep.n + ev.index]
     if ev.kind == "token":
@@ -273,15 +274,14 @@ def _apply(g: Generation, p: int, ev: Event) -> None:
 
 async def pump(g: Generation, deadline: float | None = None) -> None:
     """Wait for at least one event, then apply everything already queued. Past `deadline` (monotonic), the request
-    is cancelled and its unfinished choices end with finish_reason "length"."""
+    is cancelled and fails with code "timeout" (a 503, or an error event in a stream), never a 200 "length"."""
     try:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         p, ev = await asyncio.wait_for(g.queue.get(), timeout)
     except asyncio.TimeoutError:
         log.warning("request %s timed out; cancelling", g.id)
         g.cancel()
-        for c in g.choices:
-            c.finish("length")
+        g.error, g.error_code = "the request timed out (request_timeout)", "timeout"
         return
     _apply(g, p, ev)
     while not g.queue.empty():
@@ -373,8 +373,9 @@ async def stream_events(state: Any, g: Generation, request: Request):
             yield _chunk(state, g, [{"index": i, "text": g.prep.prompt_texts[i // g.prep.n], "logprobs": None,
                                      "finish_reason": None} for i in range(len(g.choices))])
         while True:
-            if g.error is not None:
+            if g.error is not None:  # an error event, then [DONE]: the stream ends cleanly, never just cut
                 yield sse_error(aborted(g))
+                yield "data: [DONE]\n\n"
                 break
             if not started and chat and any(w is not None for w in g.weights):
                 started = True
@@ -436,9 +437,11 @@ async def run(state: Any, body: CompletionRequest | ChatCompletionRequest, reque
 
 
 def aborted(g: Generation) -> APIError:
-    """The engine gave up on this request: 503 when the server is shutting down, 500 for an internal failure."""
-    if "shutting down" in (g.error or ""):
-        return APIError(503, f"Generation aborted: {g.error}.", "server_error", None, "shutting_down")
+    """The engine gave up on this request: 503 when the server is shutting down, the engine is dead, the request
+    waited too long for a slot or timed out; 500 for an internal failure."""
+    code = g.error_code or ("shutting_down" if "shutting down" in (g.error or "") else "internal")
+    if code in ("shutting_down", "engine_dead", "queue_timeout", "timeout"):
+        return APIError(503, f"Generation aborted: {g.error}.", "server_error", None, code)
     return APIError(500, f"Generation failed: {g.error}.", "server_error", None, "internal_error")
 
 

@@ -93,11 +93,14 @@ class ServerState:
 
                 torch.set_num_threads(self.settings.threads)
             runner = self.runner_factory(self.settings)
-            engine = Engine(runner, max_batch=self.settings.max_batch, max_waiting=self.settings.max_waiting,
-                            max_prefill_tokens=self.settings.max_prefill_tokens, metrics=self.metrics)
+            s = self.settings
+            engine = Engine(runner, max_batch=s.max_batch, max_waiting=s.max_waiting,
+                            max_prefill_tokens=s.max_prefill_tokens, metrics=self.metrics,
+                            kv_token_budget=s.kv_token_budget, max_queue_wait=s.max_queue_wait,
+                            ready_failed_steps=s.ready_failed_steps, ready_stuck_seconds=s.ready_stuck_seconds)
             engine.start()
             self.runner, self.engine = runner, engine
-            self.registry = Registry(runner, engine, self.metrics)
+            self.registry = Registry(runner, engine, self.metrics, call_timeout=s.engine_call_timeout)
             self.registry.update_gauges()
             if self.settings.warmup:
                 self._warmup()
@@ -131,6 +134,14 @@ class ServerState:
             raise RuntimeError("warm-up generation did not finish")
         if errors:
             raise RuntimeError(f"warm-up failed: {errors[0]}")
+
+    def drain(self) -> None:
+        """First step of a graceful shutdown (SIGTERM; server.cli.DrainingServer runs it before uvicorn waits for
+        open connections): stop admitting, let in-flight requests finish for drain_timeout, then end the rest with
+        an error (a 503; in a stream: an error event, then [DONE]), so no stream is cut without a word."""
+        self.ready = False
+        if self.engine is not None:
+            self.engine.drain(self.settings.drain_timeout)
 
     def shutdown(self) -> None:
         self.ready = False
@@ -289,11 +300,34 @@ def create_app(settings: ServerSettings | None = None,
     admin = [Depends(need_ready)]
 
     # ------------------------------------------------------------------ routes
+    def engine_ready() -> None:
+        """503 unless loaded and warmed, and the engine is healthy (thread alive, steps succeeding, not stuck)."""
+        need_ready()
+        h = state.engine.health() if state.engine is not None else {"ready": False, "reason": "no engine"}
+        if not h["ready"]:
+            raise not_ready(f"The engine is not healthy: {h['reason']}.")
+
     @app.get("/health", tags=["ops"], responses=ERROR_RESPONSES)
     async def health() -> dict:
-        """200 once the bundle is loaded and warmed; 503 before (or if loading failed)."""
-        need_ready()
+        """200 once the bundle is loaded and warmed and the engine is healthy; 503 before, or if loading failed, or
+        whenever /health/ready would answer 503."""
+        engine_ready()
         return {"status": "ok", "bundle_version": state.runner.bundle_version, "domains": state.runner.domains}
+
+    @app.get("/health/live", tags=["ops"])
+    async def health_live() -> dict:
+        """Liveness probe: 200 while the process serves HTTP (loading included); restart it only when this fails."""
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["ops"], responses=ERROR_RESPONSES)
+    async def health_ready() -> dict:
+        """Readiness probe: 200 when loaded, warmed and the engine is healthy; 503 (with the reason) while loading,
+        or when the engine thread is dead, its last ready_failed_steps steps failed, or no step finished for
+        ready_stuck_seconds while work waits."""
+        engine_ready()
+        h = state.engine.health()
+        return {"status": "ok", "bundle_version": state.runner.bundle_version,
+                "engine": {k: h[k] for k in ("steps", "running", "waiting", "failed_steps", "stalled_seconds")}}
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
@@ -441,7 +475,7 @@ class AccessMiddleware:
     """Pure ASGI (streams pass through untouched): request id, X-Request-Id header, JSON access log, request metrics."""
 
     ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/debug/route",
-                 "/debug/requests", "/admin/stacks", "/admin/reload", "/")
+                 "/debug/requests", "/admin/stacks", "/admin/reload", "/", "/health/live", "/health/ready")
 
     def __init__(self, app, state: ServerState):
         self.app = app

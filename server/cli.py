@@ -9,6 +9,7 @@ Every other ServerSettings field is a flag too (--max-batch, --api-key, ...), an
 from __future__ import annotations
 
 import argparse
+import functools
 import typing
 
 # the contract flags first (DESIGN §5), then the rest of ServerSettings in declaration order
@@ -56,6 +57,32 @@ def settings_from_args(args: argparse.Namespace):
     return ServerSettings(**given)
 
 
+@functools.lru_cache(maxsize=1)
+def draining_server_class():
+    """The uvicorn.Server subclass `serve` runs (built on first use: `brainstacks --help` need not import uvicorn)."""
+    import asyncio
+    import contextlib
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, with the app's drain (ServerState.drain) started when shutdown begins: uvicorn alone waits for
+        open connections before it runs the lifespan shutdown, so streams still open when its graceful timeout ends
+        would be cut with no error event and no [DONE]."""
+
+        async def shutdown(self, sockets=None) -> None:
+            state = getattr(getattr(self.config.app, "state", None), "bs", None)
+            drain = asyncio.create_task(asyncio.to_thread(state.drain)) if state is not None else None
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if drain is not None:
+                    with contextlib.suppress(Exception):
+                        await drain
+
+    return DrainingServer
+
+
 def serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -73,7 +100,7 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout) + 5)
-    server = uvicorn.Server(config)
+    server = draining_server_class()(config)
     state = app.state.bs
 
     def on_load_error(msg: str) -> None:

@@ -16,6 +16,17 @@ The running batch is a single left-padded KV cache: keys/values (B, H, L, Dh) pe
 and each row's next position. Joining left-pads the shorter side and concatenates along the batch; leaving
 index-selects the remaining rows; columns that are padding in every row are trimmed. Masked columns get exactly zero
 attention, so a row's tokens do not depend on its batch mates (up to float summation order).
+
+Failure containment (the engine reports its health through `health()`, which /health/ready serves):
+  - a failing prefill fails only its newcomers; a failing merge (Batch.extend builds every tensor before it assigns
+    any) leaves the running batch intact; a row whose sampling fails fails alone; a failing decode forward fails
+    the running rows (their caches may be half-updated) and the engine keeps serving;
+  - admission keeps the padded KV cache (rows x widest reservation, a reservation = prompt + max_tokens) within
+    `kv_token_budget` tokens, so overload queues instead of exhausting memory (a request alone always runs);
+  - a cancelled request leaves the waiting queue at once, wherever it stands; a request that waited longer than
+    `max_queue_wait` seconds fails with code "queue_timeout";
+  - if the model thread dies, every request in flight gets an error event and `submit` refuses new ones.
+Error events carry a `code`: internal | shutting_down | queue_timeout | engine_dead.
 """
 
 from __future__ import annotations
@@ -41,7 +52,11 @@ class QueueFullError(Exception):
 
 
 class EngineStoppedError(Exception):
-    """The engine is not accepting work (not started, draining or stopped); the API answers 503."""
+    """The engine is not accepting work (not started, draining, stopped or dead); the API answers 503."""
+
+
+class EngineTimeoutError(Exception):
+    """An Engine.call did not run within its timeout (the model thread is busy or stuck)."""
 
 
 @dataclass
@@ -57,6 +72,7 @@ class Event:
     weights: dict[str, float] | None = None
     bundle_version: int = 0
     message: str = ""
+    code: str = ""  # error events: internal | shutting_down | queue_timeout | engine_dead
 
 
 @dataclass
@@ -80,14 +96,23 @@ class GenRequest:
     _cancelled: set[int] = field(default_factory=set)
     _cancel_all: bool = False
     _open: int = 0
+    _engine: Any = None  # set by Engine.submit, so a cancel can take the request out of the waiting queue
 
     def __post_init__(self):
         self.generated = [0] * self.n
 
+    @property
+    def reserved_tokens(self) -> int:
+        """KV-cache positions one row of this request may occupy: its prompt plus max_tokens."""
+        return len(self.prompt_ids) + self.params.max_tokens
+
     def cancel(self, index: int | None = None) -> None:
-        """Ask the engine to drop one sample (or all); takes effect at the next step. Thread-safe enough: a set add."""
+        """Ask the engine to drop one sample (or all). A running row goes at the next step; a request still waiting
+        leaves the queue now (its rows stop counting against the queue bound at once)."""
         if index is None:
             self._cancel_all = True
+            if self._engine is not None:
+                self._engine._withdraw(self)
         else:
             self._cancelled.add(index)
 
@@ -101,6 +126,7 @@ class _Row:
     index: int
     gen: torch.Generator
     n_out: int = 0
+    history: list[int] = field(default_factory=list)  # tokens generated so far (presence/frequency penalties)
 
 
 class Batch:
@@ -138,16 +164,27 @@ class Batch:
             self.mask = self.mask[:, start:]
 
     def extend(self, other: Batch) -> None:
-        """Append other's rows, left-padding whichever side is shorter."""
+        """Append other's rows, left-padding whichever side is shorter. Every new tensor is built before any is
+        assigned, so a failure part-way (e.g. out of memory) leaves this batch exactly as it was."""
         a, b = self.mask.shape[1], other.mask.shape[1]
         width = max(a, b)
-        for la, lb in zip(self.cache.layers, other.cache.layers, strict=True):
-            la.keys = torch.cat([_lpad(la.keys, width), _lpad(lb.keys, width)], dim=0)
-            la.values = torch.cat([_lpad(la.values, width), _lpad(lb.values, width)], dim=0)
-        self.mask = torch.cat([_lpad(self.mask, width), _lpad(other.mask, width)], dim=0)
-        self.rows += other.rows
-        self.pos = torch.cat([self.pos, other.pos])
-        self.last = torch.cat([self.last, other.last])
+        if len(self.cache.layers) != len(other.cache.layers):
+            raise ValueError(f"cannot merge caches of {len(self.cache.layers)} and {len(other.cache.layers)} layers")
+        kv = [(torch.cat([_lpad(la.keys, width), _lpad(lb.keys, width)], dim=0),
+               torch.cat([_lpad(la.values, width), _lpad(lb.values, width)], dim=0))
+              for la, lb in zip(self.cache.layers, other.cache.layers, strict=True)]
+        mask = torch.cat([_lpad(self.mask, width), _lpad(other.mask, width)], dim=0)
+        pos = torch.cat([self.pos, other.pos])
+        last = torch.cat([self.last, other.last])
+        for la, (k, v) in zip(self.cache.layers, kv, strict=True):  # from here on: assignments only
+            la.keys, la.values = k, v
+        self.mask, self.pos, self.last = mask, pos, last
+        self.rows = self.rows + other.rows
+
+    @property
+    def reserved_width(self) -> int:
+        """The widest KV reservation among the rows (prompt + max_tokens), an upper bound on the cache width."""
+        return max((row.req.reserved_tokens for row in self.rows), default=0)
 
 
 def _lpad(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -165,12 +202,21 @@ class Engine:
     """Iteration-level scheduler over one runner. Start with `start()`; submit from any thread."""
 
     def __init__(self, runner: Any, *, max_batch: int = 16, max_waiting: int = 64, max_prefill_tokens: int = 8192,
-                 metrics: Any = None):
+                 metrics: Any = None, kv_token_budget: int = 0, max_queue_wait: float = 0.0,
+                 ready_failed_steps: int = 3, ready_stuck_seconds: float = 60.0):
         self.runner = runner
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.max_waiting = max_waiting
         self.metrics = metrics
+        self.kv_token_budget = kv_token_budget  # 0: no bound
+        self.max_queue_wait = max_queue_wait  # 0: no bound
+        self.ready_failed_steps = ready_failed_steps
+        self.ready_stuck_seconds = ready_stuck_seconds
+        self.failed_steps = 0  # consecutive steps that raised
+        self._beat = time.monotonic()  # the model thread's last sign of progress (a step ended, or it woke up)
+        self._dead: str | None = None
+        self._admitting: list[GenRequest] = []  # popped from the queue, not yet in the batch (told if the thread dies)
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._waiting_rows = 0
         self._tasks: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
@@ -199,37 +245,88 @@ class Engine:
     def waiting_rows(self) -> int:
         return self._waiting_rows
 
+    def health(self) -> dict[str, Any]:
+        """What /health/ready reports: ready is False when the model thread is dead, the last `ready_failed_steps`
+        steps failed, or no step finished for `ready_stuck_seconds` while work waits."""
+        now = time.monotonic()
+        busy = bool(self._waiting or self._tasks or self._batch is not None)
+        stalled = now - self._beat if busy else 0.0
+        reason = None
+        if self._dead is not None or (self._thread is not None and not self._thread.is_alive() and not self._stop):
+            reason = f"the engine thread is dead ({self._dead or 'exited'})"
+        elif self.failed_steps >= self.ready_failed_steps:
+            reason = f"the last {self.failed_steps} engine steps failed"
+        elif stalled > self.ready_stuck_seconds:
+            reason = f"no engine step finished for {stalled:.0f} s while work waits"
+        return {"ready": reason is None, "reason": reason, "failed_steps": self.failed_steps,
+                "stalled_seconds": round(stalled, 3), "steps": self.steps, "running": self.running_rows,
+                "waiting": self._waiting_rows}
+
     def submit(self, req: GenRequest) -> None:
         with self._cv:
+            if self._dead is not None:
+                raise EngineStoppedError(f"the engine is not running ({self._dead})")
             if not self._accepting:
                 raise EngineStoppedError("the engine is not accepting requests")
             if req.n > self.max_batch:
                 raise ValueError(f"n={req.n} exceeds the running batch bound {self.max_batch}")
             if self._waiting_rows + req.n > self.max_waiting:
                 raise QueueFullError(f"waiting queue full ({self._waiting_rows} rows waiting, bound {self.max_waiting})")
+            req._engine = self
             self._waiting.append(req)
             self._waiting_rows += req.n
             self._cv.notify()
+
+    def _withdraw(self, req: GenRequest) -> None:
+        """A cancelled request leaves the waiting queue wherever it stands (any thread)."""
+        with self._cv:
+            try:
+                self._waiting.remove(req)
+            except ValueError:
+                return  # already admitted (it leaves the batch at the next step) or gone
+            self._waiting_rows -= req.n
+        self._finish_all(req, "cancelled")
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run fn on the model thread between steps; returns a concurrent Future."""
         fut: Future = Future()
         with self._cv:
-            if self._stop:
-                fut.set_exception(EngineStoppedError("the engine is stopped"))
+            if self._stop or self._dead is not None:
+                fut.set_exception(EngineStoppedError(self._dead or "the engine is stopped"))
                 return fut
             self._tasks.append((fn, fut))
             self._cv.notify()
         return fut
 
-    def stop(self, drain_timeout: float = 10.0) -> None:
-        """Stop admitting, let running and waiting requests finish for up to drain_timeout, then abort the rest."""
+    async def call_async(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """`call`, awaited with a timeout: past it, a call not yet started is withdrawn and EngineTimeoutError raised
+        (a call already running is waited for: model-thread calls are short swaps or routing passes)."""
+        import asyncio
+
+        fut = self.call(fn)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
+        except asyncio.TimeoutError:
+            if fut.cancel():
+                raise EngineTimeoutError(f"the engine did not take the call within {timeout:g} s "
+                                         f"({self.health().get('reason') or 'busy'})") from None
+        return await asyncio.wrap_future(fut)
+
+    def drain(self, drain_timeout: float = 10.0) -> None:
+        """Stop admitting, let running and waiting requests finish for up to drain_timeout, then fail the rest with
+        an error event (code shutting_down), so every open stream ends with an error event instead of being cut."""
         with self._cv:
             self._accepting = False
             self._cv.notify()
         deadline = time.monotonic() + drain_timeout
         while time.monotonic() < deadline and (self.running_rows or self._waiting_rows):
             time.sleep(0.02)
+        if self.running_rows or self._waiting_rows:
+            self.abort_in_flight()
+
+    def stop(self, drain_timeout: float = 10.0) -> None:
+        """`drain`, then end the model thread."""
+        self.drain(drain_timeout)
         with self._cv:
             self._stop = True
             self._cv.notify()
@@ -238,31 +335,50 @@ class Engine:
 
     # ------------------------------------------------------------------ model thread
     def _loop(self) -> None:
-        while True:
+        reason, code = "the server is shutting down", "shutting_down"
+        try:
+            while True:
+                with self._cv:
+                    while not (self._stop or self._tasks or self._waiting or self._batch is not None):
+                        self._cv.wait()
+                    if self._stop:
+                        break
+                self._beat = time.monotonic()
+                try:
+                    self.step()
+                    self.failed_steps = 0
+                except Exception as e:  # a bug must not kill the server: fail the rows in flight, keep serving
+                    log.exception("engine step failed")
+                    self.failed_steps += 1
+                    self._fail_all(f"internal engine error: {type(e).__name__}")
+                self._beat = time.monotonic()
+        except BaseException as e:  # the thread itself is dying: say so to everyone waiting (health reports it)
+            log.exception("engine thread died")
+            reason, code = f"the engine thread died: {type(e).__name__}", "engine_dead"
             with self._cv:
-                while not (self._stop or self._tasks or self._waiting or self._batch is not None):
-                    self._cv.wait()
-                if self._stop:
-                    break
-            try:
-                self.step()
-            except Exception as e:  # a bug must not kill the server: fail the rows in flight, keep serving
-                log.exception("engine step failed")
-                self._fail_all(f"internal engine error: {type(e).__name__}")
-        self._abort_all("the server is shutting down")
+                self._dead = reason
+                self._accepting = False
+        finally:
+            self._abort_all(reason, code)
 
     def step(self) -> None:
         """One scheduler iteration (see the module docstring)."""
         self._run_tasks()
         self._drop_cancelled()
+        self._expire_waiting()
         newcomers = self._admit()
         if newcomers:
+            self._admitting = newcomers
             try:
                 self._prefill(newcomers)
             except Exception as e:  # the running batch is untouched until the final merge: fail only the newcomers
                 log.exception("prefill failed")
+                self._admitting = []
                 for q in newcomers:
-                    q.sink(Event("error", message=f"internal engine error: {type(e).__name__}"))
+                    q.sink(Event("error", message=f"internal engine error: {type(e).__name__}", code="internal"))
+                if self._batch is None or not len(self._batch):
+                    raise  # nothing else runs in this step: it failed (the loop counts it)
+            self._admitting = []  # (still set if the thread dies inside the prefill: _abort_all tells them)
         if self._batch is not None and len(self._batch):
             self._decode()
         self.steps += 1
@@ -280,10 +396,28 @@ class Engine:
             except BaseException as e:  # handed to the caller
                 fut.set_exception(e)
 
+    def _expire_waiting(self) -> None:
+        """Fail the requests that have waited longer than max_queue_wait (the head waits longest)."""
+        if not self.max_queue_wait:
+            return
+        now = time.monotonic()
+        expired = []
+        with self._cv:
+            while self._waiting and now - self._waiting[0].arrival > self.max_queue_wait:
+                req = self._waiting.popleft()
+                self._waiting_rows -= req.n
+                expired.append(req)
+        for req in expired:
+            req.sink(Event("error", message=f"the request waited more than {self.max_queue_wait:g} s for a batch slot "
+                           "(the server is overloaded)", code="queue_timeout"))
+
     def _admit(self) -> list[GenRequest]:
         out: list[GenRequest] = []
         free = self.max_batch - self.running_rows
         width = 0
+        b = self._batch
+        rows = len(b) if b is not None else 0
+        kv_width = b.reserved_width if b is not None else 0
         with self._cv:
             while self._waiting:
                 req = self._waiting[0]
@@ -294,6 +428,11 @@ class Engine:
                     continue
                 if req.n > free:
                     break
+                # the padded KV cache after admitting: (rows) x (widest reservation); always admit into an empty batch
+                w_kv = max(kv_width, req.reserved_tokens)
+                if self.kv_token_budget and rows and (rows + req.n) * w_kv > self.kv_token_budget:
+                    break
+                rows, kv_width = rows + req.n, w_kv
                 # the newcomers' prefill is one left-padded (k, width) forward: bound its size (always admit one)
                 w = max(width, len(req.prompt_ids))
                 if out and w * (len(out) + 1) > self.max_prefill_tokens:
@@ -355,7 +494,12 @@ class Engine:
             if self._batch is None or not len(self._batch):
                 self._batch = nb
             else:
-                self._batch.extend(nb)
+                try:
+                    self._batch.extend(nb)  # all-or-nothing: the running batch stays intact if it fails
+                except Exception as e:
+                    log.exception("merging newcomers into the running batch failed")
+                    for row in nb.rows:
+                        self._fail_row(row, f"internal engine error: {type(e).__name__}")
 
     def _decode(self) -> None:
         b = self._batch
@@ -371,9 +515,27 @@ class Engine:
         if not len(b):
             self._batch = None
 
+    def _sample(self, b: Batch, logits: torch.Tensor) -> tuple[list[int | None], torch.Tensor]:
+        """Tokens for every row (None where that row's sampling failed: only that row fails) and the log-softmax."""
+        params, gens, hist = [row.req.params for row in b.rows], [row.gen for row in b.rows], [row.history for row in b.rows]
+        try:
+            tokens, logp = sample_batch(logits, params, gens, hist)
+            return list(tokens), logp
+        except Exception:
+            log.exception("batched sampling failed; sampling row by row to isolate the failing row")
+        logp = torch.log_softmax(logits.float().cpu(), dim=-1)
+        out: list[int | None] = []
+        for i in range(len(b.rows)):
+            try:
+                out.append(sample_batch(logits[i : i + 1], params[i : i + 1], gens[i : i + 1], hist[i : i + 1])[0][0])
+            except Exception as e:
+                log.warning("sampling failed for %s: %s", b.rows[i].req.id, e)
+                out.append(None)
+        return out, logp
+
     def _emit_and_prune(self, b: Batch, logits: torch.Tensor) -> None:
-        """Sample a token for every row of b, send it, and drop the rows that finished."""
-        tokens, logp = sample_batch(logits, [row.req.params for row in b.rows], [row.gen for row in b.rows])
+        """Sample a token for every row of b, send it, and drop the rows that finished (or failed on their own)."""
+        tokens, logp = self._sample(b, logits)
         now = time.monotonic()
         keep: list[int] = []
         for i, (row, tok) in enumerate(zip(b.rows, tokens, strict=True)):
@@ -381,14 +543,24 @@ class Engine:
             if q.is_cancelled(row.index):
                 self._finish_row(row, "cancelled")
                 continue
-            top = None
-            if p.logprobs:
-                vals, ids = torch.topk(logp[i], min(p.logprobs, logp.shape[-1]))
-                top = list(zip(ids.tolist(), vals.tolist(), strict=True))
-            lp = float(logp[i, tok]) if p.logprobs is not None else 0.0
+            if tok is None:
+                self._fail_row(row, "internal engine error: sampling failed")
+                continue
+            try:
+                top = None
+                if p.logprobs:
+                    vals, ids = torch.topk(logp[i], min(p.logprobs, logp.shape[-1]))
+                    top = list(zip(ids.tolist(), vals.tolist(), strict=True))
+                lp = float(logp[i, tok]) if p.logprobs is not None else 0.0
+            except Exception as e:  # this row's logprobs only
+                log.warning("logprobs failed for %s: %s", q.id, e)
+                self._fail_row(row, "internal engine error: logprobs failed")
+                continue
             if q.first_token_at is None:
                 q.first_token_at = now
             row.n_out += 1
+            if p.penalized:
+                row.history.append(tok)
             q.generated[row.index] = row.n_out
             q.sink(Event("token", index=row.index, token_id=tok, logprob=lp, top=top))
             if tok in p.stop_token_ids:
@@ -397,7 +569,7 @@ class Engine:
                 self._finish_row(row, "length")
             else:
                 keep.append(i)
-        b.last = torch.tensor(tokens, dtype=torch.long)
+        b.last = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long)
         if len(keep) != len(b):
             b.select(keep)
 
@@ -423,27 +595,56 @@ class Engine:
         if q._open <= 0:
             q.finished_at = time.monotonic()
 
+    def _fail_row(self, row: _Row, message: str) -> None:
+        """One row failed on its own: its request gets an error event (once), its batch mates go on."""
+        q = row.req
+        if not getattr(q, "_failed", False):
+            q._failed = True
+            q.sink(Event("error", message=message, code="internal"))
+        q._cancelled.add(row.index)
+        q._open -= 1
+        if q._open <= 0:
+            q.finished_at = time.monotonic()
+
     def _finish_all(self, q: GenRequest, reason: str) -> None:
         for j in range(q.n):
             q.sink(Event("finish", index=j, finish_reason=reason))
         q.finished_at = time.monotonic()
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str, code: str = "internal") -> None:
         b, self._batch = self._batch, None
         seen: set[int] = set()
         for row in b.rows if b is not None else []:
             if id(row.req) not in seen:
                 seen.add(id(row.req))
-                row.req.sink(Event("error", message=message))
+                row.req.sink(Event("error", message=message, code=code))
 
-    def _abort_all(self, message: str) -> None:
-        self._fail_all(message)
+    def abort_in_flight(self, message: str = "the server is shutting down", code: str = "shutting_down") -> None:
+        """Fail every running and waiting request now (shutdown, after the drain). Runs on the model thread between
+        steps when that thread is alive, so no step is cut in half."""
+        if self._thread is not None and self._thread.is_alive():
+            try:
+                self.call(lambda: self._abort_all(message, code)).result(timeout=10)
+                return
+            except Exception:  # noqa: BLE001 - the thread is stuck or gone: abort from here
+                log.warning("the engine thread did not take the abort; aborting from the caller")
+        self._abort_all(message, code)
+
+    def _abort_all(self, message: str, code: str = "shutting_down") -> None:
+        admitting, self._admitting = self._admitting, []
+        in_batch = {id(row.req) for row in self._batch.rows} if self._batch is not None else set()
+        for q in admitting:
+            if id(q) not in in_batch:
+                q.sink(Event("error", message=message, code=code))
+        self._fail_all(message, code)
         with self._cv:
             waiting, self._waiting = list(self._waiting), collections.deque()
             self._waiting_rows = 0
-            tasks, self._tasks = list(self._tasks), collections.deque()
+            tasks: list[tuple[Callable[[], Any], Future]] = []
+            if self._stop or self._dead is not None:  # nobody will run them any more
+                tasks, self._tasks = list(self._tasks), collections.deque()
         for q in waiting:
-            q.sink(Event("error", message=message))
+            q.sink(Event("error", message=message, code=code))
         for _, fut in tasks:
             if not fut.done():
                 fut.set_exception(EngineStoppedError(message))

@@ -1,16 +1,26 @@
 """What is being served: loading the bundle (or a bare base) into a runner, describing it, and hot-reloading it.
 
-Reload (POST /admin/reload, or --watch on manifest change) runs in two phases:
+Reload (POST /admin/reload, or --watch on manifest change) is transactional, in two phases:
   1. off the serving path (a worker thread): read the manifest, validate the base fingerprint, every stack file
-     (sha256, names, shapes) and the router, all through brainstacks.bundle; any problem refuses the whole version;
-  2. on the model thread, between decode steps (Engine.call): install the validated stacks and router and bump the
-     version. Running rows keep their {domain: weight}; a domain they never named weighs 0 for them.
+     (sha256, names, shapes, dtype = the bundle's stack dtype, finite values) and the router (which must score
+     exactly the manifest's domains, in order), all through brainstacks.bundle; then build the new packed tensors
+     to the side (StackedModel.prepare) and move the router to the device. Nothing serving is touched, so any
+     failure here (an out-of-memory error while packing too) refuses the whole version, and the old one keeps
+     serving bit-identical; the HTTP answer is 409 with the reasons and `brainstacks_reloads{result="refused"}` counts it;
+  2. on the model thread, between decode steps (Engine.call_async, bounded by engine_call_timeout so a stuck engine
+     cannot hold the reload lock forever): a pointer exchange (StackedModel.commit, the router, the version).
+     Running rows keep their {domain: weight}; a domain they never named weighs 0 for them.
 Only paths inside the bundle directory are ever read (brainstacks.bundle.safe_path refuses anything else).
+
+--watch compares a content hash (manifest.json plus the stack.json and router.json files it names, which record
+their tensors' sha256; snapshot taken when the served version was read, before warm-up), so it notices any rewrite,
+and a refused version is tried again as soon as that content changes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import threading
@@ -53,13 +63,44 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
 
         raise BundleError(f"no --bundle given and the embedded demo bundle ({bundle}) is not built: run "
                           "`brainstacks demo build`, or pass --bundle DIR (or --base DIR for a bare base)")
+    seen = manifest_sha256(bundle)  # before loading: a manifest replaced meanwhile is noticed by --watch
     b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
     runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
                        bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
                        fingerprint=b.base.fingerprint)
     runner.stack_meta = b.stack_meta
     runner.router_meta = _router_meta(b.bundle_dir, b.manifest)
+    runner.manifest_sha256 = seen
     return runner
+
+
+def manifest_sha256(bundle_dir: Path | str | None) -> str | None:
+    """What --watch compares: sha256 over manifest.json's bytes and those of every stack.json and router.json it
+    names (each records the sha256 of its tensors file), so a version repaired in place (same manifest, fixed
+    stack) counts as a change too. None when the manifest cannot be read."""
+    if bundle_dir is None:
+        return None
+    from brainstacks.bundle import ROUTER_META, STACK_META, safe_path
+
+    root = Path(bundle_dir)
+    try:
+        raw = (root / "manifest.json").read_bytes()
+    except OSError:
+        return None
+    h = hashlib.sha256(raw)
+    try:
+        doc = json.loads(raw)
+        rels = [(rel, STACK_META) for d in doc.get("domains", []) for rel in d.get("stacks", [])]
+        if isinstance(doc.get("router"), str):
+            rels.append((doc["router"], ROUTER_META))
+    except (ValueError, AttributeError, TypeError):
+        return h.hexdigest()  # not a valid manifest: its bytes are the content
+    for rel, name in rels:
+        try:
+            h.update(b"\0" + (safe_path(root, rel) / name).read_bytes())
+        except Exception:  # noqa: BLE001 - missing or escaping: the reload names the problem
+            h.update(b"\0missing")
+    return h.hexdigest()
 
 
 def _router_meta(bundle_dir: Path, manifest: Any) -> dict[str, Any] | None:
@@ -85,13 +126,16 @@ class ReloadResult:
 class Registry:
     """Describes and reloads the served bundle. One reload at a time."""
 
-    def __init__(self, runner: ModelRunner, engine: Any, metrics: Any = None):
+    def __init__(self, runner: ModelRunner, engine: Any, metrics: Any = None, call_timeout: float = 60.0):
         self.runner = runner
         self.engine = engine
         self.metrics = metrics
+        self.call_timeout = call_timeout
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
         self.last_reload: ReloadResult | None = None
+        # the manifest content the served version came from (--watch's starting point; taken before warm-up)
+        self.seen_manifest = getattr(runner, "manifest_sha256", None) or manifest_sha256(self.bundle_dir)
 
     @property
     def bundle_dir(self) -> Path | None:
@@ -127,19 +171,14 @@ class Registry:
                 out["router"].update(min_weight=cfg.min_weight, floors=dict(cfg.floors or {}))
         return out
 
-    def manifest_stamp(self) -> tuple[int, int] | None:
-        """(size, mtime_ns) of manifest.json, for --watch."""
-        if self.bundle_dir is None:
-            return None
-        try:
-            st = (self.bundle_dir / "manifest.json").stat()
-        except OSError:
-            return None
-        return st.st_size, st.st_mtime_ns
+    def manifest_stamp(self) -> str | None:
+        """The bundle's content hash (manifest_sha256), for --watch: content, not size/mtime or version alone."""
+        return manifest_sha256(self.bundle_dir)
 
     # ------------------------------------------------------------------ reload
-    def _validate(self) -> tuple[Any, dict, Any] | ReloadResult:
-        """Phase 1 (worker thread): everything read and checked; returns what phase 2 installs, or a refusal."""
+    def _validate(self) -> tuple[Any, dict, Any, Any, Any] | ReloadResult:
+        """Phase 1 (worker thread): everything read, checked and packed to the side; returns what phase 2 swaps in,
+        or a refusal. Nothing that serves is modified here."""
         from brainstacks.bundle import load_router, read_manifest, read_stacks
         from brainstacks.errors import BrainstacksError
 
@@ -161,12 +200,21 @@ class Registry:
             if m.router is not None:
                 router = load_router(bdir, m.router, fp.get("hidden_size"), m.domain_names)
                 rmeta = _router_meta(bdir, m)
-            return m, stacks, router, rmeta
         except BrainstacksError as e:
             reasons = list(getattr(e, "reasons", None) or [str(e)])
             return ReloadResult("refused", r.bundle_version, reasons)
         except (OSError, ValueError) as e:
             return ReloadResult("refused", r.bundle_version, [f"{bdir}: {type(e).__name__}: {e}"])
+        try:  # the new packed tensors, built next to the serving ones (memory permitting)
+            prepared = r.stacked.prepare({name: [t for t, _ in items] for name, items in stacks.items()})
+            if router is not None:
+                router = router.to(r.device).eval()
+        except Exception as e:  # out of memory, or a bug: the serving version is untouched
+            log.exception("packing the new stacks failed")
+            return ReloadResult("refused", r.bundle_version,
+                                [f"{bdir / 'manifest.json'}: version {m.version}: packing the stacks failed: "
+                                 f"{type(e).__name__}: {e}"])
+        return m, stacks, prepared, router, rmeta
 
     def _fingerprint(self) -> dict[str, Any]:
         from brainstacks.base import compute_fingerprint
@@ -179,15 +227,11 @@ class Registry:
                 self._fp = compute_fingerprint(self.runner.model)
         return self._fp
 
-    def _install(self, m: Any, stacks: dict, router: Any, rmeta: dict | None) -> ReloadResult:
-        """Phase 2 (model thread, between steps)."""
-        from brainstacks.bundle import install_stacks
-
+    def _install(self, m: Any, stacks: dict, prepared: Any, router: Any, rmeta: dict | None) -> ReloadResult:
+        """Phase 2 (model thread, between steps): pointer assignments only."""
         r = self.runner
         before = set(r.domains)
-        install_stacks(r.stacked, stacks)
-        if router is not None:
-            router.to(r.device)
+        r.stacked.commit(prepared)
         r.router = router
         r.manifest = m
         r.stack_meta = {name: [meta for _, meta in items] for name, items in stacks.items()}
@@ -201,12 +245,17 @@ class Registry:
             res = ReloadResult("refused", self.runner.bundle_version, ["no bundle is being served (started with --base only)"])
             self._record(res)
             return res
+        from server.engine import EngineStoppedError, EngineTimeoutError
+
         async with self._lock:
             checked = await asyncio.to_thread(self._validate)
             if isinstance(checked, ReloadResult):
                 res = checked
             else:
-                res = await asyncio.wrap_future(self.engine.call(lambda: self._install(*checked)))
+                try:
+                    res = await self.engine.call_async(lambda: self._install(*checked), self.call_timeout)
+                except (EngineTimeoutError, EngineStoppedError) as e:
+                    res = ReloadResult("refused", self.runner.bundle_version, [f"the swap did not run: {e}"])
             self._record(res)
             return res
 
@@ -231,15 +280,16 @@ class Registry:
 
 
 async def watch(registry: Registry, interval: float, stop: asyncio.Event) -> None:
-    """--watch: reload whenever manifest.json's size or mtime changes (writers replace it atomically)."""
-    last = registry.manifest_stamp()
+    """--watch: reload whenever manifest.json's content changes (writers replace it atomically). The starting point
+    is the content the served version was read from; a refused version is retried when the manifest changes again."""
+    last = registry.seen_manifest
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
             return
         except asyncio.TimeoutError:
             pass
-        stamp = registry.manifest_stamp()
+        stamp = await asyncio.to_thread(registry.manifest_stamp)
         if stamp is not None and stamp != last:
             last = stamp
             try:

@@ -48,6 +48,18 @@ class ServerSettings(BaseSettings):
     retry_after: int = Field(1, description="Seconds in the Retry-After header of a 429.", ge=1, le=3600)
     request_timeout: float = Field(600.0, description="Seconds a request may take before it is cancelled.", gt=0, le=86_400)
     drain_timeout: float = Field(10.0, description="Seconds shutdown waits for in-flight requests before aborting them.", ge=0, le=3600)
+    kv_token_budget: int = Field(65_536, description=(
+        "Most KV-cache token positions the running batch may hold (rows x widest prompt + max_tokens); beyond it "
+        "requests wait. 0: no bound."), ge=0, le=1 << 40)
+    max_queue_wait: float = Field(120.0, description=(
+        "Seconds a request may wait for a batch slot before it fails with 503 (0: no bound)."), ge=0, le=86_400)
+    engine_call_timeout: float = Field(60.0, description=(
+        "Seconds a control call (a reload's swap, a routing pass) may wait for the engine thread."), gt=0, le=3600)
+    ready_failed_steps: int = Field(3, description=(
+        "/health/ready answers 503 after this many consecutive failed engine steps."), ge=1, le=1_000_000)
+    ready_stuck_seconds: float = Field(60.0, description=(
+        "/health/ready answers 503 when no engine step finished for this many seconds while work waits."),
+        gt=0, le=86_400)
     debug_history: int = Field(256, description="Completed requests kept for /debug/requests/{id}.", ge=1, le=1_000_000)
     warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
     threads: int = Field(0, description="torch intra-op threads (0: torch's default).", ge=0, le=1024)

@@ -4,6 +4,7 @@ keeps serving (httpx against a real uvicorn server)."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 
 import httpx
@@ -226,7 +227,9 @@ def test_disconnected_stream_frees_its_slot(tmp_path, core_base_dir, live_server
     assert hist and 0 < hist[0]["usage"]["completion_tokens"] < 400
 
 
-def test_request_timeout_ends_with_length(tmp_path, core_base_dir, live_server_factory):
+def test_request_timeout_answers_an_error_not_length(tmp_path, core_base_dir, live_server_factory):
+    """A request that runs past request_timeout fails (503 "timeout"; in a stream: an error event, then [DONE]),
+    never a 200 with finish_reason "length" that a client would take for a complete answer."""
     bundle = build_bundle(tmp_path / "b", core_base_dir)
     app = create_app(ServerSettings(bundle=str(bundle), quantize="none", request_timeout=0.5, max_tokens_limit=400))
     s = live_server_factory(app)
@@ -234,11 +237,14 @@ def test_request_timeout_ends_with_length(tmp_path, core_base_dir, live_server_f
     app.state.bs.engine.call(gate.wait)  # the engine makes no progress until released: the request must time out
     try:
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 400}, timeout=60)
+        with httpx.stream("POST", s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 400, "stream": True},
+                          timeout=60) as st:
+            lines = [ln for ln in st.iter_lines() if ln.startswith("data: ")]
     finally:
         gate.set()
-    assert r.status_code == 200
-    body = r.json()
-    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] < 400
+    assert r.status_code == 503 and r.json()["error"]["code"] == "timeout"
+    assert st.status_code == 200 and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["error"]["code"] == "timeout"
 
 
 def test_oversized_body_is_refused(http):
