@@ -1,7 +1,8 @@
 """The playground page (GET /) in a real headless Chromium, driven by selenium, against a real uvicorn server on a
 tiny bundle: the page loads with no console errors, a prompt streams into `output`, the weight bars equal
 /debug/route's weights (with the router's min_weight cut), Compare streams two compositions side by side, the
-bundle and recent-request panels fill from /admin and /debug, and a wrong key shows the error envelope's message.
+bundle and recent-request panels fill from /admin and /debug (only for a page holding a key those accept), and a
+wrong key shows the error envelope's message.
 
 Needs Debian's `chromium` and `chromium-driver` (scripts/setup.sh installs them). Without them these tests fail
 rather than skip: the issue wants them to run in CI. A screenshot of the page is saved to tests/artifacts/.
@@ -23,6 +24,7 @@ from .conftest import LiveServer, build_bundle
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PROMPT = "two plus two equals"
 KEY = "playground-key"
+ADMIN_KEY = "playground-admin-key"
 WAIT = 120  # seconds any one condition may take on a loaded 2-core machine (a poll, not a sleep)
 
 
@@ -45,7 +47,7 @@ def server(bundle):
 
 @pytest.fixture(scope="module")
 def keyed_server(bundle):
-    s = _serve(bundle, api_key=KEY)
+    s = _serve(bundle, api_key=KEY, admin_key=ADMIN_KEY)
     yield s
     s.stop()
 
@@ -128,6 +130,9 @@ def test_page_is_public_static_and_locked_to_its_origin(keyed_server):
     for asset in ("playground.js", "playground.css", "favicon.svg"):
         assert httpx.get(f"{keyed_server.url}/static/{asset}").status_code == 200
     assert httpx.get(keyed_server.url + "/v1/models").status_code == 401  # while the API behind it is guarded
+    assert httpx.get(keyed_server.url + "/debug/requests", headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
+    listed = httpx.get(keyed_server.url + "/debug/requests", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert listed.status_code == 200 and listed.json()["object"] == "list"
     missing = httpx.get(keyed_server.url + "/static/nothing.js")
     assert missing.status_code == 404 and "error" in missing.json()
 
@@ -203,7 +208,7 @@ def test_compare_streams_two_compositions_side_by_side(server, browser, capsys):
     assert console_errors(browser) == []
 
 
-def test_wrong_key_shows_the_error_envelope(keyed_server, browser):
+def test_wrong_key_shows_the_error_envelope_and_admin_parts_need_the_admin_key(keyed_server, browser):
     open_page(browser, keyed_server.url, ready=False)
     wait(browser, lambda d: tid(d, "auth").is_displayed(), "the key prompt")
     envelope = httpx.get(keyed_server.url + "/v1/models", headers={"Authorization": "Bearer wrong"}).json()
@@ -222,3 +227,11 @@ def test_wrong_key_shows_the_error_envelope(keyed_server, browser):
     models = [o.get_attribute("value") for o in tid(browser, "model").find_elements("tag name", "option")]
     assert models == [m["id"] for m in httpx.get(keyed_server.url + "/v1/models",
                                                  headers={"Authorization": f"Bearer {KEY}"}).json()["data"]]
+    assert not tid(browser, "bundle").is_displayed() and not tid(browser, "recent").is_displayed()  # API key only
+
+    tid(browser, "forget-key").click()
+    wait(browser, lambda d: tid(d, "auth").is_displayed(), "the key prompt again")
+    set_value(browser, "key-input", ADMIN_KEY)
+    tid(browser, "key-save").click()
+    wait(browser, lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == "true", "page ready")
+    assert tid(browser, "bundle").is_displayed() and tid(browser, "recent").is_displayed()
