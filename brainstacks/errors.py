@@ -33,3 +33,7 @@ class FingerprintMismatch(BundleError):
 
 class RoutingError(BrainstacksError, ValueError):
     """Domain weights are malformed: unknown domain, wrong shape, or a value outside [0, 1]."""
+
+
+class UnsupportedArchitecture(BaseModelError):
+    """The base model's architecture has no text decoder layers with the target projections (e.g. GPT-2)."""
