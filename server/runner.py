@@ -55,7 +55,8 @@ class ModelRunner:
         self.stack_meta: dict[str, list[dict]] = {}  # per domain, each stack's verified stack.json (sha256, bytes)
         self.router_meta: dict | None = None
         self.device = next(model.parameters()).device
-        cfg = model.config
+        # sizes live in the text config (a multimodal config, e.g. Gemma3Config, nests them in text_config)
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.vocab_size = int(cfg.vocab_size)
         self.max_model_len = int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
         self.eos_token_ids = eos_token_ids(model, tokenizer)  # tokenizer + config + generation_config.json
