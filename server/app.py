@@ -354,7 +354,7 @@ def create_app(settings: ServerSettings | None = None,
     completion_responses = {**ERROR_RESPONSES, 200: {"description": "The completion (JSON), or with stream=true "
                                                      "server-sent events ending with `data: [DONE]`.",
                                                      "content": {"application/json": {"schema": {"type": "object"}},
-                                                                 "text/event-stream": {"schema": {"type": "string"}}}}}
+                                                                 "text/event-stream": {"schema": SSE_EVENT}}}}
 
     @app.post("/v1/completions", tags=["openai"], dependencies=v1, responses=completion_responses)
     async def completions(body: CompletionRequest, request: Request):
@@ -459,6 +459,7 @@ def create_app(settings: ServerSettings | None = None,
                 "max_tokens": settings.max_tokens_limit, "n": min(settings.max_n, settings.max_batch),
                 "logprobs": settings.max_logprobs, "prompts": settings.max_prompts,
                 "prompt_chars": settings.max_prompt_chars, "vocab_size": r.vocab_size if r is not None else None,
+                "prompt_tokens": min(settings.max_prompt_tokens, r.max_model_len) if r is not None else None,
                 "model_ids": api.model_ids(r.domains) if r is not None else None,
                 "domains": list(r.domains) if r is not None else None})
             if r is None:
@@ -537,6 +538,11 @@ def path_policy(path: str) -> str:
         return "open"
     return "api"
 
+
+# one server-sent event of a stream: `data:` is a JSON chunk, an error envelope, or the final "[DONE]"
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "A chunk as JSON (OpenAI's shape), an error envelope, or [DONE]."},
+    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
 
 class GuardMiddleware:
     """Pure ASGI, in front of every route: the key check (from the headers alone), then the body read up to

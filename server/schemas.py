@@ -13,14 +13,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 MAX_CHARS = 100_000_000  # hard ceiling of one prompt string; the served cap is settings.max_prompt_chars
 INT64 = 2**63
 
+
+
+def _integral(v: Any) -> Any:
+    """JSON Schema counts 1.0 as an integer: accept integral floats for integer fields (strings and bools stay refused)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def IntIn(lo: int, hi: int) -> Any:  # noqa: N802 (a type)
+    """An integer in [lo, hi] (integral floats accepted, see `_integral`)."""
+    return Annotated[int, Field(ge=lo, le=hi), BeforeValidator(_integral)]
+
 StopStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PromptStr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHARS)]
-TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenId = IntIn(0, 2**31 - 1)
 Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
 
@@ -37,14 +48,14 @@ class _Common(BaseModel):
 
     model: str = Field("brainstacks", max_length=256, description=(
         "The composition: brainstacks (routed), brainstacks:base, brainstacks:all, brainstacks:<domain>."))
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Most tokens to generate (default 16).")
+    max_tokens: IntIn(1, 1_000_000) | None = Field(None, description="Most tokens to generate (default 16).")
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy (default 1).")
     top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass (default 1).")
-    top_k: int | None = Field(None, ge=-1, le=1_000_000, description="Keep the k most likely tokens (0 or -1: off).")
-    n: int | None = Field(None, ge=1, le=128, description="Samples per prompt (default 1).")
+    top_k: IntIn(-1, 1_000_000) | None = Field(None, description="Keep the k most likely tokens (0 or -1: off).")
+    n: IntIn(1, 128) | None = Field(None, description="Samples per prompt (default 1).")
     stop: StopStr | Annotated[list[StopStr], Field(max_length=4)] | None = Field(
         None, description="Up to 4 strings; generation stops before the first occurrence.")
-    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1, description="Makes sampling reproducible (an int64).")
+    seed: IntIn(-INT64, INT64 - 1) | None = Field(None, description="Makes sampling reproducible (an int64).")
     stream: bool | None = Field(None, description="Send server-sent events (text/event-stream).")
     stream_options: StreamOptions | None = Field(None, description="Streaming options (ignored without stream).")
     user: str | None = Field(None, max_length=256, description="End-user id (logged).")
@@ -67,7 +78,7 @@ class CompletionRequest(_Common):
     prompt: PromptStr | Annotated[list[PromptStr], Field(min_length=1, max_length=1024)] | Annotated[
         list[TokenId], Field(min_length=1, max_length=1_000_000)] = Field(
         ..., description="A string, a list of strings (one choice set each), or a list of token ids.")
-    logprobs: int | None = Field(None, ge=0, le=20, description="Return the chosen token's logprob and this many alternatives.")
+    logprobs: IntIn(0, 20) | None = Field(None, description="Return the chosen token's logprob and this many alternatives.")
     echo: bool | None = Field(None, description="Prepend the prompt to each choice's text (not with logprobs).")
 
 
@@ -96,9 +107,9 @@ class ChatCompletionRequest(_Common):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
-    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Alias of max_tokens.")
+    max_completion_tokens: IntIn(1, 1_000_000) | None = Field(None, description="Alias of max_tokens.")
     logprobs: bool | None = Field(None, description="Return logprobs of the chosen tokens.")
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token (needs logprobs=true).")
+    top_logprobs: IntIn(0, 20) | None = Field(None, description="Alternatives per token (needs logprobs=true).")
 
 
 class RouteRequest(BaseModel):
@@ -114,11 +125,25 @@ def _subs(node: dict) -> list[dict]:
     return node.get("anyOf", [node])
 
 
+def _integral_bounds(node: Any) -> None:
+    """Integer schemas get integer bounds (`0`, not `0.0`)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for k in ("minimum", "maximum"):
+                if isinstance(node.get(k), float) and node[k].is_integer() and abs(node[k]) < 2**53:
+                    node[k] = int(node[k])
+        for v in node.values():
+            _integral_bounds(v)
+    elif isinstance(node, list):
+        for v in node:
+            _integral_bounds(v)
+
+
 def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
     """Make the generated OpenAPI document state what the server enforces.
 
-    limits: max_tokens, n, logprobs, prompts (items), prompt_chars, vocab_size (None: not loaded yet),
-    model_ids (None: not loaded yet), domains (None: not loaded yet).
+    limits: max_tokens, n, logprobs, prompts (items), prompt_chars; once loaded (else None): prompt_tokens (the
+    token-id prompt's length cap), vocab_size, model_ids, domains.
     """
     schemas = doc.get("components", {}).get("schemas", {})
     # an invalid request answers 400 in OpenAI's envelope, never FastAPI's 422
@@ -129,6 +154,15 @@ def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
 
+    _integral_bounds(doc)
+    for name in ("CompletionRequest", "ChatCompletionRequest"):  # exact int64 (pydantic writes 2**63 - 1 as a float)
+        for sub in _subs(schemas.get(name, {}).get("properties", {}).get("seed", {})):
+            if sub.get("type") == "integer":
+                sub["minimum"], sub["maximum"] = -INT64, INT64 - 1
+    if limits.get("model_ids"):
+        for prm in doc.get("paths", {}).get("/v1/models/{model_id}", {}).get("get", {}).get("parameters", []):
+            if prm.get("name") == "model_id":
+                prm["schema"]["enum"] = list(limits["model_ids"])  # any other id answers 404 model_not_found
     chars = limits["prompt_chars"]
     for name in ("CompletionRequest", "ChatCompletionRequest"):
         props = schemas.get(name, {}).get("properties", {})
@@ -153,8 +187,11 @@ def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
         elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "string":
             sub["maxItems"] = min(sub.get("maxItems", limits["prompts"]), limits["prompts"])
             sub["items"]["maxLength"] = chars
-        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "integer" and limits.get("vocab_size"):
-            sub["items"]["maximum"] = limits["vocab_size"] - 1
+        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "integer":
+            if limits.get("prompt_tokens"):
+                sub["maxItems"] = min(sub.get("maxItems", limits["prompt_tokens"]), limits["prompt_tokens"])
+            if limits.get("vocab_size"):
+                sub["items"]["maximum"] = limits["vocab_size"] - 1
     for name in ("ChatMessage", "TextPart"):
         props = schemas.get(name, {}).get("properties", {})
         for prop in ("content", "text"):

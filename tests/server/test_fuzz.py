@@ -1,12 +1,26 @@
-"""Schema fuzz (schemathesis) of the served OpenAPI spec: no input the spec admits may cause a 5xx."""
+"""Schema fuzz (schemathesis) of the served OpenAPI spec: the spec and the server must agree.
+
+Positive cases (inputs the spec admits): no 5xx, no 400 (every rule the server enforces is in the spec; the one it
+cannot state, a prompt's token count against the context, answers 400 `context_length_exceeded` and is the only
+400 allowed), responses conform to the documented status codes, content types and schemas. Negative cases (inputs
+the spec refuses, POST bodies): each must be refused with a 4xx, never a 422 and never a 5xx.
+"""
 
 from __future__ import annotations
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from server.app import create_app
 from server.settings import ServerSettings
@@ -18,32 +32,62 @@ from .conftest import LiveServer, build_bundle
 def fuzz_server(tmp_path_factory, core_base_dir):
     bundle = build_bundle(tmp_path_factory.mktemp("fuzz") / "bundle", core_base_dir)
     settings = ServerSettings(bundle=str(bundle), quantize="none", max_tokens_limit=8, max_n=2, max_prompts=4,
-                              max_prompt_tokens=128, max_batch=8, max_waiting=64)
+                              max_prompt_tokens=128, max_prompt_chars=64, max_batch=8, max_waiting=64)
     s = LiveServer(create_app(settings)).start()
     yield s
     s.stop()
 
 
-def test_no_server_errors(fuzz_server):
-    # schemathesis' own pytest loader (from_fixture) does not work with pytest 9 here; drive hypothesis directly
+def _error_code(response) -> str | None:
+    try:
+        return response.json()["error"]["code"]
+    except Exception:
+        return None
+
+
+def accepted_unless_too_many_tokens(ctx, response, case):
+    """positive_data_acceptance, except the token-count rule JSON Schema cannot state."""
+    if response.status_code == 400 and _error_code(response) == "context_length_exceeded":
+        return None
+    return positive_data_acceptance(ctx, response, case)
+
+
+def never_422(ctx, response, case):
+    assert response.status_code != 422, f"422 for {case.operation.label}: OpenAI answers 400"
+
+
+POSITIVE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+            response_schema_conformance, accepted_unless_too_many_tokens, never_422]
+NEGATIVE = [not_a_server_error, status_code_conformance, content_type_conformance, negative_data_rejection, never_422]
+
+
+def fuzz(op, mode, checks, n: int):
+    """One hypothesis run over `op` (schemathesis' own pytest loader does not work with pytest 9 here)."""
     from hypothesis import given
 
+    @given(case=op.as_strategy(generation_mode=mode))
+    @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    def run(case):
+        case.call_and_validate(checks=checks, timeout=60)
+
+    return run
+
+
+def test_spec_and_server_agree(fuzz_server):
     schema = schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json")
     ops = [r.ok() for r in schema.get_all_operations()]
     labels = sorted(op.label for op in ops)
     assert "POST /v1/completions" in labels and "POST /v1/chat/completions" in labels
     tested = []
     for op in ops:
-
-        @given(case=op.as_strategy())
-        @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
-        def run(case):
-            case.call_and_validate(checks=[not_a_server_error, status_code_conformance], timeout=60)
-
-        run()
-        tested.append(op.label)
-    assert len(tested) == len(ops) >= 9
+        modes = [(GenerationMode.POSITIVE, POSITIVE, 40)]
+        if op.method.upper() == "POST" and op.label != "POST /admin/reload":
+            modes.append((GenerationMode.NEGATIVE, NEGATIVE, 25))
+        for mode, checks, n in modes:
+            fuzz(op, mode, checks, n)()
+            tested.append((op.label, mode.value))
+    assert len({label for label, _ in tested}) == len(ops) >= 12
+    assert ("POST /v1/completions", "negative") in tested
     # the fuzz really generated: both successful completions and refusals reached the server
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
@@ -53,4 +97,5 @@ def test_no_server_errors(fuzz_server):
     by = {(s.labels["endpoint"], s.labels["status"]): s.value for s in samples}
     print(sorted(by.items()))
     assert by.get(("/v1/completions", "200"), 0) > 0 and by.get(("/v1/chat/completions", "200"), 0) > 0
+    assert by.get(("/v1/completions", "400"), 0) > 0  # the negative cases were refused
     assert not any(status.startswith("5") for ep, status in by if ep != "/health")  # /health: 503 until ready
