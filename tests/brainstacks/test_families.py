@@ -117,6 +117,21 @@ def test_unsupported_architectures_are_refused_before_weights_are_read(tmp_path)
     assert target_modules(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=4))) == {}
 
 
+def test_train_refuses_an_unsupported_base_with_a_message(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from brainstacks.testing import tiny_tokenizer
+    from brainstacks_cli.main import main as cli
+
+    GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256)).save_pretrained(tmp_path / "gpt2")
+    tiny_tokenizer().save_pretrained(tmp_path / "gpt2")
+    recipe = _chat_recipe(tmp_path, tmp_path / "gpt2", "nf4")
+    assert cli(["train", "--recipe", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "GPT2LMHeadModel (model_type 'gpt2') is not supported" in err and "c_attn" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_shipped_demo_manifest_still_validates():
     """The family fields are outside the digest: a Llama fingerprint (here SmolLM2-135M's shapes, on a weightless
     skeleton) keeps the shipped bundle's digest and matches its manifest."""
