@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -52,7 +53,16 @@ from server.metrics import Metrics
 from server.registry import Registry, load_runner, watch
 from server.runner import ModelRunner
 from server.sampling import SamplingParams
-from server.schemas import ChatCompletionRequest, CompletionRequest, RouteRequest, finish_openapi
+from server.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    ModelObject,
+    RouteRequest,
+    finish_openapi,
+)
 from server.settings import ServerSettings
 from server.textstream import encode_prompt, render_chat
 
@@ -82,6 +92,8 @@ class ServerState:
         self.loaded = threading.Event()
         self.history: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self.on_load_error: Callable[[str], None] | None = None
+        # under Ray Serve (server/ray_serve.py): this replica's view of the others; /admin answers for all of them
+        self.cluster: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -335,15 +347,18 @@ def create_app(settings: ServerSettings | None = None,
         if state.engine is not None:
             m.running.set(state.engine.running_rows)
             m.waiting.set(state.engine.waiting_rows)
-        return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        # Ray Serve: every replica's metrics, each sample labelled with its replica id
+        text = await state.cluster.metrics(m.render()) if state.cluster is not None else m.render()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models", tags=["openai"], dependencies=v1, responses=ERROR_RESPONSES)
+    @app.get("/v1/models", tags=["openai"], dependencies=v1, responses={**ERROR_RESPONSES, 200: {"model": ModelList}})
     async def models() -> dict:
         created = int(time.time())
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "brainstacks"}
                                            for m in api.model_ids(state.runner.domains)]}
 
-    @app.get("/v1/models/{model_id}", tags=["openai"], dependencies=v1, responses=ERROR_RESPONSES)
+    @app.get("/v1/models/{model_id}", tags=["openai"], dependencies=v1,
+             responses={**ERROR_RESPONSES, 200: {"model": ModelObject}})
     async def model(model_id: str) -> dict:
         ids = api.model_ids(state.runner.domains)
         if model_id not in ids:
@@ -351,16 +366,17 @@ def create_app(settings: ServerSettings | None = None,
                             "model_not_found")
         return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "brainstacks"}
 
-    completion_responses = {**ERROR_RESPONSES, 200: {"description": "The completion (JSON), or with stream=true "
-                                                     "server-sent events ending with `data: [DONE]`.",
-                                                     "content": {"application/json": {"schema": {"type": "object"}},
-                                                                 "text/event-stream": {"schema": SSE_EVENT}}}}
+    def completion_responses(model: type) -> dict:
+        return {**ERROR_RESPONSES, 200: {"model": model, "description": "The completion (JSON), or with stream=true "
+                                         "server-sent events ending with `data: [DONE]`.",
+                                         "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
-    @app.post("/v1/completions", tags=["openai"], dependencies=v1, responses=completion_responses)
+    @app.post("/v1/completions", tags=["openai"], dependencies=v1, responses=completion_responses(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request):
         return await api.run(state, body, request)
 
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=v1, responses=completion_responses)
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=v1,
+              responses=completion_responses(ChatCompletionResponse))
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await api.run(state, body, request)
 
@@ -427,20 +443,29 @@ def create_app(settings: ServerSettings | None = None,
 
     @app.get("/admin/stacks", tags=["admin"], dependencies=admin, responses=ERROR_RESPONSES)
     async def admin_stacks() -> dict:
-        return await asyncio.to_thread(state.registry.describe)
+        out = await asyncio.to_thread(state.registry.describe)
+        if state.cluster is not None:  # Ray Serve: this replica's id and every replica's version
+            out = await state.cluster.describe(out)
+        return out
 
     @app.post("/admin/reload", tags=["admin"], dependencies=admin,
               responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[400]})
     async def admin_reload() -> JSONResponse:
-        res = await state.registry.reload()
+        # Ray Serve: the reload reaches every replica, and the answer lists each one's result
+        res = await (state.cluster.reload() if state.cluster is not None else state.registry.reload())
         body = {"object": "reload", "result": res.result, "bundle_version": res.bundle_version,
                 "added": res.added, "removed": res.removed, "reasons": res.reasons}
+        replicas = getattr(res, "replicas", None)
+        if replicas is not None:
+            body["replicas"] = replicas
         if res.result == "refused":
             err = APIError(409, "Bundle refused: " + "; ".join(res.reasons), "invalid_request_error", None,
                            "bundle_refused")
             payload = err.body()
             payload["error"]["reasons"] = res.reasons
             payload["error"]["bundle_version"] = res.bundle_version
+            if replicas is not None:
+                payload["error"]["replicas"] = replicas
             return JSONResponse(payload, status_code=409)
         return JSONResponse(body)
 
@@ -525,6 +550,11 @@ class AccessMiddleware:
                                         "client": (scope.get("client") or ["?"])[0]}))
 
 
+# one server-sent event of a stream: `data:` is a JSON chunk, an error envelope, or the final "[DONE]"
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "A chunk as JSON (OpenAI's shape), an error envelope, or [DONE]."},
+    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+
 OPEN_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready", "/openapi.json", "/docs",
                         "/docs/oauth2-redirect", "/redoc", "/favicon.ico"})
 
@@ -538,11 +568,6 @@ def path_policy(path: str) -> str:
         return "open"
     return "api"
 
-
-# one server-sent event of a stream: `data:` is a JSON chunk, an error envelope, or the final "[DONE]"
-SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
-    "data": {"type": "string", "description": "A chunk as JSON (OpenAI's shape), an error envelope, or [DONE]."},
-    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
 
 class GuardMiddleware:
     """Pure ASGI, in front of every route: the key check (from the headers alone), then the body read up to

@@ -120,6 +120,102 @@ class RouteRequest(BaseModel):
     messages: list[ChatMessage] = Field(None, min_length=1, max_length=1024, description="Or chat messages.")
 
 
+# ---------------------------------------------------------------------------------------------------- responses
+# Documented in /openapi.json (the schema fuzz validates every response against them); server/api.py builds the
+# bodies as plain dicts in these shapes.
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Extension(BaseModel):
+    """The `brainstacks` extension: the router's (or the request's) weight per domain, and the bundle version."""
+
+    weights: dict[str, float | None]
+    bundle_version: int
+    prompt_weights: list[dict[str, float | None]] | None = Field(None, description="Per prompt, when several.")
+
+
+FinishReason = Literal["stop", "length", "cancelled"] | None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float | None]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: FinishReason
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    brainstacks: Extension
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float | None
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+    refusal: None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: FinishReason
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
+    brainstacks: Extension
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
 # ---------------------------------------------------------------------------------------------------- OpenAPI
 def _subs(node: dict) -> list[dict]:
     return node.get("anyOf", [node])

@@ -9,11 +9,21 @@
 3. Before each domain after the first, the null space of the earlier stacks is collected on sample inputs from the
    earlier domains' training data (where those stacks are active), and the new stacks are trained orthogonal to it
    (and folded on freezing, so it holds at inference).
-4. After each domain its stacks are written, then a new manifest version (atomically), so a server watching the
-   bundle hot-loads it; the previous router is kept until the new one is trained (new domains get weight 0).
-5. The router is retrained over all domains (outcome-based targets), and a final manifest version names it.
+4. After each domain its stacks are written, then a new manifest version (atomically), so a run killed later
+   resumes after it. Such an interim version still names the previous router, which does not score the new domain:
+   loaders refuse it (a router must cover every domain), so a server watching the bundle keeps serving the last
+   complete version until step 5 lands.
+5. The router is retrained over all domains (outcome-based targets) into a path of its own version
+   (`router/v<version>`, never overwritten while a manifest names it), and a final manifest version names it. A
+   rerun after a run killed at any point (mid-domain, during router training, while writing reports) retrains the
+   router whenever the manifest's router does not score exactly the manifest's domains.
 6. Reports: loss curves per domain, the forgetting matrix (each domain's validation loss after each later domain,
-   ungated, plus routed at the end), the routing report.
+   ungated, plus routed at the end), the routing report. Every file is written atomically.
+7. With `keep_versions` > 0 (`brainstacks train` passes 3), every complete version (its router scores every domain,
+   or the recipe trains no router) is also published as an immutable OUT/versions/<n> and OUT/CURRENT switched to it
+   (brainstacks/versions.py), the last `keep_versions` kept: readers given OUT (replicas on shared storage, a server
+   with --watch) follow the pointer and never see an interim or half-written version. OUT's top level stays the
+   working copy that a rerun resumes from.
 
 With torch.distributed initialised (torchrun), every rank trains on its own shard with averaged gradients; rank 0
 alone writes the bundle and trains the router, the others wait at a barrier.
@@ -40,6 +50,8 @@ from brainstacks.bundle import (
     install_stacks,
     read_manifest,
     read_stacks,
+    router_relpath,
+    safe_path,
     save_router,
     save_stack,
     sha256_file,
@@ -132,19 +144,28 @@ def out_lock(out: Path) -> Iterator[None]:
 
 
 def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
-                 log: Callable[[str], None] = print) -> TrainOutcome:
-    """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs."""
+                 log: Callable[[str], None] = print, keep_versions: int = 0) -> TrainOutcome:
+    """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs. `keep_versions`
+    > 0 also publishes each complete version under OUT/versions/ with the OUT/CURRENT pointer (step 7)."""
     rank, _ = _world()
     out = Path(out_dir).resolve()
     records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
     if rank == 0:
         with out_lock(out):
-            return _train_bundle(recipe, out, records, device, progress, log)
-    return _train_bundle(recipe, out, records, device, progress, log)
+            return _train_bundle(recipe, out, records, device, progress, log, keep_versions)
+    return _train_bundle(recipe, out, records, device, progress, log, keep_versions)
+
+
+def _publish(out: Path, keep_versions: int, log: Callable[[str], None]) -> None:
+    """Step 7: OUT's working copy as versions/<n>, CURRENT switched to it (nothing with keep_versions=0)."""
+    if keep_versions > 0:
+        from brainstacks.versions import publish_version
+
+        log(f"{out}: published {publish_version(out, keep=keep_versions)} (CURRENT)")
 
 
 def _train_bundle(recipe: Recipe, out: Path, records: dict, device: str, progress: bool,
-                  log: Callable[[str], None]) -> TrainOutcome:
+                  log: Callable[[str], None], keep_versions: int = 0) -> TrainOutcome:
     rank, _ = _world()
     cfg = recipe.train
     base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device, for_training=True)
@@ -204,18 +225,21 @@ def _train_bundle(recipe: Recipe, out: Path, records: dict, device: str, progres
             plot_domain_curves(reports / f"loss_{spec.name}.png", spec.name, [r.__dict__ for r in result.rounds])
             _write_forgetting(reports, sm.domains, ungated, forgetting.get("routed"))
             log(f"{out}: wrote v{version} with {spec.name} ({len(rels)} stack(s))")
+            if not recipe.router_train.enabled or _router_covers(out, router_rel, sm.domains):
+                _publish(out, keep_versions, log)  # complete: loaders accept it
         _barrier()
     if recipe.router_train.enabled and (outcome.trained or not _router_covers(out, router_rel, sm.domains)):
         if rank == 0:
-            outcome.router_report = _train_router(sm, tok, recipe, datasets, out, progress, log)
-            router_rel = "router"
-            routed = {spec.name: _routed_loss(sm, tok, out, datasets[spec.name], spec, cfg, pad)
+            version += 1
+            router_rel = router_relpath(version)  # a path of its own: the live manifest's router is never touched
+            outcome.router_report = _train_router(sm, tok, recipe, datasets, out, progress, log, router_rel)
+            routed = {spec.name: _routed_loss(sm, tok, out, datasets[spec.name], spec, cfg, pad, router_rel)
                       for spec in recipe.domains if spec.name in sm.domains and spec.stage == "sft"}
             last = sm.domains[-1]
             _write_forgetting(reports, sm.domains, ungated, {last: routed})
-            version += 1
             write_manifest(out, _manifest(version, recipe, base.fingerprint, entries, router_rel))
             log(f"{out}: wrote v{version} with the router over {sm.domains}")
+            _publish(out, keep_versions, log)
         _barrier()
     outcome.manifest = read_manifest(out)
     return outcome
@@ -226,19 +250,20 @@ def _router_covers(out: Path, rel: str | None, domains: list[str]) -> bool:
     if rel is None:
         return False
     try:
-        return json.loads((out / rel / "router.json").read_text()).get("domains") == list(domains)
-    except (OSError, ValueError):
+        return json.loads((safe_path(out, rel) / "router.json").read_text()).get("domains") == list(domains)
+    except (BundleError, OSError, ValueError):
         return False
 
 
-def _routed_loss(sm: StackedModel, tokenizer, out: Path, data: DomainData, spec, cfg, pad: int) -> float:
+def _routed_loss(sm: StackedModel, tokenizer, out: Path, data: DomainData, spec, cfg, pad: int,
+                 router_rel: str) -> float:
     """A domain's validation loss with the just-trained router's weights, per example (the serving policy)."""
     from brainstacks.bundle import load_router
     from training.data import prompt_text
     from training.eval_report import aligned_examples, routed_weights
     from training.evaluate import example_loss_sums
 
-    router = load_router(out, "router")
+    router = load_router(out, router_rel, domains=sm.domains)
     n = cfg.max_eval_batches * cfg.batch_size
     recs, valid = aligned_examples(tokenizer, data.valid_records[:n], spec.format, cfg.seq_len)
     w = routed_weights(sm, tokenizer, router, [prompt_text(tokenizer, r, spec.format) for r in recs])
@@ -264,7 +289,7 @@ def _write_forgetting(reports: Path, domains: list[str], ungated: dict, routed: 
 
 
 def _train_router(sm: StackedModel, tokenizer, recipe: Recipe, datasets: dict[str, DomainData], out: Path,
-                  progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+                  progress: bool, log: Callable[[str], None], router_rel: str) -> dict[str, Any]:
     from training.router_train import build_router_examples, fit_router
 
     cfg = recipe.router_train
@@ -283,7 +308,7 @@ def _train_router(sm: StackedModel, tokenizer, recipe: Recipe, datasets: dict[st
     fit = fit_router(sm, tokenizer, examples, recipe.router, cfg, recipe.train.seed, progress=progress)
     report = dict(fit.report)
     save_router(out, fit.router, {"best_epoch": fit.best_epoch, "accuracy": report.get("accuracy"),
-                                  "overall_accuracy": report.get("overall_accuracy")})
+                                  "overall_accuracy": report.get("overall_accuracy")}, rel=router_rel)
     write_json(out / REPORTS / "routing.json", report)
     conf = report.get("confusion") or {}
     if conf:

@@ -1,6 +1,8 @@
 """Reports written to BUNDLE/reports/: loss curves (PNG), the forgetting matrix (JSON + PNG), routing tables (JSON).
 
-Plots use matplotlib's Agg backend (no display needed). Every writer also returns the path it wrote.
+Plots use matplotlib's Agg backend (no display needed). Every writer also returns the path it wrote. Every file is
+written atomically (temp file, fsync, rename, umask permissions: brainstacks.bundle.atomic_write), so a run killed
+while writing reports leaves each report either as it was or complete, never half-written.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from brainstacks.bundle import atomic_write
 
 
 def _plt():
@@ -32,8 +36,18 @@ def write_json(path: Path, obj: Any) -> Path:
             return [clean(v) for v in o]
         return o
 
-    path.write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(clean(obj), indent=2) + "\n"
+
+    def w(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, w)
     return path
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
 
 
 def plot_domain_curves(path: Path, domain: str, rounds: list[dict[str, Any]]) -> Path:
@@ -56,8 +70,7 @@ def plot_domain_curves(path: Path, domain: str, rounds: list[dict[str, Any]]) ->
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -82,8 +95,7 @@ def plot_matrix(path: Path, rows: list[str], cols: list[str], values: list[list[
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 

@@ -39,7 +39,7 @@ def test_two_process_training(tmp_path):
     summary = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     assert summary["domains"] == ["math", "medical"]
     m = read_manifest(out)
-    assert m.router == "router" and [d.name for d in m.domains] == ["math", "medical"]
+    assert m.router == "router/v3" and [d.name for d in m.domains] == ["math", "medical"]
     lb = load_bundle(out, quantize="nf4")
     tok = lb.base.tokenizer
     ids = tok("what is 3 plus 4 ?", return_tensors="pt").input_ids

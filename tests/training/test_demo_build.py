@@ -62,7 +62,7 @@ def test_quick_build_end_to_end_and_resume(tmp_path, one_thread):
     assert load_recipe(b.work / "recipe.toml").stack.rank == 4
 
     m = read_manifest(out)
-    assert sorted(m.domain_names) == sorted(DOMAINS) and m.router == "router"
+    assert sorted(m.domain_names) == sorted(DOMAINS) and m.router == f"router/v{m.version}"
     assert all(1 <= len(d.stacks) <= 2 for d in m.domains)
     assert all(p.stat().st_mode & 0o444 == 0o444 for p in out.rglob("*"))  # world-readable when shipped
     assert 0 < summary["bundle_mb"] < MAX_BUNDLE_MB

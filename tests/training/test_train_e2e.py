@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 def test_bundle_loads_and_reports(trained):
     root, base, out = trained
     m = read_manifest(out)
-    assert m.domain_names == ["math", "medical"] and m.router == "router"
+    assert m.domain_names == ["math", "medical"] and m.router == "router/v3"  # a path of its own version
     assert m.version == 3  # one version per domain, one for the router
     lb = load_bundle(out, quantize="nf4")
     assert lb.stacked.num_stacks("math") >= 1 and lb.router.domains == ["math", "medical"]
