@@ -16,6 +16,7 @@ import logging
 import math
 import random
 
+import bitsandbytes as bnb
 import pytest
 import torch
 from torch import nn
@@ -85,6 +86,7 @@ def test_targets_are_the_text_decoder_layers_only(family_dirs, family, caplog):
     said = " ".join(r.getMessage() for r in caplog.records if r.name == "brainstacks.base")
     assert fp["layers"] == LAYERS[family] and len(fp["targets"]) == 2 * 7
     assert all(p.startswith(LAYERS[family] + ".") for p in fp["targets"])
+    assert all(isinstance(lb.model.get_submodule(p), bnb.nn.Linear4bit) for p in fp["targets"])  # NF4 where wrapped
     assert fp["family"] == ("gemma3_text" if family.startswith("gemma3") else family)
     assert fp["architectures"][0] == type(lb.model).__name__
     named = [p for p, m in lb.model.named_modules() if p.rsplit(".", 1)[-1] in TARGETS]
