@@ -598,6 +598,9 @@ class GuardMiddleware:
         return None
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and self.refusal(scope) is not None:  # none is served; refuse like http
+            await receive()  # websocket.connect
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         err = self.refusal(scope)

@@ -143,6 +143,14 @@ def test_keys_are_checked_before_the_body_is_read(api_only):
              "client": ("127.0.0.1", 1)}
     asyncio.run(guard(scope, receive, send))
     assert pulls == [] and reached == [] and sent[0]["status"] == 401
+    sent.clear()  # a websocket is refused the same way (policy violation), before the app sees it
+
+    async def connect():
+        return {"type": "websocket.connect"}
+
+    ws = {"type": "websocket", "path": "/admin/stacks", "headers": [], "client": ("10.1.2.3", 1)}
+    asyncio.run(GuardMiddleware(inner, ServerSettings())(ws, connect, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []
     # over a real socket: a 2 MiB body with a wrong key is 401 (not 413: the limit is only looked at after the key)
     big = b'{"prompt": "' + b"a" * (2 << 20) + b'"}'
     t0 = time.perf_counter()
