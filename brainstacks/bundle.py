@@ -389,8 +389,11 @@ def install_stacks(sm: StackedModel, stacks: dict[str, list[tuple[dict[str, torc
 def load_bundle(bundle_dir: str | os.PathLike, base: str | os.PathLike | None = None, quantize: str = "nf4",
                 dtype: str | torch.dtype = "float32", device: str = "cpu",
                 stack_dtype: str | torch.dtype | None = None) -> LoadedBundle:
-    """Load base + every stack + router of a bundle, validating all of it first."""
-    bundle_dir = Path(bundle_dir).resolve()
+    """Load base + every stack + router of a bundle, validating all of it first. A versioned bundle
+    (brainstacks/versions.py: BUNDLE/CURRENT -> versions/<n>) loads the version its pointer names."""
+    from brainstacks.versions import resolve_bundle_dir
+
+    bundle_dir = resolve_bundle_dir(bundle_dir).resolve()
     manifest = read_manifest(bundle_dir)
     lb = load_base(resolve_base_path(bundle_dir, manifest, base), quantize=quantize, dtype=dtype, device=device)
     stacks = read_stacks(bundle_dir, manifest, lb.fingerprint)

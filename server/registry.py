@@ -11,6 +11,8 @@ Reload (POST /admin/reload, or --watch on manifest change) is transactional, in 
      cannot hold the reload lock forever): a pointer exchange (StackedModel.commit, the router, the version).
      Running rows keep their {domain: weight}; a domain they never named weighs 0 for them.
 Only paths inside the bundle directory are ever read (brainstacks.bundle.safe_path refuses anything else).
+A versioned bundle (BUNDLE/CURRENT -> versions/<n>, brainstacks/versions.py) is read at the version its pointer
+names, at start and on every reload, so a server given BUNDLE follows the pointer.
 
 --watch compares a content hash (manifest.json plus the stack.json and router.json files it names, which record
 their tensors' sha256; snapshot taken when the served version was read, before warm-up), so it notices any rewrite,
@@ -63,6 +65,10 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
 
         raise BundleError(f"no --bundle given and the embedded demo bundle ({bundle}) is not built: run "
                           "`brainstacks demo build`, or pass --bundle DIR (or --base DIR for a bare base)")
+    from brainstacks.versions import resolve_bundle_dir
+
+    root = bundle
+    bundle = resolve_bundle_dir(root)  # a versioned bundle: the version BUNDLE/CURRENT names (brainstacks/versions.py)
     seen = manifest_sha256(bundle)  # before loading: a manifest replaced meanwhile is noticed by --watch
     b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
     runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
@@ -71,6 +77,7 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
     runner.stack_meta = b.stack_meta
     runner.router_meta = _router_meta(b.bundle_dir, b.manifest)
     runner.manifest_sha256 = seen
+    runner.bundle_root = str(Path(root).resolve())  # where reloads look for the next version (following CURRENT)
     return runner
 
 
@@ -141,6 +148,21 @@ class Registry:
     def bundle_dir(self) -> Path | None:
         return Path(self.runner.bundle_dir) if self.runner.bundle_dir else None
 
+    @property
+    def bundle_root(self) -> Path | None:
+        """The directory the server was given: a single-directory bundle, or a versioned one whose CURRENT pointer
+        names the version to load (brainstacks/versions.py)."""
+        root = getattr(self.runner, "bundle_root", None) or self.runner.bundle_dir
+        return Path(root) if root else None
+
+    def source_dir(self) -> Path | None:
+        """Where the next version is read: the version CURRENT names (a versioned bundle), else the directory
+        itself. Raises BundleError on a malformed pointer."""
+        from brainstacks.versions import resolve_bundle_dir
+
+        root = self.bundle_root
+        return resolve_bundle_dir(root) if root is not None else None
+
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
         """Domains, stacks, sizes and content hashes of what is being served (GET /admin/stacks).
@@ -172,11 +194,17 @@ class Registry:
         return out
 
     def manifest_stamp(self) -> str | None:
-        """The bundle's content hash (manifest_sha256), for --watch: content, not size/mtime or version alone."""
-        return manifest_sha256(self.bundle_dir)
+        """The bundle's content hash (manifest_sha256), for --watch: content, not size/mtime or version alone. A
+        versioned bundle is hashed at the version its pointer names, so switching CURRENT counts as a change."""
+        from brainstacks.errors import BundleError
+
+        try:
+            return manifest_sha256(self.source_dir())
+        except BundleError:
+            return None
 
     # ------------------------------------------------------------------ reload
-    def _validate(self) -> tuple[Any, dict, Any, Any, Any] | ReloadResult:
+    def _validate(self) -> tuple[Any, dict, Any, Any, Any, Path] | ReloadResult:
         """Phase 1 (worker thread): everything read, checked and packed to the side; returns what phase 2 swaps in,
         or a refusal. Nothing that serves is modified here."""
         from brainstacks.bundle import load_router, read_manifest, read_stacks
@@ -185,6 +213,7 @@ class Registry:
         r = self.runner
         bdir = self.bundle_dir
         try:
+            bdir = self.source_dir()
             m = read_manifest(bdir)
             if m.version == r.bundle_version:
                 return ReloadResult("unchanged", r.bundle_version)
@@ -214,7 +243,7 @@ class Registry:
             return ReloadResult("refused", r.bundle_version,
                                 [f"{bdir / 'manifest.json'}: version {m.version}: packing the stacks failed: "
                                  f"{type(e).__name__}: {e}"])
-        return m, stacks, prepared, router, rmeta
+        return m, stacks, prepared, router, rmeta, bdir
 
     def _fingerprint(self) -> dict[str, Any]:
         from brainstacks.base import compute_fingerprint
@@ -227,9 +256,12 @@ class Registry:
                 self._fp = compute_fingerprint(self.runner.model)
         return self._fp
 
-    def _install(self, m: Any, stacks: dict, prepared: Any, router: Any, rmeta: dict | None) -> ReloadResult:
+    def _install(self, m: Any, stacks: dict, prepared: Any, router: Any, rmeta: dict | None,
+                 bdir: Path | None = None) -> ReloadResult:
         """Phase 2 (model thread, between steps): pointer assignments only."""
         r = self.runner
+        if bdir is not None:
+            r.bundle_dir = str(bdir)  # a versioned bundle: the version directory now served
         before = set(r.domains)
         r.stacked.commit(prepared)
         r.router = router

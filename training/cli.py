@@ -38,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from torch.distributed.run import main as torchrun
 
         argv = [f"--nproc_per_node={args.nproc}", "--standalone", "-m", "training", "train", "--recipe", args.recipe,
-                "--out", args.out] + (["--device", args.device] if args.device else []) + (["--quiet"] if args.quiet else [])
+                "--out", args.out, "--keep-versions", str(args.keep_versions)] + (["--device", args.device] if args.device else []) \
+            + (["--quiet"] if args.quiet else [])
         torchrun(argv)
         return 0
     from training.curriculum import train_bundle
@@ -51,7 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     log = print if rank == 0 else (lambda *_: None)
-    outcome = train_bundle(recipe, args.out, device=device, progress=not args.quiet, log=log)
+    outcome = train_bundle(recipe, args.out, device=device, progress=not args.quiet, log=log,
+                           keep_versions=args.keep_versions)
     if rank == 0:
         print(json.dumps({"bundle": str(outcome.bundle_dir), "version": outcome.manifest.version,
                           "trained": outcome.trained, "domains": outcome.manifest.domain_names}))
@@ -115,6 +117,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (launches torchrun; gloo on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from brainstacks.versions import KEEP_VERSIONS
+
+    p.add_argument("--keep-versions", type=int, default=KEEP_VERSIONS, metavar="K",
+                   help=f"publish each complete version as OUT/versions/<n> with the OUT/CURRENT pointer and keep the "
+                        f"last K (default {KEEP_VERSIONS}; 0: only the single-directory working copy)")
     p.set_defaults(func=cmd_train)
     return p
 

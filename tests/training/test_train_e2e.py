@@ -11,6 +11,7 @@ import torch
 from brainstacks.bundle import load_bundle, read_manifest
 from brainstacks.router import route
 from brainstacks.testing import tiny_base
+from brainstacks.versions import current_version, list_versions, version_dir
 from brainstacks_cli.main import main as cli
 from training.data import encode_prompt
 from training.testing import TOY_DOMAINS as DOMAINS
@@ -32,6 +33,9 @@ def test_bundle_loads_and_reports(trained):
     m = read_manifest(out)
     assert m.domain_names == ["math", "medical"] and m.router == "router/v3"  # a path of its own version
     assert m.version == 3  # one version per domain, one for the router
+    # `train` publishes complete versions (brainstacks/versions.py): v1 and v2 have no router over their domains
+    assert current_version(out) == 3 and list_versions(out) == [3]
+    assert (version_dir(out, 3) / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
     lb = load_bundle(out, quantize="nf4")
     assert lb.stacked.num_stacks("math") >= 1 and lb.router.domains == ["math", "medical"]
     for f in ("loss_math.png", "loss_medical.png", "forgetting.json", "forgetting.png", "routing.json"):
@@ -51,6 +55,8 @@ def test_second_run_adds_a_domain_and_keeps_stacks_byte_identical(trained, capsy
                 "--quiet"]) == 0
     m = read_manifest(out)
     assert m.domain_names == ["math", "medical", "code"] and m.version == v + 2
+    assert current_version(out) == m.version and list_versions(out) == [v, m.version]
+    assert load_bundle(out, quantize="none").bundle_dir == version_dir(out, m.version)  # readers follow CURRENT
     for p, data in before.items():
         assert p.read_bytes() == data, p
     # the router now scores all three domains and separates held-out prompts
