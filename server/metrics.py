@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 _LAT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -37,5 +39,28 @@ class Metrics:
         for res in ("ok", "refused", "unchanged"):
             self.reloads.labels(result=res)
 
+        self.const_labels: dict[str, str] = {}
+        self._labelled: CollectorRegistry | None = None
+
+    def label_all(self, labels: dict[str, str]) -> None:
+        """Add these labels to every sample rendered (a Ray Serve replica: {"replica": id})."""
+        self.const_labels = dict(labels)
+        self._labelled = CollectorRegistry()
+        self._labelled.register(_Labelled(self.registry, self.const_labels))
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._labelled if self._labelled is not None else self.registry)
+
+
+class _Labelled:
+    """A collector that re-yields another registry's metrics with constant labels added to every sample."""
+
+    def __init__(self, source: CollectorRegistry, labels: dict[str, str]):
+        self.source, self.labels = source, labels
+
+    def collect(self):
+        for mf in self.source.collect():
+            out = Metric(mf.name, mf.documentation, mf.type, mf.unit)
+            out.samples = [Sample(s.name, {**s.labels, **self.labels}, s.value, s.timestamp, s.exemplar)
+                           for s in mf.samples]
+            yield out

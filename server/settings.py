@@ -64,3 +64,23 @@ class ServerSettings(BaseSettings):
     warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
     threads: int = Field(0, description="torch intra-op threads (0: torch's default).", ge=0, le=1024)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the server loggers.")
+
+    # Ray Serve (server/ray_serve.py, docs/SCALE_OUT.md): N replicas of this app behind Ray's HTTP proxy at host:port
+    ray: bool = Field(False, description="Serve through Ray Serve: --replicas engines behind one endpoint.")
+    replicas: int = Field(1, description="Ray Serve replicas (each loads the whole bundle); with autoscaling: the "
+                          "initial count.", ge=1, le=4096)
+    ray_address: str | None = Field(None, description=(
+        "Ray cluster to join (e.g. ray://head:10001 or auto); None: start a local Ray instance."), min_length=1)
+    ray_num_cpus: float = Field(1.0, description="CPUs Ray reserves for each replica.", ge=0, le=1024)
+    ray_num_gpus: float = Field(0.0, description="GPUs Ray reserves for each replica (fractions share one GPU).",
+                                ge=0, le=64)
+    ray_min_replicas: int = Field(1, description=(
+        "Autoscaling lower bound (with ray_max_replicas > 0; 0 lets Serve scale to zero, and the next request waits "
+        "for a full bundle load)."),
+        ge=0, le=4096)
+    ray_max_replicas: int = Field(0, description="Autoscaling upper bound (0: no autoscaling, --replicas fixed).",
+                                  ge=0, le=4096)
+    ray_target_ongoing_requests: float = Field(8.0, description=(
+        "Autoscaling target: ongoing requests per replica Serve aims for."), gt=0, le=100_000)
+    ray_max_ongoing_requests: int = Field(64, description=(
+        "Most requests Ray routes to one replica at a time (the rest queue at the proxy)."), ge=1, le=100_000)
