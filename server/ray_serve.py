@@ -244,7 +244,6 @@ class BrainstacksReplica:
         self.app_name = app_name
         self.state: Any = None
         self.reload_token: Any = None
-        self.reconfigured = False
 
     def __serve_build_asgi_app__(self):
         from ray import serve
@@ -296,14 +295,14 @@ class BrainstacksReplica:
                 raise RuntimeError(f"engine not healthy: {h['reason']}")
 
     async def reconfigure(self, user_config: dict | None) -> None:
-        """A new deployment user_config `{"reload": X}` (a new X each time) reloads every replica."""
-        token = (user_config or {}).get("reload")
-        first, self.reconfigured = not self.reconfigured, True
-        changed, self.reload_token = token != self.reload_token, token
-        if first or not changed or self.state is None or self.state.registry is None:
+        """Serve calls this on every replica when the deployment's user_config changes (e.g. `{"reload": X}` with a
+        new X), and once at start: each call reloads what the pointer names ("unchanged" when it is the version
+        served, so the call at start costs a manifest read)."""
+        self.reload_token = (user_config or {}).get("reload")
+        if self.state is None or self.state.registry is None:
             return
         res = await self.state.registry.reload()
-        log.info("reconfigure reload %r: %s (version %d)", token, res.result, res.bundle_version)
+        log.info("reconfigure %r: %s (version %d)", self.reload_token, res.result, res.bundle_version)
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -316,7 +315,7 @@ def replica_settings(settings: ServerSettings) -> dict[str, Any]:
     return d
 
 
-def deployment_options(settings: ServerSettings) -> dict[str, Any]:
+def deployment_options(settings: ServerSettings, user_config: dict | None = None) -> dict[str, Any]:
     s = settings
     opts: dict[str, Any] = {
         "name": "Brainstacks",
@@ -337,15 +336,20 @@ def deployment_options(settings: ServerSettings) -> dict[str, Any]:
                                       "target_ongoing_requests": s.ray_target_ongoing_requests}
     else:
         opts["num_replicas"] = s.replicas
+    if user_config is not None:
+        opts["user_config"] = user_config
     return opts
 
 
-def build(settings: ServerSettings, app_name: str = APP_NAME):
-    """The Serve application (bind it with serve.run): the ingress deployment of BrainstacksReplica."""
+def build(settings: ServerSettings, app_name: str = APP_NAME, user_config: dict | None = None):
+    """The Serve application (bind it with serve.run): the ingress deployment of BrainstacksReplica. (From Python,
+    every serve.run restarts the replicas; a Serve config deployed again with only a new user_config reconfigures them
+    in place.)"""
     from ray import serve
 
     ingress = serve.ingress()(BrainstacksReplica)
-    return serve.deployment(ingress, **deployment_options(settings)).bind(replica_settings(settings), app_name)
+    return serve.deployment(ingress, **deployment_options(settings, user_config)).bind(replica_settings(settings),
+                                                                                        app_name)
 
 
 def build_app(args: dict[str, Any]):
@@ -356,7 +360,7 @@ def build_app(args: dict[str, Any]):
     return build(ServerSettings(**args), app_name)
 
 
-def start(settings: ServerSettings, app_name: str = APP_NAME, blocking_timeout: float = 600.0):
+def start(settings: ServerSettings, app_name: str = APP_NAME, user_config: dict | None = None):
     """Connect to (or start) Ray, start Serve's proxy at settings.host:port, deploy, and wait until every replica
     is ready. Returns the app's DeploymentHandle."""
     import ray
@@ -368,7 +372,7 @@ def start(settings: ServerSettings, app_name: str = APP_NAME, blocking_timeout: 
         else:
             ray.init(address="local", namespace=NAMESPACE, include_dashboard=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    return serve.run(build(settings, app_name), name=app_name, route_prefix="/")
+    return serve.run(build(settings, app_name, user_config), name=app_name, route_prefix="/")
 
 
 def stop(app_name: str = APP_NAME) -> None:

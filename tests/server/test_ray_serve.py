@@ -54,7 +54,7 @@ def cluster(tmp_path_factory, core_base_dir):
                               port=port, max_tokens_limit=64)
     try:
         ray_serve.start(settings)
-        yield {"url": f"http://127.0.0.1:{port}", "work": work, "shared": shared, "root": root}
+        yield {"url": f"http://127.0.0.1:{port}", "work": work, "shared": shared, "root": root, "settings": settings}
     finally:
         ray_serve.stop()
         serve.shutdown()
@@ -220,7 +220,7 @@ def test_killed_replica_is_restarted_and_requests_keep_succeeding(cluster):
     # only requests in flight on the killed replica may fail: at most one per load worker
     assert len(load.failed) <= 2, load.failed
     assert load.ok >= 10
-    assert all(r["bundle_version"] == 2 for r in stacks(url)["replicas"])
+    assert all(r["bundle_version"] == 2 for r in stacks(url)["replicas"])  # the new one loaded what CURRENT names
 
 
 def test_deploy_files_parse_and_build():
@@ -269,3 +269,27 @@ def test_serve_flags_reach_the_settings_and_deployment():
     bad = settings_from_args(parser.parse_args(["serve", "--ray", "--replicas", "9", "--ray-max-replicas", "4"]))
     with pytest.raises(ConfigError, match="ray_min_replicas <= replicas <= ray_max_replicas"):
         deployment_options(bad)
+
+
+def test_reconfigure_reloads_what_the_pointer_names():
+    """Serve's reconfigure (a new user_config, e.g. {"reload": 2} in a Serve config or RayService) runs the replica's
+    transactional reload; before the app is built it does nothing."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from server.ray_serve import BrainstacksReplica
+    from server.registry import ReloadResult
+
+    calls = []
+
+    class Registry:
+        async def reload(self):
+            calls.append(1)
+            return ReloadResult("ok", 7)
+
+    rep = BrainstacksReplica({"bundle": "/nowhere"})
+    asyncio.run(rep.reconfigure({"reload": 1}))  # not built yet: nothing to reload
+    assert calls == []
+    rep.state = SimpleNamespace(registry=Registry())
+    asyncio.run(rep.reconfigure({"reload": 2}))
+    assert calls == [1] and rep.reload_token == 2
