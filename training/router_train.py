@@ -4,8 +4,10 @@
     result = fit_router(sm, tokenizer, examples, router_config, cfg, seed)   # RouterFit(router, history, report)
 
 1. Examples. Per domain, up to `examples_per_domain` prompt/answer pairs from its training records (seeded sample);
-   the first `oracle_samples` of them are scored by the oracle, the rest keep their one-hot label. Every example of a
-   recipe-declared mixed set gets the multi-hot label of its domains.
+   the first `oracle_samples` of them are scored by the oracle; every other single-domain example (unscored pairs,
+   their raw twins, one-domain router-only sets, held-out prompts) takes its domain's typical oracle set, the one the
+   oracle chose most often for that domain (`propagate_oracle`). Every example of a recipe-declared mixed set of
+   several domains gets the multi-hot label of its domains.
 2. Oracle. Answer-only CE of each scored pair under the base alone (all-zero weights) and each single domain, then
    greedy additions (`training.router_targets.greedy_oracle`); every round of queries runs as batched forwards with
    one routing-weight row per (example, combination). target = 0.8 · oracle + 0.2 · label.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +61,7 @@ class RouterExample:
     oracle: frozenset | None = None  # filled by score_oracle
     held_out: bool = False  # a validation example (from the domain's valid file): chooses the best epoch only
     twin: RouterExample | None = None  # the rendered-chat example this raw-text prompt copies its oracle target from
+    propagated: frozenset | None = None  # its domain's typical oracle set (filled by propagate_oracle when unscored)
 
 
 @dataclass
@@ -194,10 +198,37 @@ def score_oracle(
     return sets
 
 
+def propagate_oracle(examples: Sequence[RouterExample]) -> dict[str, frozenset]:
+    """Give every unscored single-domain example (including raw twins without a scored twin, router-only sets and
+    held-out validation prompts) its domain's typical oracle set: the set the oracle chose most often for that
+    domain's scored examples (ties: the smaller set, then by name). Returns {domain: typical set}.
+
+    Why: the oracle scores only `oracle_samples` pairs per domain, and a one-hot label on all the others outvotes it.
+    In a curriculum each later domain's stacks were trained on top of the earlier ones, so the oracle's usual verdict
+    for, say, a medical prompt is {math, medical}; with one-hot labels on 80% of the examples the router learnt
+    medical alone, whose stacks then answered the demo's dose questions with "The dose is 5 mg." repeated, where
+    {math, medical} answered in the trained format. Unscored examples now learn what was measured for their domain
+    (still mixed with their label), and the router's validation loss, which picks its best epoch, compares against
+    the same targets."""
+    counts: dict[str, Counter] = {}
+    for e in examples:
+        o = e.twin.oracle if e.twin is not None else e.oracle
+        if o is not None and len(e.labels) == 1 and e.twin is None:
+            counts.setdefault(next(iter(e.labels)), Counter())[o] += 1
+    typical = {d: min(c, key=lambda s, c=c: (-c[s], len(s), sorted(s))) for d, c in counts.items()}
+    for e in examples:
+        has = e.oracle is not None or (e.twin is not None and e.twin.oracle is not None)
+        if not has and len(e.labels) == 1:
+            e.propagated = typical.get(next(iter(e.labels)))
+    return typical
+
+
 def targets_of(examples: Sequence[RouterExample], domains: Sequence[str], mix: float) -> torch.Tensor:
-    """(N, D) targets: mixed oracle target for scored examples, label (one- or multi-hot) otherwise."""
+    """(N, D) targets: mixed oracle target for scored examples (or the domain's typical oracle set, see
+    propagate_oracle), label (one- or multi-hot) otherwise."""
     def oracle(e: RouterExample) -> frozenset | None:
-        return e.twin.oracle if e.twin is not None else e.oracle
+        own = e.twin.oracle if e.twin is not None else e.oracle
+        return own if own is not None else e.propagated
 
     t = [
         mix_target(oracle(e), e.labels, domains, mix) if oracle(e) is not None else label_vector(e.labels, domains)
@@ -396,6 +427,9 @@ def fit_router(
     domains = sm.domains
     pad = pad_id_of(tokenizer)
     score_oracle(sm, examples, domains, cfg, batch_size, pad, progress)
+    typical = propagate_oracle(examples)
     targets = targets_of(examples, domains, cfg.oracle_mix)
     feats = prompt_features(sm, tokenizer, [e.prompt for e in examples], router_config, progress=progress)
-    return train_router(feats, targets, examples, domains, router_config, cfg, seed, sm.device, progress)
+    fit = train_router(feats, targets, examples, domains, router_config, cfg, seed, sm.device, progress)
+    fit.report["typical_oracle_sets"] = {d: sorted(s) for d, s in typical.items()}
+    return fit

