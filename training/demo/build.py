@@ -43,7 +43,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from brainstacks.errors import ConfigError
-from training.curriculum import LOCK
 from training.demo.data import DOMAINS, SPLITS, DemoDataConfig, generate
 from training.demo.evidence import EvidenceConfig
 from training.demo.router_prompts import write_router_files
