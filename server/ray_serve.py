@@ -324,6 +324,7 @@ def deployment_options(settings: ServerSettings, user_config: dict | None = None
         "graceful_shutdown_timeout_s": s.drain_timeout + 5,
         "health_check_period_s": 5.0,
         "health_check_timeout_s": max(30.0, s.ready_stuck_seconds),
+        "max_constructor_retry_count": 3,  # a bundle that cannot load fails the deployment instead of looping
     }
     if s.ray_max_replicas > 0:
         if not s.ray_min_replicas <= s.replicas <= s.ray_max_replicas:
@@ -397,14 +398,21 @@ def serve_forever(settings: ServerSettings) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    start(settings)
-    log.info("Ray Serve: %d replica(s) at http://%s:%d", settings.replicas, settings.host, settings.port)
+    from brainstacks.errors import BrainstacksError, ConfigError
+
     try:
+        try:
+            start(settings)  # returns once every replica is loaded and warmed (raises if they cannot be)
+        except BrainstacksError:
+            raise
+        except Exception as e:  # Serve's DeploymentFailed and friends: the replicas' own error is in their logs
+            raise ConfigError(f"cannot serve on Ray: {type(e).__name__}: {str(e)[:2000]}") from e
+        log.info("Ray Serve: %d replica(s) at http://%s:%d", settings.replicas, settings.host, settings.port)
         done.wait()
     finally:
         stop()
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        if not settings.ray_address:
+        if not settings.ray_address:  # a cluster we joined keeps its Serve instance (other apps may run there)
+            with contextlib.suppress(Exception):
+                serve.shutdown()
             ray.shutdown()
     return 0
