@@ -58,6 +58,9 @@ class Rollout:
         self.replicas[rid] = {"handle": handle, "info": info, "joined": self.generation, "seen": time.monotonic()}
         return self.generation
 
+    async def known(self, rid: str) -> bool:
+        return rid in self.replicas
+
     async def unregister(self, rid: str) -> None:
         self.replicas.pop(rid, None)
 
@@ -68,10 +71,13 @@ class Rollout:
         self.changed = asyncio.Event()
         return self.generation
 
-    async def poll(self, rid: str, seen: int, info: dict, timeout: float) -> int:
-        """A replica's long-poll: returns the generation as soon as it is past `seen`, else after `timeout`."""
-        if rid in self.replicas:
-            self.replicas[rid].update(info=info, seen=time.monotonic())
+    async def poll(self, rid: str, seen: int, info: dict, timeout: float) -> int | None:
+        """A replica's long-poll: returns the generation as soon as it is past `seen`, else after `timeout`; None
+        when this actor does not know the replica (it was restarted and lost its state): the replica registers
+        again."""
+        if rid not in self.replicas:
+            return None
+        self.replicas[rid].update(info=info, seen=time.monotonic())
         if self.generation <= seen:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout)
@@ -208,6 +214,10 @@ class ClusterView:
         while True:
             try:
                 gen = await self.rollout.poll.remote(self.replica_id, self.seen, self.info(), POLL_S)
+                if gen is None:  # the Rollout actor was restarted (Ray restarts it) and lost its state: join it
+                    await self.register()  # again, and catch up on any rollout requested while it was away
+                    await self.state.registry.reload()
+                    continue
                 if gen > self.seen:
                     self.seen = gen
                     res = await self.state.registry.reload()
@@ -220,20 +230,40 @@ class ClusterView:
                 log.exception("replica %s: rollout poll failed", self.replica_id)
                 await asyncio.sleep(1.0)
 
+    async def _snapshot(self) -> dict[str, dict]:
+        """The other replicas' last reports; {} while the Rollout actor is unreachable (restarting): /admin/stacks
+        and /metrics then answer for this replica alone rather than failing."""
+        try:
+            return await asyncio.wait_for(self.rollout.snapshot.remote(), 15.0)
+        except Exception as e:  # noqa: BLE001 - RayActorError, timeout
+            log.warning("replica %s: rollout actor unreachable (%s); answering for this replica only",
+                        self.replica_id, type(e).__name__)
+            return {}
+
     async def reload(self) -> ClusterReloadResult:
-        gen = await self.rollout.request.remote()
+        rv = self.state.runner.bundle_version
+        for attempt in range(5):  # the Rollout actor may be restarting (Ray restarts it within seconds)
+            try:
+                if not await self.rollout.known.remote(self.replica_id):  # restarted: this replica at least
+                    await self.register()
+                gen = await self.rollout.request.remote()
+                break
+            except Exception as e:  # noqa: BLE001 - RayActorError while it restarts
+                if attempt == 4:
+                    return ClusterReloadResult("refused", rv, [f"the rollout actor is unreachable: {e}"], {})
+                await asyncio.sleep(1.0)
         results = await self.rollout.results.remote(gen, self.reload_timeout)
         return aggregate(results, self.state.runner.bundle_version)
 
     async def describe(self, local: dict) -> dict:
-        snap = await self.rollout.snapshot.remote()
+        snap = await self._snapshot()
         snap[self.replica_id] = self.info()
         local["replica"] = self.replica_id
         local["replicas"] = [{k: v for k, v in info.items() if k != "metrics"} for _, info in sorted(snap.items())]
         return local
 
     async def metrics(self, own: bytes) -> bytes:
-        snap = await self.rollout.snapshot.remote()
+        snap = await self._snapshot()
         others = [info["metrics"] for rid, info in snap.items() if rid != self.replica_id and info.get("metrics")]
         return merge_expositions([own, *others])
 

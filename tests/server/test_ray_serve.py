@@ -198,6 +198,31 @@ def test_corrupt_version_is_refused_by_every_replica(cluster):
     write_pointer(shared, 2)  # the operator points CURRENT back: a replica (re)starting loads CURRENT
 
 
+def test_rollout_survives_a_restart_of_the_rollout_actor(cluster):
+    """Ray restarts the rollout actor with its state lost: the replicas register again and the next rollout still
+    reaches both."""
+    import ray
+
+    from brainstacks.bundle import read_manifest, write_manifest
+    from brainstacks.versions import publish_version
+    from server import ray_serve
+
+    url, work = cluster["url"], cluster["work"]
+    actor = ray.get_actor(ray_serve.rollout_actor_name(ray_serve.APP_NAME), namespace=ray_serve.NAMESPACE)
+    ray.kill(actor, no_restart=False)
+    deadline = time.monotonic() + 60
+    while len(stacks(url)["replicas"]) < 2:  # both registered again (each polls every POLL_S seconds)
+        assert time.monotonic() < deadline, "replicas did not register with the restarted rollout actor"
+        time.sleep(0.2)
+    m = read_manifest(work)
+    m.version = 4  # past the refused version 3, which stays published
+    write_manifest(work, m)
+    publish_version(cluster["shared"], src=work)
+    r = httpx.post(url + "/admin/reload", timeout=120)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["replicas"]) == 2 and all(v["bundle_version"] == 4 for v in r.json()["replicas"].values())
+
+
 def test_killed_replica_is_restarted_and_requests_keep_succeeding(cluster):
     url = cluster["url"]
     before = {r["replica"]: r["pid"] for r in stacks(url)["replicas"]}
@@ -220,7 +245,7 @@ def test_killed_replica_is_restarted_and_requests_keep_succeeding(cluster):
     # only requests in flight on the killed replica may fail: at most one per load worker
     assert len(load.failed) <= 2, load.failed
     assert load.ok >= 10
-    assert all(r["bundle_version"] == 2 for r in stacks(url)["replicas"])  # the new one loaded what CURRENT names
+    assert all(r["bundle_version"] == 4 for r in stacks(url)["replicas"])  # the new one loaded what CURRENT names
 
 
 def test_deploy_files_parse_and_build():
