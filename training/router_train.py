@@ -1,4 +1,4 @@
-"""Meta-router training with outcome-based targets (DESIGN §2).
+"""Meta-router training with outcome-based targets (docs/DESIGN.md §2).
 
     examples = build_router_examples(domain_records, mixed_records, tokenizer, seq_len, cfg, seed)
     result = fit_router(sm, tokenizer, examples, router_config, cfg, seed)   # RouterFit(router, history, report)
@@ -33,13 +33,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from brainstacks.text import pad_batch
+from training.config import RouterTrainConfig
 from training.data import (
     IGNORE_INDEX,
     Record,
     SFTExample,
     chat_segments,
-    encode_prompt,
     leading_specials,
     pad_id_of,
     prompt_text,
@@ -47,7 +46,6 @@ from training.data import (
     truncate,
 )
 from training.evaluate import example_losses
-from training.recipe import RouterTrainConfig
 from training.router_targets import greedy_oracle, label_vector, mix_target, router_loss, split_by_prompt
 from training.schedule import warmup_cosine
 
@@ -251,17 +249,15 @@ def prompt_features(
 
     Kept in float32 (exactly what serving computes) unless that would exceed cache_limit_bytes, then bfloat16.
     """
-    from brainstacks.router import router_features
+    from brainstacks.router import router_features, router_inputs
 
     d_model = int(sm.model.config.get_text_config().hidden_size)
     estimate = len(prompts) * router_config.router_tokens * d_model * 4
     dtype = torch.float32 if estimate <= cache_limit_bytes else torch.bfloat16
 
     out: list[torch.Tensor] = []
-    pad = pad_id_of(tokenizer)
     for s in tqdm(range(0, len(prompts), batch_size), desc="router features", disable=not progress, leave=False):
-        ids = [encode_prompt(tokenizer, p)[: router_config.router_tokens] for p in prompts[s : s + batch_size]]
-        input_ids, mask = pad_batch(ids, pad)
+        input_ids, mask = router_inputs(tokenizer, prompts[s : s + batch_size], router_config.router_tokens)
         feats, m = router_features(sm, input_ids, mask, router_config)  # (B, T', d), (B, T')
         for i in range(feats.shape[0]):
             out.append(feats[i][m[i].bool()].to(dtype).cpu())
@@ -432,4 +428,6 @@ def fit_router(
     feats = prompt_features(sm, tokenizer, [e.prompt for e in examples], router_config, progress=progress)
     fit = train_router(feats, targets, examples, domains, router_config, cfg, seed, sm.device, progress)
     fit.report["typical_oracle_sets"] = {d: sorted(s) for d, s in typical.items()}
+    scored = Counter("+".join(sorted(e.oracle)) or "(base)" for e in examples if e.oracle is not None)
+    fit.report["scored_oracle_sets"] = dict(scored.most_common())  # every oracle-scored pair, training and not
     return fit

@@ -243,7 +243,7 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
                  device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure a built bundle against WORK's recipe and test files; write BUNDLE/reports/evidence.json and docs."""
     from brainstacks.bundle import load_bundle
-    from training.demo.evidence import collect_evidence, render_demo_doc, write_evidence
+    from training.demo.evidence import collect_evidence, read_router_report, render_demo_doc, write_evidence
     from training.recipe import load_recipe
 
     recipe = load_recipe(work / "recipe.toml")
@@ -254,7 +254,7 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
         old = bundle / "reports" / "evidence.json"
         build = json.loads(old.read_text()).get("build") if old.is_file() else None
     write_evidence(ev, bundle / "reports" / "evidence.json", build)
-    text = render_demo_doc(ev, build)
+    text = render_demo_doc(ev, build, read_router_report(bundle))
     for path in [work / "DEMO.md", *([docs] if docs else [])]:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text, encoding="utf-8")
@@ -358,10 +358,11 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     from brainstacks.demo import DEMO_BUNDLE
 
     if args.render_only:  # rewrite the Markdown from the stored measurements
-        from training.demo.evidence import render_demo_doc
+        from training.demo.evidence import read_router_report, render_demo_doc
 
-        ev = json.loads((Path(args.bundle or DEMO_BUNDLE) / "reports" / "evidence.json").read_text())
-        text = render_demo_doc(ev, ev.get("build") or None)
+        bundle = Path(args.bundle or DEMO_BUNDLE)
+        ev = json.loads((bundle / "reports" / "evidence.json").read_text())
+        text = render_demo_doc(ev, ev.get("build") or None, read_router_report(bundle))
         for path in [Path(args.work) / "DEMO.md", *([Path(args.docs)] if args.docs else [])]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")

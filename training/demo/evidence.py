@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from brainstacks.bundle import LoadedBundle
+from brainstacks.bundle import LoadedBundle, write_json
 from brainstacks.text import encode_prompt, eos_token_ids, pad_batch, render_chat
 from training.data import load_domain, pad_id_of, prompt_text, read_jsonl
 from training.demo.answers import check_answer
@@ -40,7 +40,6 @@ from training.demo.code_eval import run_tests
 from training.eval_report import COLUMNS, evaluate_bundle, routed_weights
 from training.evaluate import dataset_loss
 from training.recipe import Recipe
-from training.reports import write_json
 
 ACCURACY_DOMAINS = ("math", "medical", "reasoning", "code", "chat")
 BORROWED = ("math", "chat")  # the paper's finding: medical prompts route to chat + math
@@ -282,8 +281,10 @@ def _fence(text: str) -> str:
     return "```\n" + text.replace("```", "'''").rstrip("\n") + "\n```"
 
 
-def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> str:
-    """The evidence as Markdown sections (what docs/DEMO.md carries below its introduction)."""
+def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
+                    router_report: dict[str, Any] | None = None) -> str:
+    """The evidence as Markdown sections (what docs/DEMO.md carries below its introduction); `router_report` is the
+    bundle's reports/routing.json (the router's training report), when there is one."""
     out: list[str] = []
     if build:
         out.append("## How this bundle was built\n")
@@ -318,6 +319,9 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> 
             rows.append([d, str(a["prompts"]), *(f"{a[c]:.0%}" if c in a else "-" for c in ("base", "own", "routed")),
                          gain])
         out.append(_table(["domain", "prompts", "base", "own stack", "routed", "routed - base (points)"], rows))
+        out.append("\n'own stack' is the domain's stacks alone. Every domain after the first was trained on top of the "
+                   "earlier ones (at weight 1), so alone it is not the composition it learnt in; the router's column "
+                   "is what the server answers with.\n")
     r = ev.get("routing")
     if r:
         doms = r["domains"]
@@ -331,6 +335,14 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None) -> 
         out.append("\nMean served weight per domain:\n")
         out.append(_table(["true \\ weight", *doms], [[d, *(f"{row[c]:.2f}" for c in doms)]
                                                       for d, row in r["mean_weight"].items()]))
+    typical = (router_report or {}).get("typical_oracle_sets")
+    if typical:
+        out.append("\nWhat the router was trained towards: for each domain, the composition the outcome oracle chose "
+                   "most often on its scored prompts (lowest answer loss; `training.router_train.propagate_oracle`), "
+                   "which every unscored prompt of that domain also takes as its target: "
+                   + "; ".join(f"{d} → {' + '.join(v) or 'base alone'}" for d, v in typical.items()) + "."
+                   + "".join(f" Oracle verdicts on the scored pairs: {', '.join(f'{k} ×{n}' for k, n in c.items())}."
+                             for c in [router_report.get("scored_oracle_sets")] if c) + "\n")
     h = ev.get("handwritten")
     if h:
         out.append("\n## Routing of hand-written prompts\n")
@@ -410,6 +422,16 @@ matrix, the router's validation report and `evidence.json`, the source of every 
 """
 
 
-def render_demo_doc(ev: dict[str, Any], build: dict[str, Any] | None = None) -> str:
+def render_demo_doc(ev: dict[str, Any], build: dict[str, Any] | None = None,
+                    router_report: dict[str, Any] | None = None) -> str:
     """docs/DEMO.md: the introduction and commands, then the measured evidence."""
-    return INTRO + "\n" + render_markdown(ev, build)
+    return INTRO + "\n" + render_markdown(ev, build, router_report)
+
+
+def read_router_report(bundle: Path) -> dict[str, Any] | None:
+    """BUNDLE/reports/routing.json (the router's training report), or None."""
+    path = Path(bundle) / "reports" / "routing.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
