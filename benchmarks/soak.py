@@ -7,9 +7,10 @@ without faults.
 One `brainstacks serve` subprocess (one torch thread; --quantize, default nf4) over a scratch copy of the bundle:
 `--bundle DIR`, else a tiny bundle built in a temp dir through the library (benchmarks.throughput's random Llama
 base whose silent tokens are pinned low, so every request generates exactly max_tokens; two domains plus a third
-one in a second router). Two phases, back to back, on the same server:
-  1. baseline (`--baseline-seconds`, default 120; 30 with --quick): `--clients` clients in a loop, each request
-     a full stream or a non-streaming completion (seeded choice, half each), no faults;
+one in a second router). Two phases on the same server, interleaved in rounds of 5 soak minutes (each round starts
+with its share of the baseline), so load from other processes on a shared machine falls on both alike:
+  1. baseline (`--baseline-seconds` in all, default 120; 30 with --quick): `--clients` clients in a loop, each
+     request a full stream or a non-streaming completion (seeded choice, half each), no faults;
   2. soak (`--minutes`, default 30; 1.5 with --quick): the same clients and requests, plus faults sprinkled in by
      the same seeded draw: streams dropped after two chunks (15%), non-streaming clients that give up after 50 ms
      (5%), bad inputs (10%: invalid JSON, negative max_tokens, unknown model, empty prompt, a string temperature;
@@ -43,9 +44,10 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, write_report
-from benchmarks.throughput import BENCH_PROMPTS, ServerProcess, build_tiny_bundle, free_port
+from benchmarks.throughput import BENCH_PROMPTS, ServerProcess, build_tiny_bundle, free_port, publish_manifest
 
 RELOAD_EVERY = 10.0
+ROUND_MINUTES = 5.0  # soak minutes per round; each round starts with its share of the baseline
 POISON_EVERY = 6  # every 6th reload publishes a poisoned version
 RSS_EVERY = 5.0
 BAD_INPUTS = [
@@ -95,14 +97,6 @@ def add_third_domain(bundle: Path, seed: int = 1) -> dict:
     return d
 
 
-def publish(bundle: Path, manifest: dict, version: int) -> None:
-    """Write manifest.json with `version` atomically (temp file + rename), as DESIGN §4 requires of writers."""
-    path = bundle / "manifest.json"
-    tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**manifest, "version": version}, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # traffic
 
@@ -116,6 +110,8 @@ class Phase:
     requests: dict[str, int] = field(default_factory=dict)  # kind -> sent
     failures: list[str] = field(default_factory=list)  # what went wrong, one line each (counted; a few printed)
     latencies: list[float] = field(default_factory=list)  # e2e seconds of full requests that succeeded
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) perf_counter of those requests
+    reload_spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each reload request
     reloads: dict[str, int] = field(default_factory=dict)  # "ok" | "refused as intended" | "unexpected: ..."
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds into the phase, bytes)
     wall_s: float = 0.0
@@ -128,6 +124,20 @@ class Phase:
     def fail(self, what: str) -> None:
         with self.lock:
             self.failures.append(what)
+
+    def done(self, t0: float) -> None:
+        t1 = time.perf_counter()
+        with self.lock:
+            self.latencies.append(t1 - t0)
+            self.spans.append((t0, t1))
+
+    def split_by_reload(self) -> tuple[list[float], list[float]]:
+        """Latencies of the requests that overlapped a reload request, and of the others."""
+        rs = sorted(self.reload_spans)
+        during, apart = [], []
+        for (a, b), lat in zip(self.spans, self.latencies, strict=True):
+            (during if any(ra < b and a < rb for ra, rb in rs) else apart).append(lat)
+        return during, apart
 
 
 def pick(r: random.Random, faults: bool) -> str:
@@ -167,7 +177,7 @@ def one_request(c: httpx.Client, kind: str, r: random.Random, ph: Phase, max_tok
             if resp.status_code != 200:
                 ph.fail(f"completion answered {resp.status_code}: {resp.text[:160]}")
                 return
-            ph.latencies.append(time.perf_counter() - t0)
+            ph.done(t0)
             return
         with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as resp:
             if resp.status_code != 200:
@@ -186,7 +196,7 @@ def one_request(c: httpx.Client, kind: str, r: random.Random, ph: Phase, max_tok
         if not lines or lines[-1] != "data: [DONE]" or any('"error"' in ln for ln in lines):
             ph.fail(f"stream ended badly: {lines[-2:]}")
             return
-        ph.latencies.append(time.perf_counter() - t0)
+        ph.done(t0)
     except httpx.HTTPError as e:
         ph.fail(f"{kind}: {type(e).__name__}: {e}")
 
@@ -202,12 +212,16 @@ def rss_bytes(pid: int) -> int | None:
 
 
 def run_phase(ph: Phase, server: ServerProcess, seconds: float, clients: int, max_tokens: int, seed: int,
-              reloader=None, reload_every: float = RELOAD_EVERY) -> Phase:
+              reloader=None, reload_every: float = RELOAD_EVERY, clock0: float | None = None) -> Phase:
+    """Run one slice of a phase (slices of the same phase accumulate into `ph`); RSS sample times are seconds since
+    `clock0` (default: this slice's start)."""
     stop = threading.Event()
     t0 = time.perf_counter()
+    origin = t0 if clock0 is None else clock0
+    part = len(ph.rss) + sum(ph.requests.values())  # a different draw in every slice
 
     def client(i: int) -> None:
-        r = random.Random(f"{seed}-{ph.name}-{i}")
+        r = random.Random(f"{seed}-{ph.name}-{i}-{part}")
         with httpx.Client(base_url=server.url, timeout=120) as c:
             while not stop.is_set():
                 one_request(c, pick(r, ph.faults), r, ph, max_tokens)
@@ -216,13 +230,11 @@ def run_phase(ph: Phase, server: ServerProcess, seconds: float, clients: int, ma
         while not stop.wait(RSS_EVERY):
             b = rss_bytes(server.proc.pid)
             if b is not None:
-                ph.rss.append((time.perf_counter() - t0, b))
+                ph.rss.append((time.perf_counter() - origin, b))
 
     def reloads() -> None:
-        n = 0
         while not stop.wait(reload_every):
-            n += 1
-            reloader(n, ph)
+            reloader(ph)
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     threads.append(threading.Thread(target=sampler, daemon=True))
@@ -234,21 +246,23 @@ def run_phase(ph: Phase, server: ServerProcess, seconds: float, clients: int, ma
     stop.set()
     for t in threads:
         t.join(180)
-    ph.wall_s = time.perf_counter() - t0
+    ph.wall_s += time.perf_counter() - t0
     return ph
 
 
 def make_reloader(url: str, bundle: Path, versions: list[dict], admin_key: str, first_version: int,
                   poison_every: int = POISON_EVERY):
-    state = {"version": first_version}
+    state = {"version": first_version, "n": 0}
 
-    def reload(n: int, ph: Phase) -> None:
+    def reload(ph: Phase) -> None:
         state["version"] += 1
+        state["n"] = n = state["n"] + 1
         poisoned = bool(poison_every) and n % poison_every == 0
         m = json.loads(json.dumps(versions[n % len(versions)]))
         if poisoned:
             m["domains"][0]["stacks"] = ["stacks/no-such-stack/0"]
-        publish(bundle, m, state["version"])
+        publish_manifest(bundle, m, state["version"])
+        t0 = time.perf_counter()
         try:
             r = httpx.post(url + "/admin/reload", headers={"Authorization": f"Bearer {admin_key}"}, timeout=120)
             got = r.json().get("result") if r.status_code == 200 else f"{r.status_code}"
@@ -258,6 +272,7 @@ def make_reloader(url: str, bundle: Path, versions: list[dict], admin_key: str, 
         key = ("refused as intended" if poisoned else "ok") if got == want else f"unexpected: {got} (wanted {want})"
         with ph.lock:
             ph.reloads[key] = ph.reloads.get(key, 0) + 1
+            ph.reload_spans.append((t0, time.perf_counter()))
 
     return reload
 
@@ -287,11 +302,17 @@ def rss_growth(samples: list[tuple[float, int]], start_s: float, window: float =
 
 def summary(ph: Phase) -> dict:
     sent = sum(ph.requests.values())
+    during, apart = ph.split_by_reload()
+    ms = lambda xs: p99(xs) * 1000 if xs else None  # noqa: E731
+    reload_ms = [(b - a) * 1000 for a, b in ph.reload_spans]
+    extra = {"p99 ms overlapping a reload": ms(during), "p99 ms not overlapping": ms(apart),
+             "requests overlapping a reload": len(during),
+             "reload p50 ms": statistics.median(reload_ms) if reload_ms else None} if ph.reload_spans else {}
     return {"phase": ph.name, "wall s": ph.wall_s, "requests": sent,
             **{k: ph.requests.get(k, 0) for k in ("stream", "complete", "drop", "abandon", "bad")},
             "failed": len(ph.failures), "p50 ms": (statistics.median(ph.latencies) * 1000) if ph.latencies else None,
             "p99 ms": (p99(ph.latencies) or 0) * 1000 if ph.latencies else None,
-            "reloads": ", ".join(f"{k} {v}" for k, v in sorted(ph.reloads.items())) or "-"}
+            "reloads": ", ".join(f"{k} {v}" for k, v in sorted(ph.reloads.items())) or "-", **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,19 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
         print(f"server ready in {server.ready_s:.1f} s at {server.url}", flush=True)
-        base = run_phase(Phase("baseline (no faults)", faults=False), server, baseline_s, args.clients,
-                         args.max_tokens, args.seed)
-        print(f"baseline: {summary(base)}", flush=True)
-        soak = run_phase(Phase("soak (faults + reloads)", faults=True), server, minutes * 60, args.clients,
-                         args.max_tokens, args.seed,
-                         reloader=make_reloader(server.url, bundle, versions, admin_key, int(a["version"]),
-                                                args.poison_every), reload_every=args.reload_every)
-        print(f"soak: {summary(soak)}", flush=True)
+        base = Phase("baseline (no faults)", faults=False)
+        soak = Phase("soak (faults + reloads)", faults=True)
+        reloader = make_reloader(server.url, bundle, versions, admin_key, int(a["version"]), args.poison_every)
+        rounds = max(1, round(minutes / ROUND_MINUTES))
+        clock0 = None
+        for i in range(rounds):  # interleaved, so load from other processes falls on both phases alike
+            run_phase(base, server, baseline_s / rounds, args.clients, args.max_tokens, args.seed)
+            clock0 = clock0 or time.perf_counter()
+            run_phase(soak, server, minutes * 60 / rounds, args.clients, args.max_tokens, args.seed, reloader,
+                      args.reload_every, clock0)
+            print(f"round {i + 1}/{rounds}: baseline {summary(base)}\n  soak {summary(soak)}", flush=True)
         leftover = rows_after(server.url)
     finally:
         server.stop()
 
-    start_s = min(120.0, soak.wall_s / 3)
+    start_s = min(120.0, soak.wall_s / 3)  # seconds since the soak began (interleaved baselines included)
     growth, rss_info = rss_growth(soak.rss, start_s)
     ratio = (p99(soak.latencies) / p99(base.latencies)) if soak.latencies and base.latencies else None
     failed_reloads = sum(v for k, v in soak.reloads.items() if k.startswith("unexpected"))
@@ -376,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     for ph in (base, soak):
         for line in ph.failures[:5]:
             print(f"  {ph.name}: {line}")
+    sk = rows[1]
+    if sk.get("requests overlapping a reload"):
+        f = lambda x: "-" if x is None else f"{x:,.0f}"  # noqa: E731
+        print(f"soak p99: {f(sk['p99 ms overlapping a reload'])} ms for the {sk['requests overlapping a reload']} "
+              f"requests that overlapped a reload, {f(sk['p99 ms not overlapping'])} ms for the others; "
+              f"a reload request took {f(sk['reload p50 ms'])} ms at p50")
     if rss_info:
         print(f"RSS {rss_info['rss_mib_start']:.1f} MiB at {start_s:.0f} s -> {rss_info['rss_mib_end']:.1f} MiB at "
               f"the end ({len(soak.rss)} samples)")
