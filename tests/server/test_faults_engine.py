@@ -482,3 +482,24 @@ def test_sigterm_ends_open_streams_with_an_error_event_then_done(tmp_path, core_
         last = json.loads(lines[-2][6:])
         assert last.get("error", {}).get("code") == "shutting_down" or last["choices"][0]["finish_reason"], last
     assert any("error" in json.loads(lines[-2][6:]) for lines in results)
+
+
+def test_the_openai_client_raises_on_a_stream_that_ends_with_an_error_event(tmp_path, core_base_dir,
+                                                                            live_server_factory):
+    """What a real client does with the error event + [DONE] ending: the SDK raises APIError naming the cause
+    (not a JSON error, not a silent short answer)."""
+    import openai
+
+    bundle = build_bundle(tmp_path / "b", core_base_dir)
+    app = create_app(ServerSettings(bundle=str(bundle), quantize="none", request_timeout=0.5))
+    s = live_server_factory(app)
+    client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+    gate = hold(app)
+    try:
+        with pytest.raises(openai.APIError, match="timed out"):
+            for _ in client.completions.create(model="brainstacks", prompt="x", max_tokens=8, stream=True):
+                pass
+        with pytest.raises(openai.InternalServerError, match="timed out"):  # non-streaming: the 503 envelope
+            client.completions.create(model="brainstacks", prompt="x", max_tokens=8)
+    finally:
+        gate.set()
