@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks (DESIGN §7): machine description, tables, targets, and the JSON report.
+"""Helpers shared by the benchmarks (docs/DESIGN.md §7): machine description, tables, targets, and the JSON report.
 
 Every benchmark is `python -m benchmarks.<name> [--quick] [--json PATH]`; with `--json` it writes
 `{"benchmark", "machine", "results", "targets": [{"name", "measured", "op", "target", "unit"}]}`.
@@ -16,7 +16,6 @@ Every benchmark is `python -m benchmarks.<name> [--quick] [--json PATH]`; with `
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -116,19 +115,11 @@ def print_targets(targets: Sequence[Target]) -> None:
     print_table(rows, title="targets")
 
 
-def _clean(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def report_dict(benchmark: str, results: list, targets: Sequence[Target], machine: dict | None = None) -> dict:
-    """The DESIGN §7 JSON object (plus `passed` per target, an addition readers may ignore)."""
-    return _clean({
+    """The docs/DESIGN.md §7 JSON object (plus `passed` per target, an addition readers may ignore)."""
+    from brainstacks.bundle import json_safe  # lazy: a load generator using these helpers needs no torch
+
+    return json_safe({
         "benchmark": benchmark,
         "machine": machine if machine is not None else machine_info(),
         "results": list(results),
@@ -139,9 +130,10 @@ def report_dict(benchmark: str, results: list, targets: Sequence[Target], machin
 def write_report(path: str | Path, benchmark: str, results: list, targets: Sequence[Target],
                  machine: dict | None = None) -> dict:
     """Write the §7 JSON (strict: NaN becomes null) and return it."""
+    from brainstacks.bundle import write_json
+
     data = report_dict(benchmark, results, targets, machine)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_json(path, data)
     return data
 
 

@@ -30,10 +30,10 @@ from brainstacks.config import StackConfig
 from brainstacks.nullspace import collect_directions
 from brainstacks.stacks import StackedModel
 from training.boosting import train_domain, validation_loss
+from training.config import TrainConfig
 from training.curriculum import nullspace_batches
 from training.data import Collator, DomainData, Record, pad_id_of, tokenize_records
 from training.demo import generate
-from training.recipe import TrainConfig
 from training.schedule import make_optimizer, warmup_cosine
 
 

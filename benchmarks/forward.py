@@ -9,7 +9,7 @@ Cases, each timed as the median of repeated calls in one process, side by side:
   reference  one stack at a time, experts through einsum, as the paper's code does (all 10 stacks weighted)
 Shapes: decode (1 token a sequence, batch 1 and 8) and one 256-token prefill (batch 1).
 Sizes: a single TinyLlama-size projection (2048→2048 and 2048→5632) with fp32, bf16 and nf4 bases, and a whole
-small Llama (hidden 512, 8 layers) with an nf4 base and bf16 stacks. Targets (DESIGN §7: ratios in one run) are
+small Llama (hidden 512, 8 layers) with an nf4 base and bf16 stacks. Targets (docs/DESIGN.md §7: ratios in one run) are
 checked against the worst case of decode batch 1 and 8.
 """
 
@@ -28,6 +28,7 @@ from brainstacks.base import quantize_targets
 from brainstacks.config import StackConfig
 from brainstacks.reference import reference_forward
 from brainstacks.stacks import StackedModel
+from brainstacks.testing import add_random_stacks
 
 DOMAINS = 5
 STACKS_PER_DOMAIN = 2  # 10 stacks
@@ -58,15 +59,8 @@ def timeit(fn: Callable[[], object], min_time: float, max_reps: int = 200) -> fl
 
 
 def fill_stacks(sm: StackedModel, dtype: str, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for d in range(DOMAINS):
-        sm.add_domain(f"d{d}")
-        for _ in range(STACKS_PER_DOMAIN):
-            sm.start_stack(f"d{d}")
-            with torch.no_grad():
-                for m in sm.active_modules().values():
-                    m.B.copy_(torch.randn(m.B.shape, generator=g) * 0.01)
-            sm.freeze_active(dtype)
+    """DOMAINS domains d0, d1, ... of STACKS_PER_DOMAIN random frozen stacks each."""
+    add_random_stacks(sm, {f"d{d}": STACKS_PER_DOMAIN for d in range(DOMAINS)}, seed=seed, dtype=dtype, std=0.01)
 
 
 def routed_weights(rows: int) -> torch.Tensor:

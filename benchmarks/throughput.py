@@ -150,15 +150,19 @@ def build_tiny_bundle(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def publish_manifest(bundle: Path, manifest: dict, version: int) -> int:
+    """Write `manifest` as `version` of the bundle atomically (temp + rename, as docs/DESIGN.md §4 requires of
+    writers); returns the version."""
+    from brainstacks.bundle import write_json
+
+    write_json(Path(bundle) / "manifest.json", {**manifest, "version": version})
+    return version
+
+
 def bump_manifest(bundle: Path) -> int:
-    """Publish the same bundle as version + 1 (atomic rename, as DESIGN §4 requires of writers); returns it."""
-    path = bundle / "manifest.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["version"] = int(data["version"]) + 1
-    tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return data["version"]
+    """Publish the same bundle as version + 1; returns it."""
+    data = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+    return publish_manifest(bundle, data, int(data["version"]) + 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,8 +177,9 @@ def make_naive_app(bundle: str, quantize: str, dtype: str = "float32"):
     from fastapi import FastAPI
 
     from brainstacks.bundle import load_bundle
-    from brainstacks.router import route, weights_for_model
+    from brainstacks.router import route_prompts, weights_for_model
     from brainstacks.text import encode_prompt
+    from server.sampling import SamplingParams
 
     lb = load_bundle(bundle, quantize=quantize, dtype=dtype, device="cpu")
     model, tok, sm, router = lb.base.model, lb.base.tokenizer, lb.stacked, lb.router
@@ -188,13 +193,13 @@ def make_naive_app(bundle: str, quantize: str, dtype: str = "float32"):
 
     @app.post("/v1/completions")
     def completions(body: dict) -> dict:  # a sync endpoint runs in the threadpool; the lock serialises generation
-        prompt, max_tokens = body["prompt"], int(body.get("max_tokens", 16))
+        prompt, max_tokens = body["prompt"], int(body.get("max_tokens", SamplingParams.max_tokens))
         with lock, torch.no_grad():
             ids = torch.tensor([encode_prompt(tok, prompt)])  # (1, T), the server's own prompt encoding
             enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
             weights = None
             if router is not None:
-                weights = weights_for_model(sm, router.domains, route(sm, router, enc["input_ids"], enc["attention_mask"]))
+                weights = weights_for_model(sm, router.domains, route_prompts(sm, tok, router, [ids[0].tolist()]))
             with sm.routing(weights):
                 out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)

@@ -1,4 +1,4 @@
-"""The bundle on disk (DESIGN §4, a contract): safetensors + JSON, manifest replaced atomically.
+"""The bundle on disk (docs/DESIGN.md §4, a contract): safetensors + JSON, manifest replaced atomically.
 
     BUNDLE/
       manifest.json        {"format_version": 1, "version": n, "base": {"path", "fingerprint"}, "stack_config",
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from brainstacks.base import LoadedBase, fingerprint_mismatches, load_base
 from brainstacks.config import RouterConfig, StackConfig, dtype_name, parse_dtype
 from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
 from brainstacks.gguf import is_package_ref
-from brainstacks.moe_lora import stack_tensor_shapes
+from brainstacks.moe_lora import stack_tensor_problem, stack_tensor_shapes
 from brainstacks.router import MetaRouter
 from brainstacks.stacks import DOMAIN_NAME, StackedModel
 
@@ -157,13 +158,29 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN/±Infinity (which JSON lacks) as None and every dict key as a string."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Strict JSON (json_safe, indent 2), written atomically (atomic_write); the one JSON writer of bundles, training
+    reports and benchmark reports. Returns the path."""
+    path = Path(path)
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+
     def w(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
 
     atomic_write(path, w)
+    return path
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
@@ -173,7 +190,7 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
             if not (safe_path(bundle_dir, rel) / STACK_TENSORS).is_file():
                 raise BundleError(f"{Path(bundle_dir) / rel}: manifest would name a stack that is not written")
     path = Path(bundle_dir) / MANIFEST
-    _write_json(path, manifest.to_dict())
+    write_json(path, manifest.to_dict())
     return path
 
 
@@ -209,7 +226,7 @@ def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict
     info = {"domain": domain, "index": k, "dtype": ",".join(sorted(dts)), "tensors": len(tens),
             "parameters": int(sum(t.numel() for t in tens.values())), "bytes": (d / STACK_TENSORS).stat().st_size,
             "sha256": sha256_file(d / STACK_TENSORS), **(meta or {})}
-    _write_json(d / STACK_META, info)
+    write_json(d / STACK_META, info)
     return rel
 
 
@@ -256,15 +273,9 @@ def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, A
     tensors = _read_tensors(d / STACK_TENSORS, meta.get("sha256"))
     want = expected_stack_shapes(fingerprint, config)
     f = d / STACK_TENSORS
-    missing = sorted(set(want) - set(tensors))
-    if missing:
-        raise BundleError(f"{f}: missing tensor {missing[0]} ({len(missing)} missing)")
-    extra = sorted(set(tensors) - set(want))
-    if extra:
-        raise BundleError(f"{f}: unexpected tensor {extra[0]} (not a target of this base)")
-    for name, shape in want.items():
-        if tuple(tensors[name].shape) != shape:
-            raise BundleError(f"{f}: shape mismatch for {name}: file has {tuple(tensors[name].shape)}, base needs {shape}")
+    problem = stack_tensor_problem(tensors, want)
+    if problem:
+        raise BundleError(f"{f}: {problem}")
     want_dtype = parse_dtype(config.frozen_dtype)
     for name in sorted(want):
         t = tensors[name]
@@ -289,7 +300,7 @@ def save_router(bundle_dir: str | os.PathLike, router: MetaRouter, meta: dict[st
     d.mkdir(parents=True, exist_ok=True)
     tens = {n: t.detach().float().cpu().contiguous() for n, t in router.state_dict().items()}
     atomic_write(d / ROUTER_TENSORS, lambda tmp: save_file(tens, tmp))
-    _write_json(d / ROUTER_META, {**router.describe(), "sha256": sha256_file(d / ROUTER_TENSORS), **(meta or {})})
+    write_json(d / ROUTER_META, {**router.describe(), "sha256": sha256_file(d / ROUTER_TENSORS), **(meta or {})})
     return rel
 
 
@@ -346,14 +357,21 @@ def resolve_base_path(bundle_dir: str | os.PathLike, manifest: Manifest, overrid
     return p
 
 
-def read_stacks(bundle_dir: str | os.PathLike, manifest: Manifest, fingerprint: dict[str, Any],
-                ) -> dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]]:
-    """Every stack of the manifest, validated, by domain; raises BundleError listing every problem found."""
+def check_fingerprint(bundle_dir: str | os.PathLike, manifest: Manifest, fingerprint: dict[str, Any],
+                      hint: str = "") -> None:
+    """Raise FingerprintMismatch (naming the manifest, both digests and the first difference, then `hint`) unless
+    `fingerprint`, the base at hand, is the one the bundle was built for."""
     mism = fingerprint_mismatches(manifest.base["fingerprint"], fingerprint)
     if mism:
         raise FingerprintMismatch(f"{Path(bundle_dir) / MANIFEST}: base fingerprint mismatch: the bundle needs "
                                   f"{manifest.base['fingerprint'].get('digest')}, the base has "
-                                  f"{fingerprint.get('digest')}: {mism[0]}", mism)
+                                  f"{fingerprint.get('digest')}: {mism[0]}{hint}", mism)
+
+
+def read_stacks(bundle_dir: str | os.PathLike, manifest: Manifest, fingerprint: dict[str, Any],
+                ) -> dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]]:
+    """Every stack of the manifest, validated, by domain; raises BundleError listing every problem found."""
+    check_fingerprint(bundle_dir, manifest, fingerprint)
     cfg = StackConfig.from_dict(manifest.stack_config, f"{Path(bundle_dir) / MANIFEST}: stack_config")
     out, reasons = {}, []
     for d in manifest.domains:

@@ -1,4 +1,4 @@
-"""The trainable MoE-LoRA delta on one projection (DESIGN §2), and the top-k gate shared with the frozen path.
+"""The trainable MoE-LoRA delta on one projection (docs/DESIGN.md §2), and the top-k gate shared with the frozen path.
 
     δ(x) = scale · Σ_{e ∈ top-k(x)} g_e(x) · B_e A_e x,     scale = alpha / sqrt(r)  (rsLoRA; alpha / r otherwise)
     logits(x) = W_r x + softplus(W_n x) · ε,  ε ~ N(0, I) in training only
@@ -24,17 +24,34 @@ from torch import nn
 
 from brainstacks.config import StackConfig
 
-# Adapter parameter names, declared once: the on-disk tensor names are f"{module_path}.{name}".
-PARAM_NAMES = ("A", "B", "W")
-
 
 def stack_tensor_shapes(targets: dict[str, tuple[int, int]], config: StackConfig) -> dict[str, tuple[int, ...]]:
-    """Name → shape of every tensor of one stack over projections {path: (d_out, d_in)}."""
+    """Name → shape of every tensor of one stack over projections {path: (d_out, d_in)}: the adapter's parameters
+    A, B and W of each projection, named f"{path}.A" etc. on disk and in memory."""
     E, r = config.experts, config.rank
     out: dict[str, tuple[int, ...]] = {}
     for path, (d_out, d_in) in targets.items():
         out[f"{path}.A"], out[f"{path}.B"], out[f"{path}.W"] = (E, r, d_in), (E, d_out, r), (E, d_in)
     return out
+
+
+def stack_tensor_problem(tensors: dict[str, torch.Tensor], want: dict[str, tuple[int, ...]]) -> str | None:
+    """The first way one stack's tensors differ from `want` (stack_tensor_shapes), or None: a missing tensor, one no
+    target expects, a wrong shape, a non-float dtype. The one check of both boundaries: bundle files
+    (brainstacks.bundle.load_stack) and StackedModel.prepare/install, each naming its own context."""
+    missing = sorted(set(want) - set(tensors))
+    if missing:
+        return f"missing tensor {missing[0]} ({len(missing)} missing)"
+    extra = sorted(set(tensors) - set(want))
+    if extra:
+        return f"unexpected tensor {extra[0]} (not a wrapped target of this base)"
+    for name, shape in want.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            return f"shape mismatch for {name}: has {tuple(t.shape)}, the base needs {shape}"
+        if not t.is_floating_point():
+            return f"{name} has non-float dtype {t.dtype}"
+    return None
 
 
 def topk_gates(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Null-space projection against earlier domains (DESIGN §2).
+"""Null-space projection against earlier domains (docs/DESIGN.md §2).
 
 Before a new domain trains, sample inputs run through the model with every frozen stack on (ungated). At each
 wrapped projection the summed output delta of the frozen stacks is mean-pooled per sample, giving a matrix
@@ -64,9 +64,3 @@ def collect_directions(
             _, _, V = torch.svd_lowrank(M, q=k, niter=4)  # V (d_out, k), orthonormal columns
             out[path] = V.contiguous()
     return out
-
-
-def residual_ratio(delta: torch.Tensor, V: torch.Tensor) -> float:
-    """‖Vᵀ δ‖ / ‖δ‖ over all rows of δ (..., d_out): 0 when δ lies entirely in the complement of span(V)."""
-    d = delta.reshape(-1, delta.shape[-1]).float()
-    return float((d @ V.float()).norm() / d.norm().clamp_min(1e-30))

@@ -1,4 +1,4 @@
-"""The sigmoid meta-router (DESIGN §2): prompt → an independent weight in [0, 1] per domain.
+"""The sigmoid meta-router (docs/DESIGN.md §2): prompt → an independent weight in [0, 1] per domain.
 
 Features come from one base-only pass (every stack off) over the raw prompt truncated to `router_tokens`:
     f_t = mid_weight · h_t[layer L/2] + last_weight · h_t[final]                       (B, T, d)
@@ -10,12 +10,16 @@ The module:
     logit_d = head(u_d) / exp(τ),  τ clamped so the temperature stays in [0.3, 3]       (B, D)
     p_d = sigmoid(logit_d)   — independent per domain, so several domains can be fully on at once.
 Serving policy (`apply_policy`): p ≤ min_weight → 0 (domain skipped entirely), then per-domain floors.
-`router_features` is the one code path for features in training and serving.
+`router_features` is the one code path for features in training and serving; `router_inputs` the one for turning
+prompts into the router's token batch, and `route_prompts` the one from prompts to serving weights:
+
+    w = route_prompts(stacked, tokenizer, router, ["What is 2 + 2?", [1, 15, 27]])   # (N, D) in router.domains order
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -23,6 +27,7 @@ from torch import nn
 from brainstacks.config import RouterConfig
 from brainstacks.errors import RoutingError
 from brainstacks.stacks import StackedModel
+from brainstacks.text import encode_prompt, pad_batch
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -135,3 +140,22 @@ def weights_for_model(sm: StackedModel, router_domains: list[str], w: torch.Tens
     return out
 
 
+def router_inputs(tokenizer, prompts: Sequence[str | Sequence[int]], router_tokens: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the router reads for each prompt: its ids (text through `encode_prompt`, token ids as they are), cut to the
+    first `router_tokens`, right-padded: (input_ids, attention_mask), both (B, T) long. The pad value is masked out."""
+    ids = [(encode_prompt(tokenizer, p) if isinstance(p, str) else list(p))[:router_tokens] for p in prompts]
+    return pad_batch(ids, 0)
+
+
+@torch.no_grad()
+def route_prompts(sm: StackedModel, tokenizer, router: MetaRouter, prompts: Sequence[str | Sequence[int]],
+                  batch_size: int = 16, apply: bool = True) -> torch.Tensor:
+    """Serving weights (N, D) float32 on CPU, in `router.domains` order, for prompts given as text or token ids: the one
+    path from prompts to router weights (encode, truncate to router_tokens, pad, base-only pass, router, then the
+    policy unless apply=False, which returns the raw probabilities)."""
+    out = torch.zeros(len(prompts), len(router.domains))
+    for s in range(0, len(prompts), batch_size):
+        ids, mask = router_inputs(tokenizer, prompts[s : s + batch_size], router.config.router_tokens)
+        out[s : s + ids.shape[0]] = route(sm, router, ids, mask, apply=apply).float().cpu()
+    return out

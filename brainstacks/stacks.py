@@ -28,7 +28,7 @@ from brainstacks.base import prepare_for_backward, target_modules
 from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.layer import RoutingState, StackedLinear
-from brainstacks.moe_lora import MoELoRA, stack_tensor_shapes
+from brainstacks.moe_lora import MoELoRA, stack_tensor_problem, stack_tensor_shapes
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -276,18 +276,12 @@ class StackedModel:
         elif domain not in domains:
             raise RoutingError(f"unknown domain {domain!r}; known: {domains}")
         want = stack_tensor_shapes(self.shapes(), self.config)
-        unknown = sorted(set(tensors) - set(want))
-        if unknown:
-            raise StackFormatError(f"stack for {domain!r} has tensors for no wrapped layer: {unknown[:5]}")
+        problem = stack_tensor_problem(tensors, want)
+        if problem:
+            raise StackFormatError(f"stack for {domain!r}: {problem}")
         out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.layers}
-        for key, shape in want.items():
-            if key not in tensors:
-                raise StackFormatError(f"stack for {domain!r} is missing tensor {key}")
+        for key in want:
             t = tensors[key]
-            if tuple(t.shape) != shape:
-                raise StackFormatError(f"stack for {domain!r}: {key} has shape {tuple(t.shape)}, expected {shape}")
-            if not t.is_floating_point():
-                raise StackFormatError(f"stack for {domain!r}: {key} has non-float dtype {t.dtype}")
             path, _, name = key.rpartition(".")
             out[path][name] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
         return out

@@ -192,13 +192,16 @@ def randomize_active(sm, std: float = 0.05, seed: int = 0) -> None:
             m.W.copy_(torch.randn(m.W.shape, generator=g) * 0.5)
 
 
-def add_random_stacks(sm, per_domain: dict[str, int], seed: int = 0, dtype: str = "float32") -> None:
+def add_random_stacks(sm, per_domain: dict[str, int], seed: int = 0, dtype: str = "float32", std: float = 0.05
+                      ) -> None:
+    """Frozen stacks with random deltas (B ~ N(0, std), distinct gates): `per_domain[d]` of them for each domain d,
+    the domain added first when missing. The one filler for tests and benchmarks."""
     k = 0
     for domain, n in per_domain.items():
         if domain not in sm.domains:
             sm.add_domain(domain)
         for _ in range(n):
             sm.start_stack(domain)
-            randomize_active(sm, seed=seed + k)
+            randomize_active(sm, std=std, seed=seed + k)
             sm.freeze_active(dtype)
             k += 1

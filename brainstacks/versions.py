@@ -1,4 +1,5 @@
-"""Versioned bundles for many readers (DESIGN §4): immutable version directories and one pointer, switched atomically.
+"""Versioned bundles for many readers (docs/DESIGN.md §4): immutable version directories and one pointer, switched
+atomically.
 
     BUNDLE/
       CURRENT                  "versions/<n>\\n": the version readers load (replaced by temp file + rename)
@@ -41,11 +42,6 @@ VERSIONS = "versions"
 KEEP_VERSIONS = 3  # default number of version directories kept (the current one among them)
 _POINTER_RE = re.compile(r"^versions/([1-9][0-9]{0,17})$")
 _STAGING = ".staging-"
-
-
-def is_versioned(root: str | os.PathLike) -> bool:
-    """Whether `root` holds a version pointer (BUNDLE/CURRENT)."""
-    return (Path(root) / POINTER).is_file()
 
 
 def version_dir(root: str | os.PathLike, version: int) -> Path:

@@ -1,4 +1,4 @@
-"""The OpenAI endpoints: /v1/completions and /v1/chat/completions, streaming and not (DESIGN §6).
+"""The OpenAI endpoints: /v1/completions and /v1/chat/completions, streaming and not (docs/DESIGN.md §6).
 
 A request is checked against the settings' limits, tokenized, resolved to domain weights (the `model` composition or
 the `weights` extension; None = routed by the engine at admission), and submitted as one engine request per prompt
@@ -113,7 +113,7 @@ def prepare(state: Any, body: CompletionRequest | ChatCompletionRequest) -> Prep
     max_tokens = body.max_tokens
     if chat and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
-    max_tokens = min(16, s.max_tokens_limit) if max_tokens is None else max_tokens
+    max_tokens = min(SamplingParams.max_tokens, s.max_tokens_limit) if max_tokens is None else max_tokens
     if max_tokens > s.max_tokens_limit:
         raise invalid(f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}.", "max_tokens")
     if n > s.max_n or n > s.max_batch:

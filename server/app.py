@@ -1,4 +1,4 @@
-"""`create_app(settings)`: the FastAPI application serving DESIGN §6.
+"""`create_app(settings)`: the FastAPI application serving docs/DESIGN.md §6.
 
     app = create_app(ServerSettings(bundle="out/bundle"))          # uvicorn.run(app, ...)
     app = create_app(settings, runner_factory=lambda s: runner)    # tests: any ModelRunner
@@ -9,8 +9,8 @@ requests finish for `drain_timeout` seconds, then aborts the rest. Every respons
 server; a client's own X-Request-Id is logged and kept in the debug record, never used as a key), and every request is
 logged as one JSON line (logger `brainstacks.access`).
 
-Security (DESIGN §6): `GuardMiddleware`, a pure ASGI layer in front of every route, checks the bearer key before any
-byte of the body is read, then reads the body up to `max_body_bytes` (413 beyond). /v1 and /metrics need the API key
+Security (docs/DESIGN.md §6): `GuardMiddleware`, a pure ASGI layer in front of every route, checks the bearer key before
+any byte of the body is read, then reads the body up to `max_body_bytes` (413 beyond). /v1 and /metrics need the API key
 (or the admin key) when one is set; /admin and /debug need the admin key when set, else the API key when set, else
 they answer loopback clients only (403 for others). /health*, / and the OpenAPI pages are open.
 """
@@ -295,7 +295,7 @@ def create_app(settings: ServerSettings | None = None,
             await asyncio.to_thread(state.shutdown)
 
     app = FastAPI(title="Brainstacks", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible routed inference over frozen MoE-LoRA stacks (DESIGN §6).")
+                  description="OpenAI-compatible routed inference over frozen MoE-LoRA stacks (docs/DESIGN.md §6).")
     app.state.bs = state
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, settings=settings)  # inner: auth, then the body limit

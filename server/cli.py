@@ -1,4 +1,4 @@
-"""`brainstacks serve` (DESIGN §5), registered into the console script by brainstacks_cli.main.
+"""`brainstacks serve` (docs/DESIGN.md §5), registered into the console script by brainstacks_cli.main.
 
     brainstacks serve [--bundle DIR] [--base DIR] [--host 127.0.0.1] [--port 8000] [--quantize nf4|fp4|none] [--watch]
                       [--ray --replicas N [--ray-address ADDR]]   (Ray Serve: server/ray_serve.py)
@@ -13,7 +13,7 @@ import argparse
 import functools
 import typing
 
-# the contract flags first (DESIGN §5), then the rest of ServerSettings in declaration order
+# the contract flags first (docs/DESIGN.md §5), then the rest of ServerSettings in declaration order
 _CONTRACT = ("bundle", "base", "host", "port", "quantize", "watch", "ray", "replicas", "ray_address")
 
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     from server.settings import ServerSettings
 
     p = subparsers.add_parser("serve", help="serve a bundle over the OpenAI-compatible HTTP API",
-                              description="Serve a bundle (default: the embedded demo) over HTTP (DESIGN §6).")
+                              description="Serve a bundle (default: the embedded demo) over HTTP (docs/DESIGN.md §6).")
     fields = ServerSettings.model_fields
     order = list(_CONTRACT) + [n for n in fields if n not in _CONTRACT]
     for name in order:

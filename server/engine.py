@@ -43,6 +43,9 @@ from typing import Any
 import torch
 
 from server.sampling import SamplingParams, make_generator, sample_batch
+from server.settings import ServerSettings
+
+_SETTINGS = ServerSettings.model_fields  # the Engine's defaults are the server's (declared once, in settings.py)
 
 log = logging.getLogger("brainstacks.engine")
 
@@ -201,9 +204,12 @@ def _lpad(x: torch.Tensor, width: int) -> torch.Tensor:
 class Engine:
     """Iteration-level scheduler over one runner. Start with `start()`; submit from any thread."""
 
-    def __init__(self, runner: Any, *, max_batch: int = 16, max_waiting: int = 64, max_prefill_tokens: int = 8192,
+    def __init__(self, runner: Any, *, max_batch: int = _SETTINGS["max_batch"].default,
+                 max_waiting: int = _SETTINGS["max_waiting"].default,
+                 max_prefill_tokens: int = _SETTINGS["max_prefill_tokens"].default,
                  metrics: Any = None, kv_token_budget: int = 0, max_queue_wait: float = 0.0,
-                 ready_failed_steps: int = 3, ready_stuck_seconds: float = 60.0):
+                 ready_failed_steps: int = _SETTINGS["ready_failed_steps"].default,
+                 ready_stuck_seconds: float = _SETTINGS["ready_stuck_seconds"].default):
         self.runner = runner
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §6), prefix `brainstacks_`, in a registry per app so several apps can live in one process."""
+"""Prometheus metrics (docs/DESIGN.md §6), prefix `brainstacks_`, in a registry per app so several apps can live in one process."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
+from brainstacks.config import RouterConfig
+
 _LAT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# 0, the serving policy's default cut (weights at or below it are skipped), then tenths
+_WEIGHT = tuple(sorted({0.0, RouterConfig.min_weight, *(k / 10 for k in range(2, 11))}))
 
 
 class Metrics:
@@ -31,7 +35,7 @@ class Metrics:
         self.batch_size = Histogram(p + "batch_size", "Rows per decode step.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                                     registry=r)
         self.router_weight = Histogram(p + "router_weight", "Serving weight per domain and request.", ["domain"],
-                                       buckets=(0.0, 0.12, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
+                                       buckets=_WEIGHT, registry=r)
         self.stacks_loaded = Gauge(p + "stacks_loaded", "Frozen stacks loaded.", registry=r)
         self.domains_loaded = Gauge(p + "domains_loaded", "Domains loaded.", registry=r)
         self.bundle_version = Gauge(p + "bundle_version", "Manifest version being served.", registry=r)

@@ -1,4 +1,5 @@
-"""Ray Serve deployment of the same FastAPI app (DESIGN §5 `serve --ray`, docs/SCALE_OUT.md): N replicas, one endpoint.
+"""Ray Serve deployment of the same FastAPI app (docs/DESIGN.md §5 `serve --ray`, docs/SCALE_OUT.md): N replicas,
+one endpoint.
 
     brainstacks serve --ray --replicas 2 --bundle shared/bundle --port 8000     # local Ray, or --ray-address ADDR
     serve run deploy/serve_config.yaml                                          # the same app from a Serve config

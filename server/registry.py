@@ -44,12 +44,6 @@ def _device(settings: ServerSettings) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def demo_bundle_dir() -> Path:
-    from brainstacks.demo import demo_bundle_path
-
-    return demo_bundle_path()
-
-
 def load_runner(settings: ServerSettings) -> ModelRunner:
     """Build the runner the settings describe: a bundle (default: the embedded demo), or a bare base with --base only."""
     if settings.bundle is None and settings.base is not None:
@@ -58,8 +52,9 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
         lb = load_base(settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
         return ModelRunner(lb.model, lb.tokenizer)
     from brainstacks.bundle import load_bundle
+    from brainstacks.demo import DEMO_BUNDLE
 
-    bundle = Path(settings.bundle) if settings.bundle is not None else demo_bundle_dir()
+    bundle = Path(settings.bundle) if settings.bundle is not None else DEMO_BUNDLE
     if settings.bundle is None and not (bundle / "manifest.json").is_file():
         from brainstacks.errors import BundleError
 

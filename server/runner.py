@@ -132,12 +132,10 @@ class ModelRunner:
         return [dict(w) for w in out]
 
     def _route_uncached(self, cut: list[list[int]]) -> list[dict[str, float]]:
-        from brainstacks.router import route
-        from brainstacks.text import pad_batch
+        from brainstacks.router import route_prompts
 
         doms = self.domains
-        ids, mask = pad_batch(cut, 0)  # pad value is masked out
-        w = route(self.stacked, self.router, ids, mask).float().cpu()  # (B, D_router), policy applied
+        w = route_prompts(self.stacked, self.tokenizer, self.router, cut, batch_size=len(cut))  # (B, D_router), policy
         rdoms = self.router_domains
         return [{d: float(w[i, j]) for j, d in enumerate(rdoms) if d in doms} for i in range(len(cut))]
 

@@ -1,5 +1,5 @@
-"""OpenAI request bodies (DESIGN §6) as strict pydantic models with bounds; responses are built as plain dicts in
-OpenAI's shapes.
+"""OpenAI request bodies (docs/DESIGN.md §6) as strict pydantic models with bounds; responses are built as plain
+dicts in OpenAI's shapes.
 
 Validation is strict (`"echo": 0`, `"max_tokens": "5"` and `1.0` for an integer are refused, as the JSON types in the
 schema say) and every field OpenAI's spec marks nullable accepts null, meaning "the default". Bounds here are the
@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from server.sampling import SamplingParams
 
 MAX_CHARS = 100_000_000  # hard ceiling of one prompt string; the served cap is settings.max_prompt_chars
 INT64 = 2**63
@@ -48,7 +50,8 @@ class _Common(BaseModel):
 
     model: str = Field("brainstacks", max_length=256, description=(
         "The composition: brainstacks (routed), brainstacks:base, brainstacks:all, brainstacks:<domain>."))
-    max_tokens: IntIn(1, 1_000_000) | None = Field(None, description="Most tokens to generate (default 16).")
+    max_tokens: IntIn(1, 1_000_000) | None = Field(None, description=(
+        f"Most tokens to generate (default {SamplingParams.max_tokens})."))
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy (default 1).")
     top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass (default 1).")
     top_k: IntIn(-1, 1_000_000) | None = Field(None, description="Keep the k most likely tokens (0 or -1: off).")

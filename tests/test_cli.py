@@ -1,4 +1,4 @@
-"""The console script: every DESIGN §5 subcommand is registered; shipped recipes are valid."""
+"""The console script: every docs/DESIGN.md §5 subcommand is registered; shipped recipes are valid."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The inner loop: residual boosting of one domain (DESIGN §2).
+"""The inner loop: residual boosting of one domain (docs/DESIGN.md §2).
 
 Round k puts a new trainable stack on every projection (every earlier stack frozen, summed ungated) and trains it on
 the domain's data. Validation runs every `eval_every` steps; the best snapshot is kept and restored at the end of the
@@ -30,10 +30,10 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from brainstacks.stacks import StackedModel
+from training.config import TrainConfig
 from training.data import Collator, DomainData, PreferenceCollator
 from training.dpo import dpo_loss, sequence_logprobs
 from training.evaluate import answer_ce, dataset_loss
-from training.recipe import TrainConfig
 from training.schedule import make_optimizer, warmup_cosine
 
 

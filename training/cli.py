@@ -68,10 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from brainstacks.bundle import load_bundle
+    from brainstacks.bundle import load_bundle, write_json
     from training.eval_report import evaluate_bundle, format_eval
     from training.recipe import load_recipe
-    from training.reports import write_json
 
     recipe = load_recipe(args.recipe)
     lb = load_bundle(args.bundle, base=args.base, quantize=args.quantize or recipe.base.quantize,
@@ -79,32 +78,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_bundle(lb, recipe, max_examples=args.max_examples, progress=not args.quiet)
     print(format_eval(result))
     path = args.json or os.path.join(args.bundle, "reports", "eval.json")
-    write_json(__import__("pathlib").Path(path), result)
+    write_json(path, result)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    import torch
 
     from brainstacks.bundle import load_bundle
     from brainstacks.errors import BundleError
-    from brainstacks.router import route
-    from training.data import encode_prompt
+    from brainstacks.router import apply_policy, route_prompts
+    from brainstacks.text import encode_prompt
 
     lb = load_bundle(args.bundle, base=args.base, quantize=args.quantize, device=args.device or _default_device())
     if lb.router is None:
         raise BundleError(f"{args.bundle}: bundle has no router (train one with `brainstacks train`)")
     prompt = " ".join(args.prompt)
-    ids = torch.tensor([encode_prompt(lb.base.tokenizer, prompt)])
-    raw = route(lb.stacked, lb.router, ids, apply=False)[0]
-    from brainstacks.router import apply_policy
-
-    w = apply_policy(raw[None], lb.router.domains, lb.router.config.min_weight, lb.router.config.floors)[0]
+    ids = encode_prompt(lb.base.tokenizer, prompt)
+    raw = route_prompts(lb.stacked, lb.base.tokenizer, lb.router, [ids], apply=False)  # (1, D)
+    w = apply_policy(raw, lb.router.domains, lb.router.config.min_weight, lb.router.config.floors)[0]
     print(json.dumps({"weights": {d: round(float(w[i]), 6) for i, d in enumerate(lb.router.domains)},
-                      "raw": {d: round(float(raw[i]), 6) for i, d in enumerate(lb.router.domains)},
+                      "raw": {d: round(float(raw[0, i]), 6) for i, d in enumerate(lb.router.domains)},
                       "active": [d for i, d in enumerate(lb.router.domains) if w[i] > 0],
-                      "bundle_version": lb.manifest.version, "prompt_tokens": int(ids.shape[1])}))
+                      "bundle_version": lb.manifest.version, "prompt_tokens": len(ids)}))
     return 0
 
 
@@ -112,7 +108,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train domain stacks and the router into a bundle",
                               description="Train every domain of the recipe missing from --out (residual boosting, "
                                           "null space), then the router; writes a new manifest version each time.")
-    p.add_argument("--recipe", required=True, help="recipe TOML (DESIGN §5)")
+    p.add_argument("--recipe", required=True, help="recipe TOML (docs/DESIGN.md §5)")
     p.add_argument("--out", required=True, help="bundle directory (created, or resumed/extended if it holds one)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (launches torchrun; gloo on CPU)")

@@ -42,11 +42,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from brainstacks.base import fingerprint_mismatches, load_base
+from brainstacks.base import load_base
 from brainstacks.bundle import (
     MANIFEST,
     DomainEntry,
     Manifest,
+    check_fingerprint,
     install_stacks,
     read_manifest,
     read_stacks,
@@ -55,6 +56,7 @@ from brainstacks.bundle import (
     save_router,
     save_stack,
     sha256_file,
+    write_json,
     write_manifest,
 )
 from brainstacks.errors import BundleError
@@ -63,7 +65,7 @@ from brainstacks.stacks import StackedModel
 from training.boosting import DomainResult, _world, train_domain, validation_loss
 from training.data import Collator, DomainData, load_domain, pad_id_of, read_jsonl_any, validate_recipe_data
 from training.recipe import Recipe
-from training.reports import forgetting_tables, plot_domain_curves, plot_matrix, write_json
+from training.reports import forgetting_tables, plot_domain_curves, plot_matrix
 
 REPORTS = "reports"
 
@@ -102,9 +104,7 @@ def _check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> M
     if not (out / MANIFEST).exists():
         return None
     m = read_manifest(out)
-    mism = fingerprint_mismatches(m.base["fingerprint"], fingerprint)
-    if mism:
-        raise BundleError(f"{out / MANIFEST}: bundle was built for another base ({mism[0]}); use a new --out", mism)
+    check_fingerprint(out, m, fingerprint, "; the bundle was built for another base: use a new --out")
     if m.stack_config != recipe.stack.to_dict():
         raise BundleError(f"{out / MANIFEST}: stack_config {m.stack_config} differs from the recipe's "
                           f"{recipe.stack.to_dict()}; use a new --out")

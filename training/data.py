@@ -1,4 +1,5 @@
-"""Training data: JSONL loaders for DESIGN §5's four formats, tokenization with answer-only labels, packing, collate.
+"""Training data: JSONL loaders for the formats of docs/DESIGN.md §5 (FORMATS), tokenization with answer-only labels,
+packing, collate.
 
     records = read_jsonl(path, "messages")           # validates every line first: DataError("file:line: reason")
     data = load_domain(spec, tokenizer, seq_len=512)  # DomainData(train=[...], valid=[...]) of SFTExample/PreferenceExample
@@ -40,9 +41,9 @@ import torch
 
 from brainstacks.errors import BrainstacksError
 from brainstacks.text import FALLBACK_CHAT_TEMPLATE, encode_prompt, render_chat  # noqa: F401 (re-exported)
+from training.config import FORMATS
 
 IGNORE_INDEX = -100
-FORMATS = ("prompt_completion", "messages", "text", "preference")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -312,14 +313,15 @@ def split_key(rec: Record | dict, fmt: str) -> str:
     return json.dumps([[m["role"], m["content"]] for m in msgs[:last]], ensure_ascii=False)
 
 
-def _bucket(key: str, seed: int) -> float:
+def hash_fraction(key: str, seed: int) -> float:
+    """A deterministic number in [0, 1) for `key` under `seed`: where a split puts the key (the same in every run)."""
     h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 
 def split_records(records: list[Record], fmt: str, fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Deterministic (train, valid) split by prompt hash; at least one example on each side when there are two."""
-    keyed = [(_bucket(split_key(r, fmt), seed), r) for r in records]
+    keyed = [(hash_fraction(split_key(r, fmt), seed), r) for r in records]
     valid = [r for b, r in keyed if b < fraction]
     train = [r for b, r in keyed if b >= fraction]
     if len(records) >= 2:
@@ -392,7 +394,7 @@ def load_domain(
     seed: int = 0,
     records: tuple[list[Record], list[Record] | None] | None = None,
 ) -> DomainData:
-    """Read, split and tokenize one recipe domain (a training.recipe.DomainSpec). Validation is never packed."""
+    """Read, split and tokenize one recipe domain (a training.config.DomainSpec). Validation is never packed."""
     if records is None:
         train_recs = read_jsonl(spec.train, spec.format)
         valid_recs = read_jsonl(spec.valid, spec.format) if spec.valid else None

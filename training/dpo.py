@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from training.config import TrainConfig
 from training.data import IGNORE_INDEX
-
-DEFAULT_BETA = 0.1  # mirrors training.recipe.TrainConfig.dpo_beta
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,7 +47,7 @@ def dpo_loss(
     policy_rejected: torch.Tensor,
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
-    beta: float = DEFAULT_BETA,
+    beta: float = TrainConfig.dpo_beta,
 ) -> tuple[torch.Tensor, DPOStats]:
     """The sigmoid DPO loss over (B,) sequence log-probs, and its metrics. Reference log-probs carry no gradient."""
     r_w = beta * (policy_chosen - ref_chosen.detach())  # (B,)

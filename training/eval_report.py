@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from brainstacks.bundle import LoadedBundle
-from brainstacks.router import route, weights_for_model
-from brainstacks.text import pad_batch
-from training.data import encode_prompt, pad_id_of, prompt_text, read_jsonl, split_records, tokenize_records
+from brainstacks.router import route_prompts, weights_for_model
+from training.data import pad_id_of, prompt_text, read_jsonl, split_records, tokenize_records
 from training.evaluate import example_loss_sums
 from training.recipe import Recipe
 from training.router_train import RouterExample, score_oracle
@@ -29,17 +28,9 @@ COLUMNS = ("base", "own", "ungated", "routed", "oracle")
 
 def routed_weights(sm, tokenizer, router, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
     """(N, D) serving weights in sm.domains order for raw prompts (zeros when there is no router)."""
-    tok = tokenizer
-    out = torch.zeros(len(prompts), len(sm.domains))
     if router is None:
-        return out
-    pad = pad_id_of(tok)
-    for s in range(0, len(prompts), batch_size):
-        ids = [encode_prompt(tok, p) for p in prompts[s : s + batch_size]]
-        input_ids, mask = pad_batch(ids, pad)
-        w = route(sm, router, input_ids, mask)
-        out[s : s + len(ids)] = weights_for_model(sm, router.domains, w)
-    return out
+        return torch.zeros(len(prompts), len(sm.domains))
+    return weights_for_model(sm, router.domains, route_prompts(sm, tokenizer, router, prompts, batch_size))
 
 
 def aligned_examples(tokenizer, records: list, fmt: str, seq_len: int) -> tuple[list, list]:

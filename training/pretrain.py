@@ -181,13 +181,9 @@ def build_model(config: PretrainConfig, tokenizer):
     return LlamaForCausalLM(mcfg)
 
 
-def lr_factor(step: int, config: PretrainConfig) -> float:
-    """Multiplier of the peak lr at `step`: linear warmup, then cosine down to `min_lr_ratio`."""
-    warmup = min(config.warmup_steps, max(1, config.steps // 10)) if config.warmup_steps else 0
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def warmup_of(config: PretrainConfig) -> int:
+    """Linear-warmup steps of the schedule (training.schedule.warmup_cosine): warmup_steps, at most a tenth of steps."""
+    return min(config.warmup_steps, max(1, config.steps // 10)) if config.warmup_steps else 0
 
 
 def _batch(stream, seq_len: int, batch_size: int, gen):
@@ -253,6 +249,8 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, corpus_t
     import torch
     from tqdm.auto import tqdm
 
+    from training.schedule import warmup_cosine
+
     cfg = config or PretrainConfig()
     cfg.validate()
     out = Path(out_dir)
@@ -285,7 +283,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, corpus_t
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    sched = warmup_cosine(opt, cfg.steps, warmup_of(cfg), cfg.min_lr_ratio)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: dict = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
     tokens_per_step = cfg.batch_size * cfg.seq_len

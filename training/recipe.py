@@ -1,26 +1,27 @@
-"""The training recipe (DESIGN §5): a TOML file, parsed and validated in full before any work starts.
+"""The training recipe (docs/DESIGN.md §5): a TOML file, parsed and validated in full before any work starts.
 
     recipe = load_recipe("recipes/demo.toml")     # raises ConfigError naming the file, key and value at fault
     recipe.stack          # brainstacks.config.StackConfig
-    recipe.train          # TrainConfig (defined here: the single source of truth for training defaults)
+    recipe.train          # training.config.TrainConfig
     recipe.router         # brainstacks.config.RouterConfig (serving-side: router_tokens, min_weight, floors)
-    recipe.router_train   # RouterTrainConfig (defined here)
+    recipe.router_train   # training.config.RouterTrainConfig
     recipe.domains        # [DomainSpec(name, train, valid, format, stage)], in curriculum order
     recipe.mixed          # [MixedSet(file, domains)]
 
-Sections and keys are exactly DESIGN §5's; any other key is an error
-(`recipe.toml: [train] unknown key 'stpes'`). Every value is type- and range-checked; files named by the recipe
-are resolved relative to the recipe file and must exist. Omitted keys take the defaults of the config dataclasses
-(StackConfig, RouterConfig, NullspaceConfig from `brainstacks.config`; TrainConfig, RouterTrainConfig below).
+Sections and keys are exactly docs/DESIGN.md §5's; any other key is an error
+(`recipe.toml: [train] unknown key 'stpes'`). Every value is type- and range-checked against its field's declaration
+(`brainstacks.config.bounded`), so the recipe accepts exactly what the library does; files named by the recipe are
+resolved relative to the recipe file and must exist. Omitted keys take the defaults of the config dataclasses
+(StackConfig, RouterConfig, NullspaceConfig from `brainstacks.config`; TrainConfig, RouterTrainConfig, BaseSpec from
+`training.config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,80 +30,10 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from brainstacks.config import FLOOR, TARGETS, NullspaceConfig, RouterConfig, StackConfig, check_field, declared_fields
 from brainstacks.errors import ConfigError
-
-FORMATS = ("prompt_completion", "messages", "text", "preference")
-STAGES = ("sft", "dpo")
-QUANTIZE = ("nf4", "fp4", "none")
-DTYPES = ("float32", "bfloat16", "float16")
-# Used as a directory name inside the bundle (stacks/<domain>/<k>) and as an OpenAI model suffix; mirrors
-# brainstacks.stacks.DOMAIN_NAME (checked equal in tests).
-DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@dataclass
-class TrainConfig:
-    """Inner-loop (residual boosting) settings. Recipe keys: everything but the fields marked 'not a recipe key'."""
-
-    steps_per_round: int = 400  # optimizer steps per boosting round
-    max_rounds: int = 3  # at most this many stacks per domain
-    min_improvement: float = 0.002  # add another round only while validation loss improves by at least this
-    lr: float = 2e-4
-    batch_size: int = 4  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seq_len: int = 512  # tokens per training sequence (longer examples are truncated)
-    eval_every: int = 50  # optimizer steps between validation passes (best snapshot kept and restored)
-    seed: int = 0
-    # Not recipe keys (DESIGN §5 fixes the key set); tuned here, read by the loops.
-    warmup_frac: float = 0.05  # fraction of steps_per_round spent in linear warmup
-    min_lr_frac: float = 0.1  # cosine floor, as a fraction of lr
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    spike_factor: float = 1.5  # stop a round early when validation loss exceeds best * spike_factor
-    valid_fraction: float = 0.1  # held-out share when a domain has no valid file
-    max_eval_batches: int = 50  # validation batches per evaluation (bounds eval cost)
-    dpo_beta: float = 0.1  # DPO temperature (stage = "dpo")
-
-
-@dataclass
-class RouterTrainConfig:
-    """Meta-router training (DESIGN §2). Recipe keys: enabled, oracle_samples, epochs, lr."""
-
-    enabled: bool = True
-    oracle_samples: int = 200  # prompt/answer pairs per domain scored by the outcome-based oracle
-    epochs: int = 8
-    lr: float = 8e-4
-    # Not recipe keys.
-    weight_decay: float = 0.01
-    batch_size: int = 16
-    oracle_mix: float = 0.8  # target = oracle_mix * oracle + (1 - oracle_mix) * label
-    greedy_threshold: float = 0.01  # the oracle adds a domain only if it lowers the loss by more than this
-    confidence_coef: float = 0.05  # weight of the confidence penalty mean(max(0, margin - |p - 0.5|))
-    confidence_margin: float = 0.3
-    valid_fraction: float = 0.15  # share of unique prompts held out to choose the best epoch
-    examples_per_domain: int = 400  # examples per domain (the first oracle_samples of them oracle-scored)
-
-
-@dataclass
-class BaseSpec:
-    model: Path | str  # absolute path of a HF directory or .gguf file, or "package:<dist>/<file>"
-    quantize: str = "nf4"
-    dtype: str = "float32"
-
-
-@dataclass
-class DomainSpec:
-    name: str
-    train: Path
-    valid: Path | None = None
-    format: str = "prompt_completion"
-    stage: str = "sft"
-
-
-@dataclass
-class MixedSet:
-    file: Path
-    domains: list[str] = field(default_factory=list)
+from brainstacks.stacks import DOMAIN_NAME
+from training.config import FORMATS, STAGES, BaseSpec, DomainSpec, MixedSet, RouterTrainConfig, TrainConfig
 
 
 @dataclass
@@ -137,37 +68,10 @@ class _Ctx:
         return ConfigError(f"{self.path}: {where} {msg}" if where else f"{self.path}: {msg}")
 
 
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], Any]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"must be an integer, got {v!r}")
-        if lo is not None and v < lo:
-            raise ValueError(f"must be >= {lo}, got {v!r}")
-        if hi is not None and v > hi:
-            raise ValueError(f"must be <= {hi}, got {v!r}")
-        return v
-
-    return check
-
-
-def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[Any], Any]:
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"must be a finite number, got {v!r}")
-        v = float(v)
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            raise ValueError(f"must be {'>' if lo_open else '>='} {lo}, got {v!r}")
-        if hi is not None and v > hi:
-            raise ValueError(f"must be <= {hi}, got {v!r}")
-        return v
-
-    return check
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"must be true or false, got {v!r}")
-    return v
+def _declared(cls: type, *names: str) -> dict[str, Callable[[Any], Any]]:
+    """Checkers for recipe keys that are fields of `cls`, read from the fields' own declarations."""
+    fields = declared_fields(cls)
+    return {n: partial(check_field, fields[n]) for n in names}
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], Any]:
@@ -186,8 +90,6 @@ def _str(v: Any) -> str:
 
 
 def _targets(v: Any) -> tuple[str, ...]:
-    from brainstacks.config import TARGETS
-
     if not isinstance(v, list) or not v or not all(isinstance(t, str) for t in v):
         raise ValueError(f"must be a non-empty list of projection names, got {v!r}")
     bad = [t for t in v if t not in TARGETS]
@@ -198,36 +100,19 @@ def _targets(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-# The contract key set (DESIGN §5) with each key's checker.
-_BASE_KEYS = {"model": _str, "quantize": _choice(QUANTIZE), "dtype": _choice(DTYPES)}
+# The contract key set (docs/DESIGN.md §5) with each key's checker, derived from the config fields' declarations.
+_BASE_KEYS = {"model": _str, **_declared(BaseSpec, "quantize", "dtype")}
 _STACK_KEYS = {
-    "experts": _int(1, 64),
-    "top_k": _int(1, 64),
-    "rank": _int(1, 1024),
-    "alpha": _float(0.0, lo_open=True),
-    "rslora": _bool,
+    **_declared(StackConfig, "experts", "top_k", "rank", "alpha", "rslora", "aux_loss_coef"),
     "targets": _targets,
-    "aux_loss_coef": _float(0.0),
 }
-_TRAIN_KEYS = {
-    "steps_per_round": _int(1),
-    "max_rounds": _int(1, 64),
-    "min_improvement": _float(0.0),
-    "lr": _float(0.0, 1.0, lo_open=True),
-    "batch_size": _int(1),
-    "grad_accum": _int(1),
-    "seq_len": _int(8),
-    "eval_every": _int(1),
-    "seed": _int(0),
-}
-_NULLSPACE_KEYS = {"enabled": _bool, "samples": _int(1), "directions": _int(1)}
+_TRAIN_KEYS = _declared(TrainConfig, "steps_per_round", "max_rounds", "min_improvement", "lr", "batch_size",
+                        "grad_accum", "seq_len", "eval_every", "seed")
+_NULLSPACE_KEYS = _declared(NullspaceConfig, "enabled", "samples", "directions")
+_ROUTER_SERVING = ("router_tokens", "min_weight")  # RouterConfig's keys; the rest of [router] is RouterTrainConfig's
 _ROUTER_KEYS = {
-    "enabled": _bool,
-    "router_tokens": _int(1),
-    "oracle_samples": _int(1),
-    "epochs": _int(1),
-    "lr": _float(0.0, 1.0, lo_open=True),
-    "min_weight": _float(0.0, 1.0),
+    **_declared(RouterTrainConfig, "enabled", "oracle_samples", "epochs", "lr"),
+    **_declared(RouterConfig, *_ROUTER_SERVING),
     "floors": None,  # checked against the domain list below
 }
 _DOMAIN_KEYS = {"name", "train", "valid", "format", "stage"}
@@ -310,8 +195,6 @@ def _make(ctx: _Ctx, section: str, cls: type, values: dict[str, Any], rename: di
 
 def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> Recipe:
     """Validate an already-decoded TOML document. `path` is used for messages and relative paths."""
-    from brainstacks.config import NullspaceConfig, RouterConfig, StackConfig
-
     ctx = _Ctx(path)
     root = path.parent
     for key in doc:
@@ -322,12 +205,10 @@ def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> R
     if "model" not in base_raw:
         raise ctx.err("[base]", "missing required key 'model'")
     model = _resolve_base(ctx, base_raw["model"], root, check_files)
-    base = BaseSpec(model=model, quantize=base_raw.get("quantize", "nf4"), dtype=base_raw.get("dtype", "float32"))
+    base = _make(ctx, "base", BaseSpec, {**base_raw, "model": model})
 
     stack_raw = _section(ctx, doc, "stack", _STACK_KEYS)
-    stack = _make(ctx, "stack", StackConfig, stack_raw)
-    if stack.top_k > stack.experts:
-        raise ctx.err("[stack] top_k", f"must be <= experts ({stack.experts}), got {stack.top_k}")
+    stack = _make(ctx, "stack", StackConfig, stack_raw)  # validate() checks top_k <= experts
 
     train = _make(ctx, "train", TrainConfig, _section(ctx, doc, "train", _TRAIN_KEYS))
     nullspace = _make(ctx, "nullspace", NullspaceConfig, _section(ctx, doc, "nullspace", _NULLSPACE_KEYS))
@@ -344,11 +225,11 @@ def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> R
             if dom not in names:
                 raise ctx.err(f"[router] floors.{dom}", f"names unknown domain {dom!r} (domains: {', '.join(names)})")
             try:
-                floors[dom] = _float(0.0, 1.0)(w)
+                floors[dom] = check_field(FLOOR, w)
             except ValueError as e:
                 raise ctx.err(f"[router] floors.{dom}", str(e)) from None
         router_raw["floors"] = dict(floors)
-    serving = {k: v for k, v in router_raw.items() if k in ("router_tokens", "min_weight", "floors")}
+    serving = {k: v for k, v in router_raw.items() if k in (*_ROUTER_SERVING, "floors")}
     training = {k: v for k, v in router_raw.items() if k not in serving}
     router = _make(ctx, "router", RouterConfig, serving)
     router_train = _make(ctx, "router", RouterTrainConfig, training)

@@ -1,14 +1,13 @@
 """Reports written to BUNDLE/reports/: loss curves (PNG), the forgetting matrix (JSON + PNG), routing tables (JSON).
 
-Plots use matplotlib's Agg backend (no display needed). Every writer also returns the path it wrote. Every file is
-written atomically (temp file, fsync, rename, umask permissions: brainstacks.bundle.atomic_write), so a run killed
-while writing reports leaves each report either as it was or complete, never half-written.
+JSON goes through brainstacks.bundle.write_json (NaN as null). Plots use matplotlib's Agg backend (no display
+needed). Every writer also returns the path it wrote. Every file is written atomically (temp file, fsync, rename,
+umask permissions: brainstacks.bundle.atomic_write), so a run killed while writing reports leaves each report
+either as it was or complete, never half-written.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [clean(v) for v in o]
-        return o
-
-    text = json.dumps(clean(obj), indent=2) + "\n"
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, w)
-    return path
 
 
 def _save(fig, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Outcome-based router targets and the router loss (DESIGN §2), as pure functions on loss tables.
+"""Outcome-based router targets and the router loss (docs/DESIGN.md §2), as pure functions on loss tables.
 
 For a prompt/answer pair with answer-only cross-entropy `base` (all stacks off) and `single[d]` (domain d alone):
 
@@ -18,16 +18,16 @@ many (example, combination) queries in one batched forward with per-row weights)
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-GREEDY_THRESHOLD = 0.01  # defaults mirror training.recipe.RouterTrainConfig (oracle_mix, greedy_threshold, ...)
-ORACLE_MIX = 0.8
-CONFIDENCE_COEF = 0.05
-CONFIDENCE_MARGIN = 0.3
+from training.config import RouterTrainConfig
+from training.data import hash_fraction
+
+# defaults are RouterTrainConfig's (oracle_mix, greedy_threshold, confidence_coef, confidence_margin)
+_DEFAULTS = RouterTrainConfig()
 
 Query = tuple[int, frozenset]  # (example index, combination of domain names)
 ComboLoss = Callable[[Sequence[Query]], Sequence[float]]
@@ -53,7 +53,7 @@ def greedy_oracle(
     base: Sequence[float],
     single: Sequence[Sequence[float]] | Sequence[Mapping[str, float]],
     combo_loss: ComboLoss | None = None,
-    threshold: float = GREEDY_THRESHOLD,
+    threshold: float = _DEFAULTS.greedy_threshold,
     seeds: Sequence[frozenset] = (),
 ) -> list[frozenset]:
     """The oracle's best combination of domains for each example (empty: the base alone is best).
@@ -121,23 +121,6 @@ def greedy_oracle(
     return sets
 
 
-def oracle_search(
-    domains: Sequence[str],
-    base: float,
-    single: Mapping[str, float],
-    combos: Mapping[frozenset, float] | Callable[[frozenset], float] | None = None,
-    threshold: float = GREEDY_THRESHOLD,
-) -> frozenset:
-    """greedy_oracle for one example; combos is a table {frozenset(names): loss} or a function of the set."""
-    if combos is None:
-        fn = None
-    elif callable(combos):
-        fn = lambda qs: [combos(c) for _, c in qs]  # noqa: E731
-    else:
-        fn = table_combo_loss([combos])
-    return greedy_oracle(domains, [base], [single], fn, threshold)[0]
-
-
 def label_vector(labels: Iterable[str], domains: Sequence[str]) -> list[float]:
     """One-hot (one label) or multi-hot (a mixed set) over `domains`; an unknown name is a KeyError."""
     labels = set(labels)
@@ -148,7 +131,7 @@ def label_vector(labels: Iterable[str], domains: Sequence[str]) -> list[float]:
 
 
 def mix_target(
-    oracle: Iterable[str], labels: Iterable[str], domains: Sequence[str], mix: float = ORACLE_MIX
+    oracle: Iterable[str], labels: Iterable[str], domains: Sequence[str], mix: float = _DEFAULTS.oracle_mix
 ) -> list[float]:
     """mix · multi_hot(oracle) + (1 − mix) · label_vector(labels)."""
     o = label_vector(oracle, domains)
@@ -160,8 +143,8 @@ def router_loss(
     probs: torch.Tensor,
     targets: torch.Tensor,
     logits: torch.Tensor | None = None,
-    coef: float = CONFIDENCE_COEF,
-    margin: float = CONFIDENCE_MARGIN,
+    coef: float = _DEFAULTS.confidence_coef,
+    margin: float = _DEFAULTS.confidence_margin,
 ) -> torch.Tensor:
     """BCE(probs, targets) + coef · mean(max(0, margin − |probs − 0.5|)); all tensors (B, D).
 
@@ -182,11 +165,7 @@ def split_by_prompt(prompts: Sequence[str], valid_fraction: float, seed: int = 0
 
     With at least two unique prompts, both sides are non-empty.
     """
-
-    def bucket(p: str) -> float:
-        return int.from_bytes(hashlib.sha256(f"{seed}\0{p}".encode()).digest()[:8], "big") / 2**64
-
-    uniq = sorted(set(prompts), key=bucket)
+    uniq = sorted(set(prompts), key=lambda p: hash_fraction(p, seed))
     n_valid = round(len(uniq) * valid_fraction)
     if len(uniq) >= 2:
         n_valid = min(max(n_valid, 1), len(uniq) - 1)

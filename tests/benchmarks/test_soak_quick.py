@@ -1,6 +1,6 @@
 """benchmarks.soak, shortened (about a minute): a real server under mixed traffic with dropped streams, abandoned
 requests, bad inputs and hot reloads (one of them poisoned) answers every other request, leaks no row, and writes the
-DESIGN §7 report. The figures of a long run (RSS growth, p99 ratio) are the benchmark's, recorded in
+docs/DESIGN.md §7 report. The figures of a long run (RSS growth, p99 ratio) are the benchmark's, recorded in
 docs/BENCHMARKS.md, not asserted here."""
 
 from __future__ import annotations

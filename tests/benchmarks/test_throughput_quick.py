@@ -1,5 +1,5 @@
-"""benchmarks/common.py (the DESIGN §7 report) and the pieces of benchmarks/throughput.py that run without a server
-under load: the tiny bundle it builds, the manifest bump its reloads publish, and its naive baseline server.
+"""benchmarks/common.py (the docs/DESIGN.md §7 report) and the pieces of benchmarks/throughput.py that run without a
+server under load: the tiny bundle it builds, the manifest bump its reloads publish, and its naive baseline server.
 The benchmark itself (minutes of load) runs as `python -m benchmarks.throughput --quick`, not here.
 """
 

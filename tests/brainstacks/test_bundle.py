@@ -1,4 +1,4 @@
-"""The DESIGN §4 bundle: round trip, atomic manifest, and refusal of every kind of bad bundle with a named file."""
+"""The docs/DESIGN.md §4 bundle: round trip, atomic manifest, refusal of every kind of bad bundle with a named file."""
 
 from __future__ import annotations
 

@@ -6,9 +6,15 @@ import torch
 
 from brainstacks.base import load_base
 from brainstacks.config import StackConfig
-from brainstacks.nullspace import collect_directions, residual_ratio
+from brainstacks.nullspace import collect_directions
 from brainstacks.stacks import StackedModel
 from brainstacks.testing import add_random_stacks, randomize_active
+
+
+def residual_ratio(delta: torch.Tensor, V: torch.Tensor) -> float:
+    """‖Vᵀ δ‖ / ‖δ‖ over all rows of δ (..., d_out): 0 when δ lies entirely in the complement of span(V)."""
+    d = delta.reshape(-1, delta.shape[-1]).float()
+    return float((d @ V.float()).norm() / d.norm().clamp_min(1e-30))
 
 
 def sample_batches(n: int, seq: int = 8, bs: int = 8, seed: int = 0):

@@ -8,7 +8,7 @@ import torch
 from brainstacks.base import load_base
 from brainstacks.config import RouterConfig, StackConfig
 from brainstacks.errors import RoutingError
-from brainstacks.router import MetaRouter, apply_policy, route, router_features, weights_for_model
+from brainstacks.router import MetaRouter, apply_policy, route, route_prompts, router_features, weights_for_model
 from brainstacks.stacks import StackedModel
 from brainstacks.testing import add_random_stacks
 
@@ -73,3 +73,23 @@ def test_route_end_to_end_and_reorder(stacked):
     assert w.shape == (3, 2)
     mw = weights_for_model(stacked, r.domains, w)
     assert torch.equal(mw[:, 0], w[:, 1]) and torch.equal(mw[:, 1], w[:, 0])  # model order is math, code
+
+
+def test_route_prompts_is_route_per_prompt(base_dirs):
+    """Text and token ids alike, batched and cut to router_tokens, give what route() gives each prompt alone."""
+    lb = load_base(base_dirs["llama"], quantize="nf4")
+    sm = StackedModel(lb.model, StackConfig(rank=4))
+    add_random_stacks(sm, {"math": 1, "code": 1}, dtype="bfloat16")
+    torch.manual_seed(0)
+    r = MetaRouter(sm.model.config.hidden_size, ["code", "math"], RouterConfig(hidden=32, mlp_hidden=32,
+                                                                              router_tokens=6, min_weight=0.5))
+    from brainstacks.text import encode_prompt
+
+    texts = ["one two three four five six seven eight nine", "hi", "a b c"]
+    ids = [encode_prompt(lb.tokenizer, t) for t in texts]
+    alone = torch.cat([route(sm, r, torch.tensor([i[:6]])) for i in ids])  # (3, 2)
+    assert torch.allclose(route_prompts(sm, lb.tokenizer, r, texts, batch_size=2), alone, atol=1e-5)
+    assert torch.allclose(route_prompts(sm, lb.tokenizer, r, ids), alone, atol=1e-5)
+    raw = route_prompts(sm, lb.tokenizer, r, texts, apply=False)
+    assert torch.allclose(apply_policy(raw, r.domains, 0.5), alone, atol=1e-5)
+    assert ((raw > 0) & (raw < 1)).all() and len(ids[0]) > 6

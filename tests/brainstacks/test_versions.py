@@ -42,9 +42,8 @@ def test_single_directory_resolves_to_itself(tmp_path):
 
 
 def test_shipped_demo_bundle_is_single_directory():
-    from brainstacks.demo import demo_bundle_path
+    from brainstacks.demo import DEMO_BUNDLE as demo
 
-    demo = demo_bundle_path()
     assert resolve_bundle_dir(demo) == demo and not (demo / POINTER).exists()
 
 

@@ -1,4 +1,4 @@
-"""`brainstacks serve` CLI (DESIGN §5), the Dockerfile's entrypoint, and a real process: serve, stream, SIGTERM."""
+"""`brainstacks serve` CLI (docs/DESIGN.md §5), the Dockerfile's entrypoint, a real process: serve, stream, SIGTERM."""
 
 from __future__ import annotations
 

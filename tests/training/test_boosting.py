@@ -12,8 +12,8 @@ from brainstacks.config import StackConfig
 from brainstacks.stacks import StackedModel
 from brainstacks.testing import tiny_base
 from training.boosting import train_domain, validation_loss
+from training.config import TrainConfig
 from training.data import DomainData, Record, pad_id_of, tokenize_records
-from training.recipe import TrainConfig
 from training.testing import TOY_DOMAINS
 
 

@@ -152,7 +152,8 @@ def test_bundle_files_get_the_umask_permissions(one_domain):
 
 
 def test_reports_are_written_atomically(tmp_path, monkeypatch):
-    from training.reports import plot_matrix, write_json
+    from brainstacks.bundle import write_json
+    from training.reports import plot_matrix
 
     path = write_json(tmp_path / "r" / "a.json", {"x": 1.0})
     assert json.loads(path.read_text()) == {"x": 1.0}

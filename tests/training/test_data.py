@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from training.config import DomainSpec
 from training.data import (
     FALLBACK_CHAT_TEMPLATE,
     IGNORE_INDEX,
@@ -21,7 +22,6 @@ from training.data import (
     tokenize_records,
     tokenize_sft,
 )
-from training.recipe import DomainSpec
 
 
 def answer_text(tok, ex) -> str:

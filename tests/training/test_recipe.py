@@ -1,4 +1,4 @@
-"""Recipe parsing: DESIGN §5 keys, defaults from the config dataclasses, errors that name the key and value."""
+"""Recipe parsing: docs/DESIGN.md §5 keys, defaults from the config dataclasses, errors that name the key and value."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from brainstacks.config import NullspaceConfig, RouterConfig, StackConfig
 from brainstacks.errors import ConfigError
-from training.recipe import RouterTrainConfig, TrainConfig, load_recipe
+from training.config import RouterTrainConfig, TrainConfig
+from training.recipe import load_recipe
 
 FULL = """
 [base]
@@ -129,7 +130,10 @@ def test_defaults_come_from_the_config_dataclasses(tree: Path):
         ("top_k = 1", "top_k = 3", "[stack] top_k must be"),
         ('"q_proj", "v_proj"', '"q_proj", "qkv"', "[stack] targets has unknown projection 'qkv'"),
         ('quantize = "none"', 'quantize = "int8"', "[base] quantize must be one of"),
-        ("min_weight = 0.1", "min_weight = 1.5", "[router] min_weight must be <= 1.0, got 1.5"),
+        ("min_weight = 0.1", "min_weight = 1.0", "[router] min_weight must be < 1.0, got 1.0"),
+        ("min_weight = 0.1", "min_weight = 1.5", "[router] min_weight must be < 1.0, got 1.5"),
+        ("router_tokens = 32", "router_tokens = 65537", "[router] router_tokens must be <= 65536, got 65537"),
+        ("chat = 0.2", "chat = 1.2", "[router] floors.chat must be <= 1.0, got 1.2"),
         ("chat = 0.2", "code = 0.2", "[router] floors.code names unknown domain 'code'"),
         ('stage = "dpo"', 'stage = "sft"', "stage 'sft' does not fit format 'preference'"),
         ('format = "messages"', 'format = "chat"', "format must be one of"),
@@ -161,8 +165,36 @@ def test_missing_domains_and_bad_toml(tree: Path):
         load_recipe(tree / "absent.toml")
 
 
-def test_domain_name_rule_matches_the_core():
-    from brainstacks.stacks import DOMAIN_NAME as CORE
-    from training.recipe import DOMAIN_NAME
+@pytest.mark.parametrize("section, cls", [("stack", StackConfig), ("train", TrainConfig),
+                                          ("nullspace", NullspaceConfig), ("router", RouterConfig),
+                                          ("router", RouterTrainConfig)])
+def test_the_recipe_and_the_library_accept_the_same_values(section, cls):
+    """At and just past every declared bound, a recipe key is accepted exactly when the library's validate() accepts
+    the same value (they used to disagree: router_tokens 65537, min_weight 1.0, experts 65)."""
+    import dataclasses
 
-    assert DOMAIN_NAME.pattern == CORE.pattern
+    from brainstacks.config import declared_fields
+    from training.recipe import parse_recipe
+
+    tried = 0
+    for name, f in declared_fields(cls).items():
+        lo, hi, kind = f.metadata["min"], f.metadata["max"], type(f.default)
+        for v in [b + d for b in (lo, hi) if b is not None for d in (-1, 0, 1)]:
+            v = kind(v)
+            try:
+                dataclasses.replace(cls(), **{name: v}).validate()
+                library = True
+            except ConfigError:
+                library = False
+            doc = {"base": {"model": "b"}, section: {name: v}, "domains": [{"name": "a", "train": "a.jsonl"}]}
+            try:
+                parse_recipe(doc, Path("/r/recipe.toml"), check_files=False)
+                recipe = True
+            except ConfigError as e:
+                if "unknown key" in str(e):  # a tuned field, not a recipe key
+                    break
+                assert name in str(e)
+                recipe = False
+            assert recipe == library, (section, name, v)
+            tried += 1
+    assert tried >= 3

@@ -1,4 +1,4 @@
-"""The outcome-based oracle, target mixing and router loss on hand-made loss tables (DESIGN §2)."""
+"""The outcome-based oracle, target mixing and router loss on hand-made loss tables (docs/DESIGN.md §2)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from training.config import RouterTrainConfig
 from training.router_targets import (
     greedy_oracle,
     label_vector,
     mix_target,
-    oracle_search,
     router_loss,
     split_by_prompt,
     table_combo_loss,
@@ -19,6 +19,17 @@ from training.router_targets import (
 
 D = ["chat", "math", "code"]
 S = frozenset
+
+
+def oracle_search(domains, base: float, single, combos=None, threshold: float = RouterTrainConfig.greedy_threshold):
+    """greedy_oracle for one example; combos is a table {frozenset(names): loss} or a function of the set."""
+    if combos is None:
+        fn = None
+    elif callable(combos):
+        fn = lambda qs: [combos(c) for _, c in qs]  # noqa: E731
+    else:
+        fn = table_combo_loss([combos])
+    return greedy_oracle(domains, [base], [single], fn, threshold)[0]
 
 
 def test_no_single_domain_beats_base_gives_empty_oracle():

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from brainstacks.config import RouterConfig, StackConfig
+from training.config import RouterTrainConfig
 from training.data import Record
 from training.evaluate import dataset_loss, example_losses
-from training.recipe import RouterTrainConfig
 from training.router_targets import greedy_oracle, table_combo_loss
 from training.router_train import build_router_examples, fit_router, routing_report, score_oracle
 
