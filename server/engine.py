@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from brainstacks.text import pad_batch
 from server.sampling import SamplingParams, make_generator, sample_batch
 from server.settings import ServerSettings
 
@@ -468,14 +469,8 @@ class Engine:
 
         # one left-padded forward over every newcomer's prompt, each row with its own weights
         t0 = time.perf_counter()
-        width = max(len(q.prompt_ids) for q in reqs)
         k = len(reqs)
-        ids = torch.zeros((k, width), dtype=torch.long)
-        mask = torch.zeros((k, width), dtype=torch.long)
-        for i, q in enumerate(reqs):
-            L = len(q.prompt_ids)
-            ids[i, width - L :] = torch.tensor(q.prompt_ids, dtype=torch.long)
-            mask[i, width - L :] = 1
+        ids, mask = pad_batch([q.prompt_ids for q in reqs], 0, left=True)  # (k, width) each; pad id 0 is masked out
         pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (k, width)
         cache = r.new_cache()
         logits = r.forward(ids, mask, pos_ids, cache, r.weights_tensor([q.weights for q in reqs]))  # (k, V)
