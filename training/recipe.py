@@ -248,6 +248,21 @@ def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> R
     )
 
 
+def _check_keys(ctx: _Ctx, where: str, table: dict, known: set[str], required: tuple[str, ...]) -> None:
+    """One [[array]] entry: every key known, every required key present."""
+    for key in table:
+        if key not in known:
+            raise ctx.err(where, f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+    for key in required:
+        if key not in table:
+            raise ctx.err(where, f"missing required key {key!r}")
+
+
+def _data_file(ctx: _Ctx, where: str, value: Any, root: Path, check_files: bool) -> Path:
+    """A data file the recipe names, relative to the recipe; it must exist when check_files."""
+    return _resolve_file(ctx, where, value, root) if check_files else (root / value).resolve()
+
+
 def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[DomainSpec]:
     raw = doc.get("domains")
     if raw is None:
@@ -258,12 +273,7 @@ def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[
     seen: set[str] = set()
     for i, d in enumerate(raw):
         where = f"[[domains]] #{i + 1}"
-        for key in d:
-            if key not in _DOMAIN_KEYS:
-                raise ctx.err(where, f"unknown key {key!r} (known: {', '.join(sorted(_DOMAIN_KEYS))})")
-        for key in ("name", "train"):
-            if key not in d:
-                raise ctx.err(where, f"missing required key {key!r}")
+        _check_keys(ctx, where, d, _DOMAIN_KEYS, ("name", "train"))
         name = d["name"]
         if not isinstance(name, str) or not DOMAIN_NAME.match(name):
             raise ctx.err(
@@ -274,11 +284,11 @@ def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[
         seen.add(name)
         where = f"[[domains]] {name!r}"
         try:
-            fmt = _choice(FORMATS)(d.get("format", "prompt_completion"))
+            fmt = _choice(FORMATS)(d.get("format", DomainSpec.format))
         except ValueError as e:
             raise ctx.err(f"{where} format", str(e)) from None
         try:
-            stage = _choice(STAGES)(d.get("stage", "sft"))
+            stage = _choice(STAGES)(d.get("stage", DomainSpec.stage))
         except ValueError as e:
             raise ctx.err(f"{where} stage", str(e)) from None
         if (stage == "dpo") != (fmt == "preference"):
@@ -288,9 +298,7 @@ def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[
             )
 
         def file(key: str, _d=d, _where=where) -> Path:
-            if check_files:
-                return _resolve_file(ctx, f"{_where} {key}", _d[key], root)
-            return (root / _d[key]).resolve()
+            return _data_file(ctx, f"{_where} {key}", _d[key], root, check_files)
 
         out.append(
             DomainSpec(
@@ -308,19 +316,14 @@ def _parse_mixed(ctx: _Ctx, doc: dict, root: Path, names: list[str], check_files
     out = []
     for i, m in enumerate(raw):
         where = f"[[router.mixed]] #{i + 1}"
-        for key in m:
-            if key not in _MIXED_KEYS:
-                raise ctx.err(where, f"unknown key {key!r} (known: {', '.join(sorted(_MIXED_KEYS))})")
-        for key in ("file", "domains"):
-            if key not in m:
-                raise ctx.err(where, f"missing required key {key!r}")
+        _check_keys(ctx, where, m, _MIXED_KEYS, ("file", "domains"))
         doms = m["domains"]
         if not isinstance(doms, list) or not doms or not all(isinstance(x, str) for x in doms):
             raise ctx.err(f"{where} domains", f"must be a non-empty list of domain names, got {doms!r}")
         for x in doms:
             if x not in names:
                 raise ctx.err(f"{where} domains", f"names unknown domain {x!r} (domains: {', '.join(names)})")
-        path = _resolve_file(ctx, f"{where} file", m["file"], root) if check_files else (root / m["file"]).resolve()
+        path = _data_file(ctx, f"{where} file", m["file"], root, check_files)
         out.append(MixedSet(file=path, domains=list(dict.fromkeys(doms))))
     return out
 
