@@ -319,7 +319,7 @@ class Engine:
                                          f"({self.health().get('reason') or 'busy'})") from None
         return await asyncio.wrap_future(fut)
 
-    def drain(self, drain_timeout: float = 10.0) -> None:
+    def drain(self, drain_timeout: float = _SETTINGS["drain_timeout"].default) -> None:
         """Stop admitting, let running and waiting requests finish for up to drain_timeout, then fail the rest with
         an error event (code shutting_down), so every open stream ends with an error event instead of being cut."""
         with self._cv:
@@ -331,7 +331,7 @@ class Engine:
         if self.running_rows or self._waiting_rows:
             self.abort_in_flight()
 
-    def stop(self, drain_timeout: float = 10.0) -> None:
+    def stop(self, drain_timeout: float = _SETTINGS["drain_timeout"].default) -> None:
         """`drain`, then end the model thread."""
         self.drain(drain_timeout)
         with self._cv:

@@ -128,7 +128,8 @@ class ReloadResult:
 class Registry:
     """Describes and reloads the served bundle. One reload at a time."""
 
-    def __init__(self, runner: ModelRunner, engine: Any, metrics: Any = None, call_timeout: float = 60.0):
+    def __init__(self, runner: ModelRunner, engine: Any, metrics: Any = None,
+                 call_timeout: float = ServerSettings.model_fields["engine_call_timeout"].default):
         self.runner = runner
         self.engine = engine
         self.metrics = metrics
