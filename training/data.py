@@ -41,7 +41,7 @@ import torch
 
 from brainstacks.errors import BrainstacksError
 from brainstacks.text import FALLBACK_CHAT_TEMPLATE, encode_prompt, render_chat  # noqa: F401 (re-exported)
-from training.config import FORMATS
+from training.config import FORMATS, TrainConfig
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -390,8 +390,8 @@ def load_domain(
     tokenizer,
     seq_len: int,
     packing: bool = False,
-    valid_fraction: float = 0.1,
-    seed: int = 0,
+    valid_fraction: float = TrainConfig.valid_fraction,
+    seed: int = TrainConfig.seed,
     records: tuple[list[Record], list[Record] | None] | None = None,
 ) -> DomainData:
     """Read, split and tokenize one recipe domain (a training.config.DomainSpec). Validation is never packed."""
