@@ -192,7 +192,6 @@ class ClusterView:
         self.rollout = rollout
         self.reload_timeout = reload_timeout
         self.seen = 0  # the last rollout generation this replica acted on
-        self.registered = False
 
     def info(self) -> dict[str, Any]:
         r = self.state.runner
@@ -208,7 +207,6 @@ class ClusterView:
 
         handle = ray.get_runtime_context().current_actor
         self.seen = await self.rollout.register.remote(self.replica_id, handle, self.info())
-        self.registered = True
 
     async def follow(self) -> None:
         """Long-poll the Rollout actor; on each new generation reload this replica and report."""
