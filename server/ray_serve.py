@@ -38,6 +38,7 @@ log = logging.getLogger("brainstacks.server")
 
 APP_NAME = "brainstacks"
 NAMESPACE = "brainstacks"
+DEAD_AFTER = 3  # failed liveness pings in a row before the Rollout actor forgets a replica
 POLL_S = 5.0  # a replica's long-poll on the Rollout actor; also how fresh the others' reported state is
 
 
@@ -99,17 +100,27 @@ class Rollout:
             return False
 
     async def _prune(self) -> None:
+        """Forget replicas that failed DEAD_AFTER pings in a row. One failed ping is not enough: a replica busy
+        loading a new version (the very thing a rollout waits for) can miss the 5 s ping under CPU load, and dropping
+        it then left the rollout's answer without it."""
         rids = list(self.replicas)
         alive = await asyncio.gather(*(self._alive(r) for r in rids))  # pinged together: one slow replica costs 5 s
         for rid, ok in zip(rids, alive, strict=True):
-            if not ok:
+            if rid not in self.replicas:
+                continue
+            fails = 0 if ok else self.replicas[rid].get("fails", 0) + 1
+            self.replicas[rid]["fails"] = fails
+            if fails >= DEAD_AFTER:
                 self.replicas.pop(rid, None)
 
     async def results(self, generation: int, timeout: float) -> dict[str, dict]:
         """Wait until every live replica that joined before `generation` reported it (or `timeout`); id -> result."""
         deadline = time.monotonic() + timeout
+        pinged = 0.0
         while True:
-            await self._prune()
+            if time.monotonic() - pinged >= 1.0:  # liveness at most once a second, not on every 50 ms check
+                await self._prune()
+                pinged = time.monotonic()
             got = self.reports.get(generation, {})
             want = [r for r, v in self.replicas.items() if v["joined"] < generation]
             if all(r in got for r in want) or time.monotonic() > deadline:

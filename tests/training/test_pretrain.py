@@ -100,7 +100,9 @@ def test_pretrain_saves_a_loadable_model_whose_loss_went_down(base_dir):
     report = json.loads((base_dir / "reports" / "pretrain_loss.json").read_text())
     loss = report["loss"]
     assert len(loss) == TINY["steps"] and all(math.isfinite(x) for x in loss)
-    assert report["lr"][0] == pytest.approx(TINY["lr"] / TINY["warmup_steps"])  # warmup, then cosine decay
+    warm = min(TINY["warmup_steps"], TINY["steps"] // 10)  # warmup_of: at most a tenth of the steps
+    assert warm > 1 and report["lr"][0] == pytest.approx(TINY["lr"] / (warm + 1))  # linear warmup from lr/(w+1)
+    assert report["lr"][warm - 1] < report["lr"][warm] == pytest.approx(TINY["lr"])  # then cosine decay from lr
     assert max(report["lr"]) == pytest.approx(TINY["lr"]) and report["lr"][-1] < TINY["lr"] / 2
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 0.5
     assert report["val_step"] == [20, 40] and report["val_loss"][-1] < math.log(len(tok))
