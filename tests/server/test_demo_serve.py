@@ -92,3 +92,29 @@ def test_debug_route_picks_the_domain(demo_server, prompt, domain):
     assert r.status_code == 200
     weights = r.json()["weights"]
     assert max(weights, key=weights.get) == domain, weights
+
+
+def test_readme_examples_answer_right_and_better_than_the_base(demo_server):
+    """The README's chat and completion examples, greedy, on the shipped bundle: the routed model answers them right
+    (measured; docs/DEMO.md has the held-out accuracy, which is what the demo claims in general) and the base alone,
+    asked the same, does not."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=demo_server[0] + "/v1", api_key="unused")
+    ask = [{"role": "user", "content": "What is 17 + 25?"}]
+    routed = client.chat.completions.create(model="brainstacks", messages=ask, max_tokens=64, temperature=0)
+    base = client.chat.completions.create(model="brainstacks:base", messages=ask, max_tokens=64, temperature=0)
+    assert "Answer: 42" in routed.choices[0].message.content, routed.choices[0].message.content
+    assert "42" not in base.choices[0].message.content, base.choices[0].message.content
+    assert routed.model_extra["brainstacks"]["weights"]["math"] > 0.5
+
+    prompt = "Q: A patient weighs 30 kg and the dose is 4 mg/kg. How many mg?\nA:"
+    done = client.completions.create(model="brainstacks", prompt=prompt, max_tokens=32, temperature=0)
+    assert "Answer: 120 mg" in done.choices[0].text, done.choices[0].text
+    w = done.model_extra["brainstacks"]["weights"]
+    assert max(w, key=w.get) == "medical" and w["math"] > 0, w  # medical on top of math, as it was trained
+
+    fruits = client.chat.completions.create(model="brainstacks", max_tokens=32, temperature=0,
+                                            messages=[{"role": "user", "content": "List three fruits as bullets."}])
+    lines = [x for x in fruits.choices[0].message.content.splitlines() if x.strip()]
+    assert len(lines) == 3 and all(x.startswith("- ") for x in lines), lines

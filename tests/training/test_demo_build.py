@@ -142,8 +142,8 @@ def test_changed_data_is_refused_on_resume(tmp_path, one_thread):
 # --- the shipped bundle over the real base (SmolLM2-135M-Instruct) -----------------------------------------------
 
 # The bars leave room for numeric drift across CPUs; docs/DEMO.md has the measured figures.
-HELD_OUT_TOP1_BAR = 0.85  # measured 0.975 on these 40
-HANDWRITTEN_TOP1_BAR = 0.7  # measured 0.75 on these 20 (issue 8 goal: 0.9, not met yet)
+HELD_OUT_TOP1_BAR = 0.9  # docs/DEMO.md: 96.4% on 500 test prompts (issue 8 goal 95%)
+HANDWRITTEN_TOP1_BAR = 0.88  # docs/DEMO.md: 91% of all 65 as chat requests (issue 8 goal 90%); 2 prompts of slack
 
 
 def test_shipped_bundle_size_and_base_reference():
@@ -170,7 +170,6 @@ def test_shipped_bundle_routes_held_out_templates_and_handwritten_prompts(demo_b
             prompts.append(chat(r["messages"][0]["content"]))
             truth.append(d)
     hand = [json.loads(line) for line in HANDWRITTEN.read_text().splitlines() if line.strip()]
-    hand = [r for d in DOMAINS for r in [x for x in hand if x["domain"] == d][:4]]
     w = routed_weights(lb.stacked, tok, lb.router, prompts + [chat(r["prompt"]) for r in hand])
     top = [lb.stacked.domains[int(i)] for i in w.argmax(-1)]
     n = len(prompts)

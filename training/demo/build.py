@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -209,28 +210,37 @@ def retire_stale_router(bundle: Path, stamp_path: Path, stamp: dict[str, Any], l
     return True
 
 
-def _mb(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_size / 2**20
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.is_dir() else 0.0
+def shipped_files(src: Path) -> list[Path]:
+    """The files of the bundle in `src` that an install copies (relative paths): manifest.json, the files of the
+    stacks and router the manifest names, and reports/ (not a nested router/v<n> of another version)."""
+    from brainstacks.bundle import read_manifest
+
+    m = read_manifest(src)
+    out = [Path("manifest.json")]
+    for rel in [rel for d in m.domains for rel in d.stacks] + ([m.router] if m.router else []) + ["reports"]:
+        root = src / rel
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        out += [p.relative_to(src) for p in files if not any(re.fullmatch(r"v\d+", part)
+                                                              for part in p.relative_to(root).parts[:-1])]
+    return out
+
+
+def shipped_mb(src: Path, under: str = "") -> float:
+    """MB of the shipped files (optionally only those under a top-level folder, e.g. "stacks")."""
+    return sum((src / f).stat().st_size for f in shipped_files(src) if not under or f.parts[0] == under) / 2**20
 
 
 def install(src: Path, dst: Path) -> None:
     """Replace `dst` by a copy of the bundle in `src`: its manifest, the stacks and router that manifest names, and
     reports/ (not the writer's lock, nor routers of earlier versions that a resumed build leaves in the work copy).
     The old directory is renamed away only once the copy is complete."""
-    from brainstacks.bundle import read_manifest
-
-    m = read_manifest(src)
     dst = dst.resolve()
     tmp, old = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")
     for p in (tmp, old):
         shutil.rmtree(p, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for rel in [rel for d in m.domains for rel in d.stacks] + ([m.router] if m.router else []) + ["reports"]:
-        if (src / rel).is_dir():
-            shutil.copytree(src / rel, tmp / rel, ignore=shutil.ignore_patterns("v[0-9]*"))  # not nested versions
-    shutil.copy2(src / "manifest.json", tmp / "manifest.json")
+    for f in shipped_files(src):
+        (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / f, tmp / f)
     for p in [tmp, *tmp.rglob("*")]:  # a shipped bundle is world-readable whatever the umask
         p.chmod(0o755 if p.is_dir() else 0o644)
     if dst.exists():
@@ -313,8 +323,8 @@ def build_demo(b: DemoBuild, log: Callable[[str], None] = print) -> dict[str, An
         "note": "wall-clock seconds summed over every run of the build (it resumes); other jobs may have shared "
                 "the cores",
         "data": {"seed": b.data.seed, "sizes": dict(b.data.sizes)}, "router_examples_per_domain": b.router_examples,
-        "bundle_mb": round(_mb(bundle), 2), "stacks_mb": round(_mb(bundle / "stacks"), 2),
-        "router_mb": round(_mb(bundle / "router"), 2),
+        "bundle_mb": round(shipped_mb(bundle), 2), "stacks_mb": round(shipped_mb(bundle, "stacks"), 2),
+        "router_mb": round(shipped_mb(bundle, "router"), 2),
     }
     summary["total_s"] = round(sum(times.values()), 1)  # the bundle is complete here; evidence follows
     stage("evidence", lambda: run_evidence(bundle, work, b.evidence, b.docs, summary, b.device, b.progress, log))
