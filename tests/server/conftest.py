@@ -238,3 +238,12 @@ def add_domain(bundle_dir, name, seed=1, scale=0.3):
     m.version += 1
     write_manifest(bundle_dir, m)
     return m.version
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The real `openai` client on a module's live `server` fixture (no retries, so every error surfaces)."""
+    import openai
+
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c

@@ -20,12 +20,6 @@ def server(tmp_path_factory, core_base_dir):
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
-        yield c
-
-
 PROMPT = "the patient drug dose is"
 
 

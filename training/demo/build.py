@@ -44,7 +44,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from brainstacks.errors import ConfigError
-from training.demo.data import DOMAINS, SPLITS, DemoDataConfig, generate
+from training.demo.data import DOMAINS, SPLITS, DemoDataConfig, generate, write_if_changed
 from training.demo.evidence import EvidenceConfig
 from training.demo.router_prompts import write_router_files
 
@@ -121,11 +121,7 @@ def build_data(work: Path, cfg: DemoDataConfig, log: Callable[[str], None]) -> d
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             path = root / domain / f"{split}.jsonl"
             paths[domain][split] = path
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(text, encoding="utf-8")
-                tmp.replace(path)
+            if write_if_changed(path, text):
                 changed.append(f"{domain}/{split}")
     write_router_files(root / "router", cfg.router_prompts, cfg.seed)
     log(f"[demo] data: {root} ({cfg.sizes} rows per domain, {cfg.router_prompts} router-only prompts per domain, "

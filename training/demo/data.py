@@ -117,6 +117,18 @@ def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write `text` to `path` (temp file + rename) only when the file's content differs; returns whether it wrote.
+    An unchanged file keeps its mtime, and a changed generator can never leave stale data behind."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write one JSON object per line (UTF-8, no ASCII escaping, so the files stay readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)

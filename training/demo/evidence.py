@@ -113,13 +113,20 @@ def _score(domain: str, text: str, row: dict[str, Any]) -> bool:
     return check_answer(domain, text, row["answer"])
 
 
-def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: EvidenceConfig, progress: bool
-             ) -> dict[str, Any]:
-    """Accuracy of base / own / routed on test rows carrying an "answer" (or "tests" for code)."""
+def scored_rows(path: Path, domain: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` test rows of `domain` that can be scored: an "answer" (or "tests" for code)."""
+    key = "tests" if domain == "code" else "answer"
+    return [r for r in _rows(path, 10**9) if key in r][:n]
+
+
+def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: EvidenceConfig, progress: bool,
+             with_own: bool = True) -> dict[str, Any]:
+    """Accuracy of base / own (unless `with_own` is False) / routed on test rows from `scored_rows`."""
     sm, tok = lb.stacked, lb.base.tokenizer
     prompts = [prompt_text(tok, r, "messages") for r in rows]
-    own = _one_hot(sm.domains, [domain]).expand(len(rows), -1)
-    compositions = {"base": None, "own": own}
+    compositions: dict[str, torch.Tensor | None] = {"base": None}
+    if with_own:
+        compositions["own"] = _one_hot(sm.domains, [domain]).expand(len(rows), -1)
     if lb.router is not None:
         compositions["routed"] = _routed(lb, prompts, cfg.batch_size)
     result: dict[str, Any] = {"prompts": len(rows)}
@@ -240,8 +247,7 @@ def collect_evidence(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pat
     for domain in ACCURACY_DOMAINS:
         if domain in lb.stacked.domains and domain in test_files:
             log(f"[evidence] accuracy: {domain}")
-            key = "tests" if domain == "code" else "answer"
-            rows = [r for r in _rows(test_files[domain], 10**9) if key in r][: cfg.accuracy_prompts]
+            rows = scored_rows(test_files[domain], domain, cfg.accuracy_prompts)
             ev["accuracy"][domain] = accuracy(lb, domain, rows, cfg, progress)
     ev["routing"] = ev["medical"] = ev["handwritten"] = None
     samples = []
@@ -442,17 +448,8 @@ def base_vs_routed(lb: LoadedBundle, test_file: Path, domain: str, n: int, cfg: 
     """Held-out accuracy of the base alone and of the router's composition on the first `n` scored test rows of one
     domain: the accuracy table's two columns that matter, on a larger sample (`python -m training.demo.evidence`)."""
     cfg = cfg or EvidenceConfig()
-    tok = lb.base.tokenizer
-    key = "tests" if domain == "code" else "answer"
-    rows = [r for r in _rows(test_file, 10**9) if key in r][:n]
-    prompts = [prompt_text(tok, r, "messages") for r in rows]
-    longest = max(len(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
-    budget = min(cfg.max_new_tokens, longest + 16)
-    out: dict[str, Any] = {"prompts": len(rows), "max_new_tokens": budget}
-    for name, w in (("base", None), ("routed", _routed(lb, prompts, cfg.batch_size))):
-        texts = generate(lb, prompts, w, budget, cfg.batch_size)
-        out[name] = sum(_score(domain, t, r) for t, r in zip(texts, rows, strict=True)) / max(1, len(rows))
-    return out
+    res = accuracy(lb, domain, scored_rows(test_file, domain, n), cfg, progress=False, with_own=False)
+    return {k: res[k] for k in ("prompts", "max_new_tokens", "base", "routed")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from training.demo.data import write_if_changed
 from training.demo.lexicon import NAMES, SHOP_ITEMS, THINGS
 
 Gen = Callable[[random.Random], str]
@@ -261,11 +262,6 @@ def write_router_files(root: Path, n: int, seed: int = 0) -> dict[str, tuple[Pat
         raw = [{"prompt": r["prompt"], "completion": "."} for r in rows]
         paths = (root / f"{domain}_chat.jsonl", root / f"{domain}_raw.jsonl")
         for path, data in zip(paths, (chat, raw), strict=True):
-            text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in data)
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(text, encoding="utf-8")
-                tmp.replace(path)
+            write_if_changed(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in data))
         out[domain] = paths
     return out
