@@ -56,9 +56,13 @@ class Rollout:
         self.replicas: dict[str, dict[str, Any]] = {}  # id -> {"handle", "info", "joined", "seen"}
         self.reports: dict[int, dict[str, dict[str, Any]]] = {}  # generation -> id -> result
 
-    async def register(self, rid: str, handle: Any, info: dict) -> int:
-        self.replicas[rid] = {"handle": handle, "info": info, "joined": self.generation, "seen": time.monotonic()}
-        return self.generation
+    async def register(self, rid: str, handle: Any, info: dict, rejoin: bool = False) -> int:
+        """A replica joins. A new one loaded what the pointer names, so it owes no answer to earlier rollouts; one
+        that rejoins (this actor was restarted and lost its state) owes one to every rollout since the restart, which
+        it may have missed while it was away."""
+        joined = 0 if rejoin else self.generation
+        self.replicas[rid] = {"handle": handle, "info": info, "joined": joined, "seen": time.monotonic()}
+        return joined
 
     async def known(self, rid: str) -> bool:
         return rid in self.replicas
@@ -213,11 +217,11 @@ class ClusterView:
                 "last_reload": last.result if last is not None else None,
                 "metrics": self.state.metrics.render().decode()}
 
-    async def register(self) -> None:
+    async def register(self, rejoin: bool = False) -> None:
         import ray
 
         handle = ray.get_runtime_context().current_actor
-        self.seen = await self.rollout.register.remote(self.replica_id, handle, self.info())
+        self.seen = await self.rollout.register.remote(self.replica_id, handle, self.info(), rejoin)
 
     async def follow(self) -> None:
         """Long-poll the Rollout actor; on each new generation reload this replica and report."""
@@ -225,8 +229,8 @@ class ClusterView:
             try:
                 gen = await self.rollout.poll.remote(self.replica_id, self.seen, self.info(), POLL_S)
                 if gen is None:  # the Rollout actor was restarted (Ray restarts it) and lost its state: join it
-                    await self.register()  # again, and catch up on any rollout requested while it was away
-                    await self.state.registry.reload()
+                    await self.register(rejoin=True)  # again (seen = 0: the next poll answers any rollout since the
+                    await self.state.registry.reload()  # restart), and catch up on one lost with the old actor
                     continue
                 if gen > self.seen:
                     self.seen = gen
@@ -255,7 +259,7 @@ class ClusterView:
         for attempt in range(5):  # the Rollout actor may be restarting (Ray restarts it within seconds)
             try:
                 if not await self.rollout.known.remote(self.replica_id):  # restarted: this replica at least
-                    await self.register()
+                    await self.register(rejoin=True)
                 gen = await self.rollout.request.remote()
                 break
             except Exception as e:  # noqa: BLE001 - RayActorError while it restarts

@@ -211,9 +211,18 @@ def test_rollout_survives_a_restart_of_the_rollout_actor(cluster):
     actor = ray.get_actor(ray_serve.rollout_actor_name(ray_serve.APP_NAME), namespace=ray_serve.NAMESPACE)
     ray.kill(actor, no_restart=False)
     deadline = time.monotonic() + 60
-    while len(stacks(url)["replicas"]) < 2:  # both registered again (each polls every POLL_S seconds)
+    # both registered again with the restarted actor (each polls every POLL_S seconds). Asked of the actor itself:
+    # /admin/stacks always lists the replica that answers, known to the actor or not
+    def known_to_actor() -> int:
+        try:
+            return len(ray.get(actor.snapshot.remote(), timeout=30))
+        except ray.exceptions.RayError:  # still restarting
+            return 0
+
+    while known_to_actor() < 2:
         assert time.monotonic() < deadline, "replicas did not register with the restarted rollout actor"
         time.sleep(0.2)
+    assert len(stacks(url)["replicas"]) == 2
     m = read_manifest(work)
     m.version = 4  # past the refused version 3, which stays published
     write_manifest(work, m)
