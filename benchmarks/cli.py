@@ -9,7 +9,7 @@ import argparse
 import importlib
 import pkgutil
 
-NOT_BENCHMARKS = {"cli", "common"}
+NOT_BENCHMARKS = {"cli", "common", "bundles", "servers"}  # helpers, not benchmarks
 
 
 def available() -> list[str]:

@@ -143,3 +143,22 @@ def benchmark_parser(name: str, description: str | None = None) -> argparse.Argu
     p.add_argument("--quick", action="store_true", help="smaller run that finishes in under 5 minutes on 2 CPU cores")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results and targets as JSON here")
     return p
+
+
+def ms(x: float | None) -> float | None:
+    """Seconds as milliseconds (None stays None)."""
+    return None if x is None else x * 1000.0
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is 0."""
+    return a / b if a is not None and b else None
+
+
+def median(xs: Sequence[float | None]) -> float | None:
+    """The median of the values present (None when there are none)."""
+    vals = sorted(x for x in xs if x is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2

@@ -175,10 +175,12 @@ def targets_from(rows: list[dict]) -> list[Target]:
         fused = pick(model_dec, batch=b, case="all")
         if ref and fused:
             speedups.append(ref[0]["ms"] / fused[0]["ms"])
-    proj_routed = [r["x_base"] for r in dec if r["size"].startswith("proj") and r["base"] == "nf4" and r["case"] == "routed"]
+    proj_routed = [r["x_base"] for r in dec
+                   if r["size"].startswith("proj") and r["base"] == "nf4" and r["case"] == "routed"]
     model_routed = [r["x_base"] for r in model_dec if r["case"] == "routed"]
     return [
-        Target("whole model decode, 10 stacks weighted: reference / fused", min(speedups) if speedups else None, ">=", 3.0, "x"),
+        Target("whole model decode, 10 stacks weighted: reference / fused", min(speedups) if speedups else None, ">=",
+               3.0, "x"),
         Target("TinyLlama projection decode, nf4 base, 2/5 domains: routed / base",
                max(proj_routed) if proj_routed else None, "<=", 1.3, "x"),
         Target("whole model decode, nf4 base, 2/5 domains: routed / base",

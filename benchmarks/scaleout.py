@@ -29,8 +29,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, write_report
-from benchmarks.throughput import ServerProcess, build_tiny_bundle, free_port, load, row
+from benchmarks.bundles import build_tiny_bundle
+from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, ratio, write_report
+from benchmarks.servers import ServerProcess, free_port, load, row
 
 
 @dataclass
@@ -109,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(scratch, ignore_errors=True)
     print_table(rows, title=f"scale-out ({os.cpu_count()} cores; servers one at a time)")
-
-    def ratio(a, b):
-        return a / b if a is not None and b else None
 
     d, r1, r2 = figures["direct"], figures["ray 1 replica"], figures["ray 2 replicas"]
     added_ms = (r1["probe_p50"] - d["probe_p50"]) * 1000 if r1["probe_p50"] and d["probe_p50"] else None

@@ -5,7 +5,7 @@ without faults.
                               [--baseline-seconds S] [--reload-every 10] [--poison-every 6] [--max-tokens 24]
 
 One `brainstacks serve` subprocess (one torch thread; --quantize, default nf4) over a scratch copy of the bundle:
-`--bundle DIR`, else a tiny bundle built in a temp dir through the library (benchmarks.throughput's random Llama
+`--bundle DIR`, else a tiny bundle built in a temp dir through the library (benchmarks.bundles' random Llama
 base whose silent tokens are pinned low, so every request generates exactly max_tokens; two domains plus a third
 one in a second router). Two phases on the same server, interleaved in rounds of 5 soak minutes (each round starts
 with its share of the baseline), so load from other processes on a shared machine falls on both alike:
@@ -43,8 +43,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.bundles import add_third_domain, build_tiny_bundle, publish_manifest
 from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, write_report
-from benchmarks.throughput import BENCH_PROMPTS, ServerProcess, build_tiny_bundle, free_port, publish_manifest
+from benchmarks.servers import BENCH_PROMPTS, ServerProcess, free_port, rows_after, rss_bytes
+from loadtest.stats import percentile
 
 RELOAD_EVERY = 10.0
 ROUND_MINUTES = 5.0  # soak minutes per round; each round starts with its share of the baseline
@@ -57,44 +59,6 @@ BAD_INPUTS = [
     (json.dumps({"prompt": ""}).encode(), "application/json"),
     (json.dumps({"prompt": "x", "temperature": "hot"}).encode(), "application/json"),
 ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the bundle and its two versions
-
-
-def add_third_domain(bundle: Path, seed: int = 1) -> dict:
-    """Give the tiny bundle a third domain ("code", one random stack) and a router over all three at router/b;
-    returns that version's manifest (not published: the served manifest keeps two domains)."""
-    import torch
-
-    from brainstacks.base import load_base
-    from brainstacks.bundle import read_manifest, read_stacks, resolve_base_path, save_router, save_stack
-    from brainstacks.config import RouterConfig, StackConfig
-    from brainstacks.router import MetaRouter
-    from brainstacks.stacks import StackedModel
-
-    m = read_manifest(bundle)
-    lb = load_base(resolve_base_path(bundle, m, None), quantize="none")
-    sm = StackedModel(lb.model, StackConfig.from_dict(m.stack_config, "manifest"))
-    from brainstacks.bundle import install_stacks
-
-    install_stacks(sm, read_stacks(bundle, m, lb.fingerprint))
-    sm.add_domain("code")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for prm in sm.start_stack("code"):
-            if not prm.any():
-                prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
-    sm.freeze_active()
-    rel = save_stack(bundle, "code", 0, sm.stack_tensors("code", 0))
-    torch.manual_seed(seed)
-    doms = [*m.domain_names, "code"]
-    rrel = save_router(bundle, MetaRouter(lb.fingerprint["hidden_size"], doms, RouterConfig()), rel="router/b")
-    d = m.to_dict()
-    d["domains"].append({"name": "code", "stacks": [rel]})
-    d["router"] = rrel
-    return d
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,16 +165,6 @@ def one_request(c: httpx.Client, kind: str, r: random.Random, ph: Phase, max_tok
         ph.fail(f"{kind}: {type(e).__name__}: {e}")
 
 
-def rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def run_phase(ph: Phase, server: ServerProcess, seconds: float, clients: int, max_tokens: int, seed: int,
               reloader=None, reload_every: float = RELOAD_EVERY, clock0: float | None = None) -> Phase:
     """Run one slice of a phase (slices of the same phase accumulate into `ph`); RSS sample times are seconds since
@@ -280,13 +234,6 @@ def make_reloader(url: str, bundle: Path, versions: list[dict], admin_key: str, 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def p99(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
-
-
 def rss_growth(samples: list[tuple[float, int]], start_s: float, window: float = 30.0) -> tuple[float | None, dict]:
     """(end mean / mean at start_s) - 1, each a mean over `window` seconds of samples."""
     if not samples:
@@ -303,7 +250,7 @@ def rss_growth(samples: list[tuple[float, int]], start_s: float, window: float =
 def summary(ph: Phase) -> dict:
     sent = sum(ph.requests.values())
     during, apart = ph.split_by_reload()
-    ms = lambda xs: p99(xs) * 1000 if xs else None  # noqa: E731
+    ms = lambda xs: percentile(xs, 99) * 1000 if xs else None  # noqa: E731
     reload_ms = [(b - a) * 1000 for a, b in ph.reload_spans]
     extra = {"p99 ms overlapping a reload": ms(during), "p99 ms not overlapping": ms(apart),
              "requests overlapping a reload": len(during),
@@ -311,7 +258,7 @@ def summary(ph: Phase) -> dict:
     return {"phase": ph.name, "wall s": ph.wall_s, "requests": sent,
             **{k: ph.requests.get(k, 0) for k in ("stream", "complete", "drop", "abandon", "bad")},
             "failed": len(ph.failures), "p50 ms": (statistics.median(ph.latencies) * 1000) if ph.latencies else None,
-            "p99 ms": (p99(ph.latencies) or 0) * 1000 if ph.latencies else None,
+            "p99 ms": (percentile(ph.latencies, 99) or 0) * 1000 if ph.latencies else None,
             "reloads": ", ".join(f"{k} {v}" for k, v in sorted(ph.reloads.items())) or "-", **extra}
 
 
@@ -380,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start_s = min(120.0, soak.wall_s / 3)  # seconds since the soak began (interleaved baselines included)
     growth, rss_info = rss_growth(soak.rss, start_s)
-    ratio = (p99(soak.latencies) / p99(base.latencies)) if soak.latencies and base.latencies else None
+    ratio = ((percentile(soak.latencies, 99) / percentile(base.latencies, 99)) if soak.latencies and base.latencies
+             else None)
     failed_reloads = sum(v for k, v in soak.reloads.items() if k.startswith("unexpected"))
     attempted = sum(soak.reloads.values())
     targets = [
@@ -425,22 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0  # the run completed; PASS/FAIL of each target is in the table and the JSON
-
-
-def rows_after(url: str, timeout: float = 10.0) -> float | None:
-    """Running + waiting rows once the traffic has stopped (bounded poll: dropped rows leave at the next step)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    deadline = time.monotonic() + timeout
-    n = None
-    while time.monotonic() < deadline:
-        text = httpx.get(url + "/metrics", timeout=10).text
-        n = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name in ("brainstacks_running_requests", "brainstacks_waiting_requests"))
-        if n == 0:
-            return 0.0
-        time.sleep(0.2)
-    return n
 
 
 if __name__ == "__main__":

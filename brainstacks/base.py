@@ -66,7 +66,7 @@ class DecoderLayout:
 
     layers: str  # path of the decoder layers' ModuleList, e.g. "model.language_model.layers"
     num_layers: int
-    skipped: tuple[str, ...]  # module paths beside the text decoder (not embeddings or LM head), e.g. "model.vision_tower"
+    skipped: tuple[str, ...]  # module paths beside the text decoder (not embeddings or LM head): "model.vision_tower"
 
 
 def _is_projection(mod: nn.Module) -> bool:
@@ -193,7 +193,8 @@ def check_quantizable(mods: dict[str, nn.Module], quant_type: str) -> None:
     """bitsandbytes 4-bit layers need out_features divisible by 32: refuse otherwise, naming the first offender."""
     bad = [f"{p} (out_features={m.out_features})" for p, m in mods.items() if m.out_features % 32]
     if bad:
-        raise BaseModelError(f"{quant_type} needs out_features divisible by 32; not so for {bad[0]} and {len(bad) - 1} more")
+        raise BaseModelError(f"{quant_type} needs out_features divisible by 32; not so for {bad[0]} and "
+                             f"{len(bad) - 1} more")
 
 
 def quantize_targets(model: nn.Module, quant_type: str, compute_dtype: torch.dtype, device: str,
@@ -282,7 +283,8 @@ def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch
     layout = check_architecture(model, targets)
     if layout.skipped:
         log.warning("%s: %s serves and trains on text: stacks attach to the %d decoder layers of %s only; left "
-                    "untouched: %s", p, type(model).__name__, layout.num_layers, layout.layers, ", ".join(layout.skipped))
+                    "untouched: %s", p, type(model).__name__, layout.num_layers, layout.layers,
+                    ", ".join(layout.skipped))
     if quantize != "none":
         quantize_targets(model, quantize, dt, device, targets)
     model.to(device)

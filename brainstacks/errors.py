@@ -20,7 +20,8 @@ class StackFormatError(BrainstacksError):
 
 
 class BundleError(BrainstacksError):
-    """A bundle on disk is refused: missing/corrupt file, unknown version, fingerprint or shape mismatch, path escape."""
+    """A bundle on disk is refused: missing/corrupt file, unknown version, fingerprint or shape mismatch, path
+    escape."""
 
     def __init__(self, message: str, reasons: list[str] | None = None):
         super().__init__(message)

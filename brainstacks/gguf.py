@@ -185,4 +185,5 @@ def package_file(ref: str) -> Path:
         candidate = Path(root) / rel
         if candidate.is_file():
             return candidate
-    raise BaseModelError(f"package {dist!r} is installed but has no {rel}; reinstall it with: {install} --force-reinstall")
+    raise BaseModelError(f"package {dist!r} is installed but has no {rel}; reinstall it with: {install} "
+                         "--force-reinstall")

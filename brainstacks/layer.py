@@ -11,9 +11,9 @@ so the fused forward is one matmul for all A's and all gate logits, one top-k + 
 multiply by the per-row, per-stack multipliers (routing weight × scale) and one matmul for all B's — whatever the
 number of stacks. Experts outside the top-k get gate 0 and cost FLOPs but no extra op; with small ranks that is far
 cheaper than gathering. When only some domains carry weight, the routing state selects their stacks; the packed
-subset is gathered once and cached (LRU, SUBSET_CACHE_SIZE per layer), so a domain that is 0 in every row costs nothing, and all-zero costs the
-base layer alone. Which stacks are selected and their multipliers are computed once per forward by the StackedModel,
-not per layer.
+subset is gathered once and cached (LRU, SUBSET_CACHE_SIZE per layer), so a domain that is 0 in every row costs
+nothing, and all-zero costs the base layer alone. Which stacks are selected and their multipliers are computed once
+per forward by the StackedModel, not per layer.
 """
 
 from __future__ import annotations

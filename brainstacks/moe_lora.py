@@ -129,4 +129,5 @@ class MoELoRA(nn.Module):
         if self.V is not None:
             V = self.V.float()
             B = B - V @ (V.T @ B)  # (E, d_out, r): every expert's output columns leave span(V)
-        return {"A": self.A.detach().to(dtype).clone(), "B": B.to(dtype).contiguous(), "W": self.W.detach().to(dtype).clone()}
+        return {"A": self.A.detach().to(dtype).clone(), "B": B.to(dtype).contiguous(),
+                "W": self.W.detach().to(dtype).clone()}

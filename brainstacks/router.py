@@ -110,7 +110,8 @@ class MetaRouter(nn.Module):
         return {"domains": self.domains, "d_model": self.d_model, "config": self.config.to_dict()}
 
 
-def apply_policy(probs: torch.Tensor, domains: list[str], min_weight: float, floors: dict[str, float] | None = None) -> torch.Tensor:
+def apply_policy(probs: torch.Tensor, domains: list[str], min_weight: float, floors: dict[str, float] | None = None
+                 ) -> torch.Tensor:
     """Serving weights from router probabilities (B, D): ≤ min_weight → 0, then per-domain floors."""
     w = torch.where(probs > min_weight, probs, torch.zeros_like(probs))
     for name, floor in (floors or {}).items():

@@ -131,7 +131,8 @@ class StackedModel:
         if self._active == name:
             self.discard_active()
         keep = [i for i, (d, _) in enumerate(self._stacks) if d != name]
-        self._repack([self._stacks[i] for i in keep], {p: [lay.frozen(i) for i in keep] for p, lay in self.layers.items()})
+        self._repack([self._stacks[i] for i in keep],
+                     {p: [lay.frozen(i) for i in keep] for p, lay in self.layers.items()})
         self._domains.remove(name)
         self.set_weights(None)
 
@@ -165,7 +166,8 @@ class StackedModel:
 
     def active_state(self) -> dict[str, torch.Tensor]:
         """A detached copy of the active stack's parameters (for best-snapshot keeping)."""
-        return {f"{p}.{n}": t.detach().clone() for p, m in self.active_modules().items() for n, t in m.state_dict().items()}
+        return {f"{p}.{n}": t.detach().clone()
+                for p, m in self.active_modules().items() for n, t in m.state_dict().items()}
 
     def load_active_state(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -200,7 +202,8 @@ class StackedModel:
         self.set_weights(self._weights)
 
     # ---- frozen stacks ---------------------------------------------------------------------------------------
-    def attach_stack(self, domain: str, tensors: dict[str, torch.Tensor], dtype: str | torch.dtype | None = None) -> int:
+    def attach_stack(self, domain: str, tensors: dict[str, torch.Tensor], dtype: str | torch.dtype | None = None
+                     ) -> int:
         """Add a frozen stack to `domain` from {f"{path}.{A|B|W}": tensor}; returns its index k within the domain.
 
         Every wrapped layer must be present with the exact shapes; dtype defaults to the tensors' own.
@@ -331,7 +334,8 @@ class StackedModel:
             w = w.unsqueeze(0)
         D = len(self._domains)
         if w.dim() != 2 or w.shape[1] != D:
-            raise RoutingError(f"routing weights must have shape (batch, {D}) for domains {self._domains}, got {tuple(w.shape)}")
+            raise RoutingError(f"routing weights must have shape (batch, {D}) for domains {self._domains}, "
+                               f"got {tuple(w.shape)}")
         if not torch.isfinite(w).all() or (w < 0).any():
             raise RoutingError("routing weights must be finite and >= 0")
         self._weights = w

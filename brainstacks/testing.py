@@ -39,7 +39,8 @@ _MISTRAL = ("{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages
             "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
 _GEMMA = ("{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
           "{% if m['role'] == 'system' %}{% set ns.sys = m['content'] + '\n\n' %}{% else %}"
-          "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' + ns.sys + m['content'] + "
+          "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' + ns.sys + "
+          "m['content'] + "
           "'<end_of_turn>\n' }}{% set ns.sys = '' %}{% endif %}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
 _ROLES = ("system", "user", "assistant")
@@ -48,7 +49,8 @@ _GEMMA_TOK = (("<unk>", "<pad>", "<bos>", "<eos>"), ("<start_of_turn>", "<end_of
               True, "<end_of_turn>")
 INSTRUCT = {
     "llama": (("<unk>", "<|finetune_right_pad_id|>", "<|begin_of_text|>", "<|eot_id|>"),
-              ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"), _ROLES, _LLAMA3, True, "<|end_of_text|>"),
+              ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"), _ROLES, _LLAMA3, True,
+              "<|end_of_text|>"),
     "qwen2": _QWEN,
     "qwen3": _QWEN,
     "mistral": (("<unk>", "<pad>", "<s>", "</s>"), ("[INST]", "[/INST]"), (), _MISTRAL, True, None),
@@ -66,7 +68,8 @@ WORDS = (
     "we there can your which their said if do will each about how up out them then she many some so these would other "
     "into has more her two like him see time could no make than first been its who now people my made over did down "
     "only way find use may water long little very after words called just where most know math add sum plus minus "
-    "times equals per answer dose mg kg patient drug heart blood code def return print list function value python if else"
+    "times equals per answer dose mg kg patient drug heart blood code def return print list function value python "
+    "if else"
 ).split()
 
 
@@ -89,8 +92,8 @@ def tiny_tokenizer(extra_words: tuple[str, ...] = (), family: str | None = None,
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=len(specials) + 256 + 160, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(vocab_size=len(specials) + 256 + 160, special_tokens=specials,
+                                      show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator([" ".join(all_words), " " + " ".join(all_words)] * 4, trainer=trainer)
         vocab = tok.get_vocab()
     else:

@@ -40,7 +40,8 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
         ids = ids[:-1]  # tokenizers configured to append EOS: a prompt must stay open
     if not ids and bos is not None:
         ids = [bos]
-    if len(ids) >= 2 and ids[0] == bos and ids[1] == bos and tokenizer.bos_token and prompt.startswith(tokenizer.bos_token):
+    if (len(ids) >= 2 and ids[0] == bos and ids[1] == bos and tokenizer.bos_token
+            and prompt.startswith(tokenizer.bos_token)):
         ids = ids[1:]
     return ids
 

@@ -43,7 +43,8 @@ def format_table(report: LoadReport) -> str:
     rl = s["reloads"]
     if cfg.reload_every is not None:
         lines.append(
-            f"reloads    every {cfg.reload_every:g} s: {rl['attempted']} attempted, {rl['ok']} ok, {rl['failed']} failed"
+            f"reloads    every {cfg.reload_every:g} s: {rl['attempted']} attempted, {rl['ok']} ok, "
+            f"{rl['failed']} failed"
             + (f" ({', '.join(f'{k}: {v}' for k, v in rl['by_result'].items())})" if rl["failed"] else "")
         )
     if s["bundle_versions_seen"]:

@@ -21,7 +21,8 @@ def test_subcommands_registered():
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "brainstacks_cli", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "brainstacks_cli", "--help"], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0 and "serve" in out.stdout and "train" in out.stdout
 
 

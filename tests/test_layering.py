@@ -1,4 +1,5 @@
-"""`server → brainstacks ← training`: the library never imports server/ or training/; loadtest imports nothing of ours."""
+"""`server → brainstacks ← training`: the library never imports server/ or training/; loadtest imports nothing of
+ours."""
 
 from __future__ import annotations
 

@@ -48,13 +48,13 @@ def test_format_table_and_parser():
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    from benchmarks.throughput import build_tiny_bundle
+    from benchmarks.bundles import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("bench") / "bundle")
 
 
 def test_tiny_bundle_loads_and_bump_publishes_next_version(tiny_bundle):
-    from benchmarks.throughput import bump_manifest
+    from benchmarks.bundles import bump_manifest
     from brainstacks.bundle import load_bundle, read_manifest
 
     v = read_manifest(tiny_bundle).version
@@ -68,7 +68,7 @@ def test_tiny_bundle_loads_and_bump_publishes_next_version(tiny_bundle):
 def test_naive_server_generates_exactly_max_tokens_deterministically(tiny_bundle):
     from fastapi.testclient import TestClient
 
-    from benchmarks.throughput import make_naive_app
+    from benchmarks.servers import make_naive_app
 
     client = TestClient(make_naive_app(str(tiny_bundle), quantize="none"))
     body = {"model": "brainstacks", "prompt": "what is two plus two", "max_tokens": 12, "temperature": 0}

@@ -179,7 +179,8 @@ def _engine_tokens(runner, reqs, max_batch):
             break
         eng.step()
         peak = max(peak, eng.running_rows)
-    out = [([e.token_id for e in ev if e.kind == "token"], [e.logprob for e in ev if e.kind == "token"]) for ev in events]
+    out = [([e.token_id for e in ev if e.kind == "token"], [e.logprob for e in ev if e.kind == "token"])
+           for ev in events]
     return out, peak
 
 
@@ -250,7 +251,7 @@ def test_family_matrix(family_dirs, family, quantize, tmp_path):
 
 
 def _chat_recipe(root, base, quantize: str):
-    from training.testing import TOY_DOMAINS, write_toy_recipe
+    from tests.toy_recipes import TOY_DOMAINS, write_toy_recipe
 
     r = random.Random(0)
     rows = []
@@ -359,7 +360,7 @@ def test_chat_template_and_end_of_turn(family_dirs, family):
     """Each family's template renders the conversation (system turn folded in where the family has none), BOS
     appears once, and the token that ends an assistant turn is both learned (in the answer labels) and a stop token
     of the server (tokenizer eos, config or generation_config.json)."""
-    from training.data import IGNORE_INDEX, tokenize_sft
+    from training.tokenization import IGNORE_INDEX, tokenize_sft
 
     lb = load_base(family_dirs[family], quantize="none")
     tok = lb.tokenizer

@@ -65,7 +65,8 @@ def test_eos_ids_come_from_tokenizer_and_generation_config(smollm2_converted):
     tok = lb.tokenizer
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     gen = json.loads((smollm2_converted["dir"] / "generation_config.json").read_text())
-    want = {tok.eos_token_id, *(gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]])}
+    eos = gen["eos_token_id"]
+    want = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
     assert im_end in eos_token_ids(lb.model, tok) and want <= eos_token_ids(lb.model, tok)
     # greedy generation of a chat turn stops at <|im_end|>, well before the token budget
     text = render_chat(tok, [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True)

@@ -1,4 +1,5 @@
-"""Versioned bundles (brainstacks/versions.py): immutable version directories, an atomic CURRENT pointer, last K kept."""
+"""Versioned bundles (brainstacks/versions.py): immutable version directories, an atomic CURRENT pointer, the last
+K kept."""
 
 from __future__ import annotations
 

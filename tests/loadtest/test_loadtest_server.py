@@ -19,7 +19,7 @@ from loadtest import LoadConfig, run
 def live(tmp_path_factory):
     import uvicorn
 
-    from benchmarks.throughput import build_tiny_bundle
+    from benchmarks.bundles import build_tiny_bundle
     from server.app import create_app
     from server.settings import ServerSettings
 
@@ -50,7 +50,7 @@ def live(tmp_path_factory):
 
 
 def test_streaming_load_with_hot_reloads_against_real_server(live):
-    from benchmarks.throughput import bump_manifest
+    from benchmarks.bundles import bump_manifest
 
     url, bundle = live
     published = []
