@@ -32,9 +32,10 @@ from brainstacks.stacks import StackedModel
 from training.boosting import train_domain, validation_loss
 from training.config import TrainConfig
 from training.curriculum import nullspace_batches
-from training.data import Collator, DomainData, Record, pad_id_of, tokenize_records
-from training.demo import generate
+from training.data_files import Record
+from training.demo.sampling import generate
 from training.schedule import make_optimizer, warmup_cosine
+from training.tokenization import Collator, DomainData, pad_id_of, tokenize_records
 
 
 def base_dir(work: Path) -> tuple[Path, str]:

@@ -37,7 +37,7 @@ def run(bundle: str | None, new_tokens: int, reps: int, batches: tuple[int, ...]
     from brainstacks.bundle import load_bundle
     from brainstacks.demo import DEMO_BUNDLE
     from brainstacks.text import encode_prompt, pad_batch, render_chat
-    from training.eval_report import routed_weights
+    from training.losses import routed_weights
 
     lb = load_bundle(bundle or DEMO_BUNDLE, quantize="nf4")
     sm, tok, model = lb.stacked, lb.base.tokenizer, lb.base.model

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from brainstacks.stacks import StackedModel
 from training.config import TrainConfig
-from training.data import Collator, DomainData, PreferenceCollator
+from training.distributed import average_gradients, shard, world
 from training.dpo import dpo_loss, sequence_logprobs
-from training.evaluate import answer_ce, dataset_loss
+from training.losses import answer_ce, dataset_loss
 from training.schedule import make_optimizer, warmup_cosine
+from training.tokenization import Collator, DomainData, PreferenceCollator
 
 
 @dataclass
@@ -68,33 +68,16 @@ class DomainResult:
                 "rounds": [r.__dict__ for r in self.rounds]}
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _batches(examples: Sequence, batch_size: int, collate: Callable, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled batches; with data parallelism each rank takes its own slice of every epoch's order."""
-    rank, world = _world()
     rng = random.Random(seed)
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
-        order = order[rank::world] or order
+        order = shard(order)
         last = max(1, len(order) - batch_size + 1)  # full batches only, unless the data is smaller than one
         for s in range(0, last, batch_size):
             yield collate([examples[i] for i in order[s : s + batch_size]])
-
-
-def _average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    _, world = _world()
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= world
 
 
 def _eval_examples(data: DomainData, cfg: TrainConfig) -> list:
@@ -150,7 +133,7 @@ def train_round(
     progress: bool = True,
 ) -> RoundResult:
     """Train one new stack for `data.name` (left active: the caller freezes or discards it)."""
-    rank, _ = _world()
+    rank, _ = world()
     seed = cfg.seed * 1000 + round_index
     torch.manual_seed(seed)
     params = sm.start_stack(data.name, nullspace)
@@ -185,7 +168,7 @@ def train_round(
             tokens += int(batch["attention_mask"].sum())
             window_loss += float(loss.detach())
             window_n += 1
-        _average_gradients(params)
+        average_gradients(params)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

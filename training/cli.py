@@ -3,7 +3,7 @@
     brainstacks train --recipe FILE.toml --out DIR [--nproc N] [--device cpu|cuda]
     brainstacks eval  --bundle DIR --recipe FILE.toml [--json PATH]
     brainstacks route --bundle DIR [--base DIR] "prompt ..."
-    brainstacks pretrain ...            (training/pretrain.py)
+    brainstacks pretrain ...            (training/demo/pretrain.py)
 
 `python -m training train ...` is the same `train`, and is what torchrun launches for data parallelism:
     torchrun --nproc_per_node 2 -m training train --recipe r.toml --out b/
@@ -19,14 +19,6 @@ import sys
 from brainstacks.base import QUANTIZE_CHOICES
 
 
-def _init_distributed(device: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-
-
 def _default_device() -> str:
     import torch
 
@@ -34,7 +26,9 @@ def _default_device() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    from training import distributed
+
+    if args.nproc > 1 and distributed.env_world_size() == 1:
         from torch.distributed.run import main as torchrun
 
         argv = [f"--nproc_per_node={args.nproc}", "--standalone", "-m", "training", "train", "--recipe", args.recipe,
@@ -47,29 +41,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)  # validated before anything heavy happens
     device = args.device or _default_device()
-    _init_distributed(device)
-    rank = int(os.environ.get("RANK", "0"))
-    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    distributed.init_from_env(device)
+    rank = distributed.env_rank()
+    device = distributed.local_device(device)
     log = print if rank == 0 else (lambda *_: None)
     outcome = train_bundle(recipe, args.out, device=device, progress=not args.quiet, log=log,
                            keep_versions=args.keep_versions)
     if rank == 0:
         print(json.dumps({"bundle": str(outcome.bundle_dir), "version": outcome.manifest.version,
                           "trained": outcome.trained, "domains": outcome.manifest.domain_names}))
-    try:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # teardown only
-        pass
+    distributed.destroy()
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from brainstacks.bundle import load_bundle, write_json
-    from training.eval_report import evaluate_bundle, format_eval
+    from training.eval_command import evaluate_bundle, format_eval
     from training.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -142,7 +129,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("prompt", nargs="+", help="the prompt text")
     p.set_defaults(func=cmd_route)
-    __import__("training.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
+    __import__("training.demo.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
     __import__("training.demo.build", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks demo build
 
 

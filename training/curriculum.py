@@ -26,7 +26,11 @@
    working copy that a rerun resumes from.
 
 With torch.distributed initialised (torchrun), every rank trains on its own shard with averaged gradients; rank 0
-alone writes the bundle and trains the router, the others wait at a barrier.
+alone writes the bundle and trains the router, the others wait at a barrier (training/distributed.py).
+
+`train_bundle` is these steps in order, one function each: `resume` (1, 2), `train_domain_step` per domain (3, 4,
+with `nullspace_for`, `save_domain` and the reports of training/reports.py), `router_needed` and
+`train_router_step` (5, with `fit_and_save_router` and `routed_loss`), `publish` (7).
 """
 
 from __future__ import annotations
@@ -40,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from brainstacks.base import load_base
+from brainstacks.base import LoadedBase, load_base
 from brainstacks.bundle import (
     MANIFEST,
     DomainEntry,
@@ -62,12 +65,16 @@ from brainstacks.bundle import (
 from brainstacks.errors import BundleError
 from brainstacks.nullspace import collect_directions
 from brainstacks.stacks import StackedModel
-from training.boosting import DomainResult, _world, train_domain, validation_loss
-from training.data import Collator, DomainData, load_domain, pad_id_of, read_jsonl_any, validate_recipe_data
+from training.boosting import DomainResult, train_domain, validation_loss
+from training.config import DomainSpec
+from training.data_files import Record, read_jsonl_any, validate_recipe_data
+from training.distributed import barrier, world
+from training.losses import aligned_examples, dataset_loss, routed_weights
 from training.recipe import Recipe
-from training.reports import forgetting_tables, plot_domain_curves, plot_matrix
+from training.reports import REPORTS, plot_domain_curves, write_forgetting, write_routing_report
+from training.tokenization import Collator, DomainData, load_domain, pad_id_of, prompt_text
 
-REPORTS = "reports"
+LOCK = ".train.lock"
 
 
 @dataclass
@@ -79,42 +86,56 @@ class TrainOutcome:
     router_report: dict[str, Any] | None = None
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+@dataclass
+class Run:
+    """What the steps of one `train_bundle` share: the recipe, OUT, the model with every stack so far, and the
+    bundle's manifest state (entries, version, router path) as it is written."""
+
+    recipe: Recipe
+    out: Path
+    records: dict[str, list[Record]]  # every validated data file, by path
+    base: LoadedBase
+    sm: StackedModel
+    data_sha: dict[str, str]  # sha256 of each domain's train file (recorded in its stacks, checked on resume)
+    entries: list[DomainEntry]
+    version: int
+    router_rel: str | None
+    ungated: dict[str, dict[str, float]]  # forgetting: after domain -> evaluated domain -> loss, all stacks on
+    routed: dict | None  # the forgetting report's routed column as the last complete run left it
+    outcome: TrainOutcome
+    log: Callable[[str], None] = print
+    keep_versions: int = 0
+    rank: int = 0
+    datasets: dict[str, DomainData] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
+
+    @property
+    def pad(self) -> int:
+        return pad_id_of(self.base.tokenizer)
+
+    @property
+    def reports(self) -> Path:
+        return self.out / REPORTS
 
 
-def nullspace_batches(datasets: list[DomainData], samples: int, batch_size: int, pad_id: int
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Inputs from the earlier domains' training data, round-robin across domains, `samples` sequences in all."""
-    pool = []
-    for i in range(max((len(d.train) for d in datasets), default=0)):
-        for d in datasets:
-            if i < len(d.train):
-                ex = d.train[i]
-                pool.append(ex if hasattr(ex, "input_ids") else None)
-    pool = [e for e in pool if e is not None][:samples]
-    collate = Collator(pad_id)
-    for s in range(0, len(pool), batch_size):
-        b = collate(pool[s : s + batch_size])
-        yield b["input_ids"], b["attention_mask"]
-
-
-def _check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> Manifest | None:
-    if not (out / MANIFEST).exists():
-        return None
-    m = read_manifest(out)
-    check_fingerprint(out, m, fingerprint, "; the bundle was built for another base: use a new --out")
-    if m.stack_config != recipe.stack.to_dict():
-        raise BundleError(f"{out / MANIFEST}: stack_config {m.stack_config} differs from the recipe's "
-                          f"{recipe.stack.to_dict()}; use a new --out")
-    unknown = [d for d in m.domain_names if d not in [s.name for s in recipe.domains]]
-    if unknown:
-        raise BundleError(f"{out / MANIFEST}: bundle domains {unknown} are not in the recipe (the router needs their data)")
-    return m
-
-
-LOCK = ".train.lock"
+def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
+                 log: Callable[[str], None] = print, keep_versions: int = 0) -> TrainOutcome:
+    """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs. `keep_versions`
+    > 0 also publishes each complete version under OUT/versions/ with the OUT/CURRENT pointer (step 7)."""
+    rank, _ = world()
+    out = Path(out_dir).resolve()
+    records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
+    with out_lock(out) if rank == 0 else contextlib.nullcontext():
+        run = resume(recipe, out, records, device, log, keep_versions)
+        for spec in recipe.domains:
+            train_domain_step(run, spec, progress)
+        if router_needed(run):
+            train_router_step(run, progress)
+        run.outcome.manifest = read_manifest(out)
+        return run.outcome
 
 
 @contextlib.contextmanager
@@ -143,35 +164,16 @@ def out_lock(out: Path) -> Iterator[None]:
         f.close()
 
 
-def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
-                 log: Callable[[str], None] = print, keep_versions: int = 0) -> TrainOutcome:
-    """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs. `keep_versions`
-    > 0 also publishes each complete version under OUT/versions/ with the OUT/CURRENT pointer (step 7)."""
-    rank, _ = _world()
-    out = Path(out_dir).resolve()
-    records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
-    if rank == 0:
-        with out_lock(out):
-            return _train_bundle(recipe, out, records, device, progress, log, keep_versions)
-    return _train_bundle(recipe, out, records, device, progress, log, keep_versions)
+# --- step 1, 2: resume ------------------------------------------------------------------------------------------
 
 
-def _publish(out: Path, keep_versions: int, log: Callable[[str], None]) -> None:
-    """Step 7: OUT's working copy as versions/<n>, CURRENT switched to it (nothing with keep_versions=0)."""
-    if keep_versions > 0:
-        from brainstacks.versions import publish_version
-
-        log(f"{out}: published {publish_version(out, keep=keep_versions)} (CURRENT)")
-
-
-def _train_bundle(recipe: Recipe, out: Path, records: dict, device: str, progress: bool,
-                  log: Callable[[str], None], keep_versions: int = 0) -> TrainOutcome:
-    rank, _ = _world()
-    cfg = recipe.train
+def resume(recipe: Recipe, out: Path, records: dict[str, list[Record]], device: str,
+           log: Callable[[str], None] = print, keep_versions: int = 0) -> Run:
+    """Steps 1 and 2: load the base, check OUT's bundle (if any) was built for it and this recipe, install and freeze
+    its stacks (each domain's data unchanged), and pick up its manifest state and forgetting report."""
+    rank, _ = world()
     base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device, for_training=True)
-    existing = _check_existing(out, recipe, base.fingerprint)
-    tok = base.tokenizer
-    pad = pad_id_of(tok)
+    existing = check_existing(out, recipe, base.fingerprint)
     sm = StackedModel(base.model, recipe.stack)
     data_sha = {spec.name: sha256_file(spec.train) for spec in recipe.domains}
     if existing is not None:
@@ -184,68 +186,132 @@ def _train_bundle(recipe: Recipe, out: Path, records: dict, device: str, progres
                                   "use a new --out")
         install_stacks(sm, stacks)
         log(f"{out}: resuming bundle v{existing.version} with domains {existing.domain_names}")
-    entries = list(existing.domains) if existing else []
-    version = existing.version if existing else 0
-    router_rel = existing.router if existing else None
-    reports = out / REPORTS
-    forgetting_path = reports / "forgetting.json"
+    forgetting_path = out / REPORTS / "forgetting.json"
     forgetting: dict[str, Any] = json.loads(forgetting_path.read_text()) if forgetting_path.is_file() else {}
-    ungated: dict[str, dict[str, float]] = forgetting.get("ungated", {})
-
-    def domain_data(spec) -> DomainData:
-        return load_domain(spec, tok, cfg.seq_len, packing=False, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
-                           records=(records[str(spec.train)], records.get(str(spec.valid)) if spec.valid else None))
-
-    datasets: dict[str, DomainData] = {}
-    outcome = TrainOutcome(out, existing)  # type: ignore[arg-type]
-    for spec in recipe.domains:
-        datasets[spec.name] = data = domain_data(spec)
-        if spec.name in sm.domains:
-            continue
-        V = None
-        earlier = [datasets[d] for d in sm.domains if datasets[d].train and hasattr(datasets[d].train[0], "input_ids")]
-        if recipe.nullspace.enabled and sm.stacks and earlier:
-            V = collect_directions(sm, nullspace_batches(earlier, recipe.nullspace.samples, cfg.batch_size, pad),
-                                   recipe.nullspace.samples, recipe.nullspace.directions, seed=cfg.seed)
-            log(f"[{spec.name}] null space: {recipe.nullspace.directions} directions at {len(V)} projections")
-        result = train_domain(sm, data, cfg, V, spec.stage, pad, progress, log)
-        outcome.results[spec.name] = result
-        outcome.trained.append(spec.name)
-        # forgetting: every domain so far, with all stacks on (ungated), after this one
-        ungated[spec.name] = {d: validation_loss(sm, datasets[d], cfg, pad, recipe.domain(d).stage) for d in sm.domains}
-        if rank == 0:
-            rels = [save_stack(out, spec.name, k, sm.stack_tensors(spec.name, k),
-                               {"stage": spec.stage, "val_loss": r.best_val, "round": r.round, "steps": r.steps,
-                                "data_sha256": data_sha[spec.name]})
-                    for k, r in enumerate(result.kept_rounds)]
-            entries.append(DomainEntry(spec.name, rels))
-            version += 1
-            write_manifest(out, _manifest(version, recipe, base.fingerprint, entries, router_rel))
-            write_json(reports / f"train_{spec.name}.json", result.to_dict())
-            plot_domain_curves(reports / f"loss_{spec.name}.png", spec.name, [r.__dict__ for r in result.rounds])
-            _write_forgetting(reports, sm.domains, ungated, forgetting.get("routed"))
-            log(f"{out}: wrote v{version} with {spec.name} ({len(rels)} stack(s))")
-            if not recipe.router_train.enabled or _router_covers(out, router_rel, sm.domains):
-                _publish(out, keep_versions, log)  # complete: loaders accept it
-        _barrier()
-    if recipe.router_train.enabled and (outcome.trained or not _router_covers(out, router_rel, sm.domains)):
-        if rank == 0:
-            version += 1
-            router_rel = router_relpath(version)  # a path of its own: the live manifest's router is never touched
-            outcome.router_report = _train_router(sm, tok, recipe, datasets, out, progress, log, router_rel)
-            routed = {spec.name: _routed_loss(sm, tok, out, datasets[spec.name], spec, cfg, pad, router_rel)
-                      for spec in recipe.domains if spec.name in sm.domains and spec.stage == "sft"}
-            last = sm.domains[-1]
-            _write_forgetting(reports, sm.domains, ungated, {last: routed})
-            write_manifest(out, _manifest(version, recipe, base.fingerprint, entries, router_rel))
-            log(f"{out}: wrote v{version} with the router over {sm.domains}")
-            _publish(out, keep_versions, log)
-        _barrier()
-    outcome.manifest = read_manifest(out)
-    return outcome
+    return Run(recipe, out, records, base, sm, data_sha,
+               entries=list(existing.domains) if existing else [],
+               version=existing.version if existing else 0,
+               router_rel=existing.router if existing else None,
+               ungated=forgetting.get("ungated", {}), routed=forgetting.get("routed"),
+               outcome=TrainOutcome(out, existing),  # type: ignore[arg-type]
+               log=log, keep_versions=keep_versions, rank=rank)
 
 
-def _router_covers(out: Path, rel: str | None, domains: list[str]) -> bool:
+def check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> Manifest | None:
+    """OUT's manifest, if it has one built for this base, stack config and a subset of the recipe's domains."""
+    if not (out / MANIFEST).exists():
+        return None
+    m = read_manifest(out)
+    check_fingerprint(out, m, fingerprint, "; the bundle was built for another base: use a new --out")
+    if m.stack_config != recipe.stack.to_dict():
+        raise BundleError(f"{out / MANIFEST}: stack_config {m.stack_config} differs from the recipe's "
+                          f"{recipe.stack.to_dict()}; use a new --out")
+    unknown = [d for d in m.domain_names if d not in [s.name for s in recipe.domains]]
+    if unknown:
+        raise BundleError(f"{out / MANIFEST}: bundle domains {unknown} are not in the recipe "
+                          "(the router needs their data)")
+    return m
+
+
+# --- steps 3, 4: one domain -------------------------------------------------------------------------------------
+
+
+def train_domain_step(run: Run, spec: DomainSpec, progress: bool = True) -> None:
+    """Steps 3 and 4 for one domain: load its data (kept for later domains' null space and the router); unless the
+    bundle has it, train its stacks against the earlier stacks' null space, measure forgetting, and (rank 0) save."""
+    cfg = run.recipe.train
+    run.datasets[spec.name] = data = load_domain(
+        spec, run.tokenizer, cfg.seq_len, packing=False, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
+        records=(run.records[str(spec.train)], run.records.get(str(spec.valid)) if spec.valid else None))
+    if spec.name in run.sm.domains:
+        return  # resumed: frozen from the bundle
+    V = nullspace_for(run, spec)
+    result = train_domain(run.sm, data, cfg, V, spec.stage, run.pad, progress, run.log)
+    run.outcome.results[spec.name] = result
+    run.outcome.trained.append(spec.name)
+    # forgetting: every domain so far, with all stacks on (ungated), after this one
+    run.ungated[spec.name] = {d: validation_loss(run.sm, run.datasets[d], cfg, run.pad, run.recipe.domain(d).stage)
+                              for d in run.sm.domains}
+    if run.rank == 0:
+        save_domain(run, spec, result)
+    barrier()
+
+
+def nullspace_for(run: Run, spec: DomainSpec) -> dict[str, torch.Tensor] | None:
+    """Step 3: the earlier stacks' null space, collected on the earlier domains' training inputs (None for the first
+    domain, with [nullspace] disabled, or when no earlier domain has SFT inputs)."""
+    recipe, sm = run.recipe, run.sm
+    earlier = [run.datasets[d] for d in sm.domains
+               if run.datasets[d].train and hasattr(run.datasets[d].train[0], "input_ids")]
+    if not (recipe.nullspace.enabled and sm.stacks and earlier):
+        return None
+    V = collect_directions(sm, nullspace_batches(earlier, recipe.nullspace.samples, recipe.train.batch_size, run.pad),
+                           recipe.nullspace.samples, recipe.nullspace.directions, seed=recipe.train.seed)
+    run.log(f"[{spec.name}] null space: {recipe.nullspace.directions} directions at {len(V)} projections")
+    return V
+
+
+def nullspace_batches(datasets: list[DomainData], samples: int, batch_size: int, pad_id: int
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Inputs from the earlier domains' training data, round-robin across domains, `samples` sequences in all."""
+    pool = []
+    for i in range(max((len(d.train) for d in datasets), default=0)):
+        for d in datasets:
+            if i < len(d.train):
+                ex = d.train[i]
+                pool.append(ex if hasattr(ex, "input_ids") else None)
+    pool = [e for e in pool if e is not None][:samples]
+    collate = Collator(pad_id)
+    for s in range(0, len(pool), batch_size):
+        b = collate(pool[s : s + batch_size])
+        yield b["input_ids"], b["attention_mask"]
+
+
+def save_domain(run: Run, spec: DomainSpec, result: DomainResult) -> None:
+    """Step 4 (rank 0): the domain's kept stacks, a new manifest version naming them, its reports (loss curves,
+    forgetting), and, when the bundle is complete (see router_covers), its publication."""
+    out = run.out
+    rels = [save_stack(out, spec.name, k, run.sm.stack_tensors(spec.name, k),
+                       {"stage": spec.stage, "val_loss": r.best_val, "round": r.round, "steps": r.steps,
+                        "data_sha256": run.data_sha[spec.name]})
+            for k, r in enumerate(result.kept_rounds)]
+    run.entries.append(DomainEntry(spec.name, rels))
+    run.version += 1
+    write_manifest(out, manifest_of(run))
+    write_json(run.reports / f"train_{spec.name}.json", result.to_dict())
+    plot_domain_curves(run.reports / f"loss_{spec.name}.png", spec.name, [r.__dict__ for r in result.rounds])
+    write_forgetting(run.reports, run.sm.domains, run.ungated, run.routed)
+    run.log(f"{out}: wrote v{run.version} with {spec.name} ({len(rels)} stack(s))")
+    if not run.recipe.router_train.enabled or router_covers(out, run.router_rel, run.sm.domains):
+        publish(run)  # complete: loaders accept it
+
+
+def manifest_of(run: Run) -> Manifest:
+    """The manifest of the run's current state (version, entries, router)."""
+    recipe = run.recipe
+    return Manifest(version=run.version, base={"path": str(recipe.base.model), "fingerprint": run.base.fingerprint},
+                    stack_config=recipe.stack.to_dict(), domains=list(run.entries), router=run.router_rel)
+
+
+def publish(run: Run) -> None:
+    """Step 7: OUT's working copy as versions/<n>, CURRENT switched to it (nothing with keep_versions=0)."""
+    if run.keep_versions > 0:
+        from brainstacks.versions import publish_version
+
+        run.log(f"{run.out}: published {publish_version(run.out, keep=run.keep_versions)} (CURRENT)")
+
+
+# --- step 5: the router -----------------------------------------------------------------------------------------
+
+
+def router_needed(run: Run) -> bool:
+    """Whether step 5 runs: the recipe trains a router, and a domain was trained or the bundle's router does not
+    score exactly its domains (a run killed mid-router)."""
+    return run.recipe.router_train.enabled and bool(
+        run.outcome.trained or not router_covers(run.out, run.router_rel, run.sm.domains))
+
+
+def router_covers(out: Path, rel: str | None, domains: list[str]) -> bool:
     """Whether the bundle's router scores exactly these domains (a run killed mid-router leaves an older one)."""
     if rel is None:
         return False
@@ -255,43 +321,29 @@ def _router_covers(out: Path, rel: str | None, domains: list[str]) -> bool:
         return False
 
 
-def _routed_loss(sm: StackedModel, tokenizer, out: Path, data: DomainData, spec, cfg, pad: int,
-                 router_rel: str) -> float:
-    """A domain's validation loss with the just-trained router's weights, per example (the serving policy)."""
-    from brainstacks.bundle import load_router
-    from training.data import prompt_text
-    from training.eval_report import aligned_examples, routed_weights
-    from training.evaluate import example_loss_sums
-
-    router = load_router(out, router_rel, domains=sm.domains)
-    n = cfg.max_eval_batches * cfg.batch_size
-    recs, valid = aligned_examples(tokenizer, data.valid_records[:n], spec.format, cfg.seq_len)
-    w = routed_weights(sm, tokenizer, router, [prompt_text(tokenizer, r, spec.format) for r in recs])
-    s, c = example_loss_sums(sm, valid, w, cfg.batch_size, pad)
-    return float(s.sum() / c.sum().clamp_min(1))
-
-
-def _manifest(version: int, recipe: Recipe, fingerprint: dict, entries: list[DomainEntry], router: str | None) -> Manifest:
-    return Manifest(version=version, base={"path": str(recipe.base.model), "fingerprint": fingerprint},
-                    stack_config=recipe.stack.to_dict(), domains=list(entries), router=router)
+def train_router_step(run: Run, progress: bool = True) -> None:
+    """Step 5 (rank 0): the router into a path of its own version, every domain's routed loss into the forgetting
+    report, the manifest that names the router, its publication; the other ranks wait."""
+    if run.rank == 0:
+        run.version += 1
+        run.router_rel = router_relpath(run.version)  # a path of its own: the live manifest's router is never touched
+        run.outcome.router_report = fit_and_save_router(run, progress)
+        routed = {spec.name: routed_loss(run, spec) for spec in run.recipe.domains
+                  if spec.name in run.sm.domains and spec.stage == "sft"}
+        write_forgetting(run.reports, run.sm.domains, run.ungated, {run.sm.domains[-1]: routed})
+        write_manifest(run.out, manifest_of(run))
+        run.log(f"{run.out}: wrote v{run.version} with the router over {run.sm.domains}")
+        publish(run)
+    barrier()
 
 
-def _write_forgetting(reports: Path, domains: list[str], ungated: dict, routed: dict | None) -> None:
-    write_json(reports / "forgetting.json", {"ungated": ungated, "routed": routed or {}})
-    rows, cols, vals = forgetting_tables(ungated, domains)
-    if rows:
-        if routed:  # one more column: every domain under the final router, after the last domain
-            after = next(iter(routed))
-            cols = [*cols, f"routed, after {after}"]
-            vals = [[*v, routed[after].get(r)] for r, v in zip(rows, vals, strict=True)]
-        plot_matrix(reports / "forgetting.png", rows, cols, vals, "validation loss: ungated after each domain; routed",
-                    "after training", "evaluated domain")
+def fit_and_save_router(run: Run, progress: bool = True) -> dict[str, Any]:
+    """Router examples from every trained domain's records and the recipe's mixed sets, the fit
+    (training/router_train.py), the router saved at run.router_rel, and the routing report."""
+    from training.router_examples import build_router_examples
+    from training.router_train import fit_router
 
-
-def _train_router(sm: StackedModel, tokenizer, recipe: Recipe, datasets: dict[str, DomainData], out: Path,
-                  progress: bool, log: Callable[[str], None], router_rel: str) -> dict[str, Any]:
-    from training.router_train import build_router_examples, fit_router
-
+    recipe, sm, datasets = run.recipe, run.sm, run.datasets
     cfg = recipe.router_train
     domain_records = {}
     for spec in recipe.domains:
@@ -303,17 +355,24 @@ def _train_router(sm: StackedModel, tokenizer, recipe: Recipe, datasets: dict[st
         mixed.append((m.domains, fmt, recs))
     valid = {spec.name: datasets[spec.name].valid_records for spec in recipe.domains
              if spec.name in sm.domains and spec.valid is not None}  # own valid files: e.g. held-out templates
-    examples = build_router_examples(domain_records, mixed, tokenizer, recipe.train.seq_len, cfg, recipe.train.seed,
-                                     valid)
-    fit = fit_router(sm, tokenizer, examples, recipe.router, cfg, recipe.train.seed, progress=progress)
+    examples = build_router_examples(domain_records, mixed, run.tokenizer, recipe.train.seq_len, cfg,
+                                     recipe.train.seed, valid)
+    fit = fit_router(sm, run.tokenizer, examples, recipe.router, cfg, recipe.train.seed, progress=progress)
     report = dict(fit.report)
-    save_router(out, fit.router, {"best_epoch": fit.best_epoch, "accuracy": report.get("accuracy"),
-                                  "overall_accuracy": report.get("overall_accuracy")}, rel=router_rel)
-    write_json(out / REPORTS / "routing.json", report)
-    conf = report.get("confusion") or {}
-    if conf:
-        doms = list(conf)
-        plot_matrix(out / REPORTS / "routing_confusion.png", doms, doms, [[conf[r][c] for c in doms] for r in doms],
-                    "router top-1 (validation prompts)", "top-weighted domain", "true domain")
-    log(f"router: overall top-1 accuracy {report.get('overall_accuracy')}, best epoch {fit.best_epoch}")
+    save_router(run.out, fit.router, {"best_epoch": fit.best_epoch, "accuracy": report.get("accuracy"),
+                                      "overall_accuracy": report.get("overall_accuracy")}, rel=run.router_rel)
+    write_routing_report(run.reports, report)
+    run.log(f"router: overall top-1 accuracy {report.get('overall_accuracy')}, best epoch {fit.best_epoch}")
     return report
+
+
+def routed_loss(run: Run, spec: DomainSpec) -> float:
+    """A domain's validation loss with the just-trained router's weights, per example (the serving policy)."""
+    from brainstacks.bundle import load_router
+
+    cfg, sm, tok = run.recipe.train, run.sm, run.tokenizer
+    router = load_router(run.out, run.router_rel, domains=sm.domains)
+    n = cfg.max_eval_batches * cfg.batch_size
+    recs, valid = aligned_examples(tok, run.datasets[spec.name].valid_records[:n], spec.format, cfg.seq_len)
+    w = routed_weights(sm, tok, router, [prompt_text(tok, r, spec.format) for r in recs])
+    return dataset_loss(sm, valid, w, cfg.batch_size, run.pad)

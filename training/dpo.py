@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import TrainConfig
-from training.data import IGNORE_INDEX
+from training.tokenization import IGNORE_INDEX
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brainstacks.bundle import atomic_write
+from brainstacks.bundle import atomic_write, write_json
+
+REPORTS = "reports"  # BUNDLE/reports/
 
 
 def _plt():
@@ -82,3 +84,27 @@ def forgetting_tables(matrix: dict[str, dict[str, float]], domains: list[str]) -
     after = [d for d in domains if d in matrix]
     rows = [d for d in domains if any(d in matrix[a] for a in after)]
     return rows, [f"after {a}" for a in after], [[matrix[a].get(r) for a in after] for r in rows]
+
+
+def write_forgetting(reports: Path, domains: list[str], ungated: dict, routed: dict | None) -> None:
+    """forgetting.json ({"ungated": after -> evaluated -> loss, "routed": {after: evaluated -> loss}}) and its
+    heat map, the routed column last."""
+    write_json(reports / "forgetting.json", {"ungated": ungated, "routed": routed or {}})
+    rows, cols, vals = forgetting_tables(ungated, domains)
+    if rows:
+        if routed:  # one more column: every domain under the final router, after the last domain
+            after = next(iter(routed))
+            cols = [*cols, f"routed, after {after}"]
+            vals = [[*v, routed[after].get(r)] for r, v in zip(rows, vals, strict=True)]
+        plot_matrix(reports / "forgetting.png", rows, cols, vals, "validation loss: ungated after each domain; routed",
+                    "after training", "evaluated domain")
+
+
+def write_routing_report(reports: Path, report: dict[str, Any]) -> None:
+    """routing.json (training/router_train.py's report) and the router's top-1 confusion as a heat map."""
+    write_json(reports / "routing.json", report)
+    conf = report.get("confusion") or {}
+    if conf:
+        doms = list(conf)
+        plot_matrix(reports / "routing_confusion.png", doms, doms, [[conf[r][c] for c in doms] for r in doms],
+                    "router top-1 (validation prompts)", "top-weighted domain", "true domain")

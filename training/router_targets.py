@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import RouterTrainConfig
-from training.data import hash_fraction
+from training.data_files import hash_fraction
 
 # defaults are RouterTrainConfig's (oracle_mix, greedy_threshold, confidence_coef, confidence_margin)
 _DEFAULTS = RouterTrainConfig()

@@ -162,7 +162,8 @@ def _runner(lb, sm):
 
 def _engine_tokens(runner, reqs, max_batch):
     """Run (prompt, max_tokens, weights) requests through one engine; staggered joins; tokens and logprobs each."""
-    from server.engine import Engine, GenRequest
+    from server.engine import Engine
+    from server.genrequest import GenRequest
     from server.sampling import SamplingParams
 
     eng = Engine(runner, max_batch=max_batch, max_waiting=16)

@@ -23,7 +23,7 @@ def test_bare_base_serves_without_domains(tiny_base_dir, live_server_factory):
 
 
 def test_chat_fallback_matches_training(tiny_tokenizer):
-    from training.data import render_chat as training_render
+    from brainstacks.text import render_chat as training_render
 
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two plus two"}]
     assert not getattr(tiny_tokenizer, "chat_template", None)

@@ -26,7 +26,7 @@ def train(recipe: Path, out: Path) -> None:
 
 
 def test_trained_domain_appears_under_load_without_failures(tmp_path, core_base_dir, live_server_factory):
-    from training.testing import write_toy_recipe
+    from tests.toy_recipes import write_toy_recipe
 
     kw = dict(steps_per_round=4, max_rounds=1, eval_every=2)
     r1 = write_toy_recipe(tmp_path, core_base_dir, ["math"], **kw)

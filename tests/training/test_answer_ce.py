@@ -7,8 +7,8 @@ import torch
 
 from brainstacks.base import load_base
 from brainstacks.testing import tiny_base
-from training.data import IGNORE_INDEX
-from training.evaluate import answer_ce, token_losses
+from training.losses import answer_ce, token_losses
+from training.tokenization import IGNORE_INDEX
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])

@@ -11,10 +11,11 @@ from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.stacks import StackedModel
 from brainstacks.testing import tiny_base
+from tests.toy_recipes import TOY_DOMAINS
 from training.boosting import train_domain, validation_loss
 from training.config import TrainConfig
-from training.data import DomainData, Record, pad_id_of, tokenize_records
-from training.testing import TOY_DOMAINS
+from training.data_files import Record
+from training.tokenization import DomainData, pad_id_of, tokenize_records
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from brainstacks.bundle import load_bundle, load_router, read_manifest
 from brainstacks.errors import BundleError
 from brainstacks.testing import tiny_base
-from training.testing import write_toy_recipe
+from tests.toy_recipes import write_toy_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(steps_per_round=4, max_rounds=1, eval_every=2)
@@ -35,7 +35,7 @@ if point == "router":
     import training.router_train as m
     m.fit_router = die
 elif point == "reports":
-    import training.curriculum as m
+    import training.reports as m
     real = m.write_json
     m.write_json = lambda path, obj: die() if path.name == "routing.json" else real(path, obj)
 elif point == "domain":

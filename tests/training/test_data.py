@@ -6,18 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from brainstacks.text import FALLBACK_CHAT_TEMPLATE
 from training.config import DomainSpec
-from training.data import (
-    FALLBACK_CHAT_TEMPLATE,
+from training.data_files import DataError, read_jsonl, read_jsonl_any, split_records
+from training.tokenization import (
     IGNORE_INDEX,
     Collator,
-    DataError,
     PreferenceCollator,
     load_domain,
     pack,
-    read_jsonl,
-    read_jsonl_any,
-    split_records,
     tokenize_preference,
     tokenize_records,
     tokenize_sft,
@@ -54,7 +51,7 @@ def test_messages_label_every_assistant_turn_with_fallback_template(tiny_tok):
     assert ex.input_ids[0] == tiny_tok.bos_token_id and ex.input_ids[1] != tiny_tok.bos_token_id
     assert tiny_tok.decode(ex.input_ids).startswith("<s><|system|>\nbe brief\n<|user|>\nhello\n<|assistant|>\nhi")
     # the prompt part is exactly what the server encodes for a chat request: BOS + rendered conversation
-    from training.data import encode_prompt, render_chat
+    from brainstacks.text import encode_prompt, render_chat
 
     served = encode_prompt(tiny_tok, render_chat(tiny_tok, msgs[:2], add_generation_prompt=True))
     assert ex.input_ids[: len(served)] == served and ex.labels[len(served)] != IGNORE_INDEX
@@ -87,7 +84,7 @@ def test_text_labels_everything_and_chunks_long_texts(tiny_tok):
 
 
 def _rec(obj):
-    from training.data import Record
+    from training.data_files import Record
 
     return Record(Path("x.jsonl"), 1, obj)
 

@@ -10,7 +10,7 @@ import torch
 
 from brainstacks.bundle import load_bundle, read_manifest
 from brainstacks.testing import tiny_base
-from training.testing import write_toy_recipe as write_recipe
+from tests.toy_recipes import write_toy_recipe as write_recipe
 
 
 def test_two_process_training(tmp_path):

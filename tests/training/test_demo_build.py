@@ -16,8 +16,9 @@ except ModuleNotFoundError:  # pragma: no cover
 
 from brainstacks.bundle import load_bundle, read_manifest
 from brainstacks.demo import DEMO_BUNDLE
-from training.demo import DOMAINS, generate
-from training.demo.build import MAX_BUNDLE_MB, RECIPE, build_demo, quick_build, render_recipe
+from training.demo.build import RECIPE, build_demo, quick_build, render_recipe
+from training.demo.install import MAX_BUNDLE_MB
+from training.demo.sampling import DOMAINS, generate
 from training.recipe import load_recipe
 
 HANDWRITTEN = Path(__file__).resolve().parents[1] / "data" / "handwritten_prompts.jsonl"
@@ -114,7 +115,7 @@ def test_killed_during_router_training_resumes_to_a_router_over_every_domain(tmp
     def die(*a, **k):
         raise KeyboardInterrupt("killed during router training")
 
-    monkeypatch.setattr(curriculum, "_train_router", die)
+    monkeypatch.setattr(curriculum, "fit_and_save_router", die)
     with pytest.raises(KeyboardInterrupt):
         build_demo(b, log=lambda *_: None)
     m = read_manifest(b.work / "bundle")
@@ -158,7 +159,7 @@ def test_shipped_bundle_size_and_base_reference():
 
 def test_shipped_bundle_routes_held_out_templates_and_handwritten_prompts(demo_bundle):
     from brainstacks.text import render_chat
-    from training.eval_report import routed_weights
+    from training.losses import routed_weights
 
     lb = demo_bundle
     assert sorted(lb.stacked.domains) == sorted(DOMAINS) and lb.router is not None

@@ -8,9 +8,9 @@ from fractions import Fraction
 import pytest
 
 from brainstacks.errors import ConfigError
-from training.demo import DOMAINS, check_answer, extract_answer, generate, write_demo_data
+from training.demo.answers import check_answer, extract_answer
 from training.demo.code_eval import extract_code, run_tests
-from training.demo.data import prompt_key, templates
+from training.demo.sampling import DOMAINS, generate, prompt_key, templates, write_demo_data
 
 N = 150  # rows per generated sample in these tests
 
@@ -40,7 +40,7 @@ def test_whole_templates_are_held_out(domain):
 
 
 def test_write_demo_data_layout_and_formats(tmp_path):
-    from training.data import read_jsonl  # the real loaders must accept every file
+    from training.data_files import read_jsonl  # the real loaders must accept every file
 
     paths = write_demo_data(tmp_path, seed=0, sizes={"train": 30, "valid": 8, "test": 8})
     assert set(paths) == set(DOMAINS)

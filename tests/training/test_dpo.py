@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from training.data import IGNORE_INDEX
 from training.dpo import dpo_loss, sequence_logprobs
+from training.tokenization import IGNORE_INDEX
 
 
 def test_dpo_loss_matches_hand_computation():

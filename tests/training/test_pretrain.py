@@ -8,8 +8,8 @@ import math
 import pytest
 
 from brainstacks.errors import ConfigError
-from training.corpus import CorpusConfig, build_corpus, render_messages
-from training.pretrain import PretrainConfig, build_model, pretrain, train_tokenizer, warmup_of
+from training.demo.corpus import CorpusConfig, build_corpus, render_messages
+from training.demo.pretrain import PretrainConfig, build_model, pretrain, train_tokenizer, warmup_of
 
 TINY = dict(
     steps=40, seq_len=64, batch_size=8, lr=3e-3, warmup_steps=4, vocab_size=512, hidden_size=64, num_layers=2,
@@ -44,8 +44,7 @@ def test_corpus_is_deterministic_capped_and_mixed(corpus):
 
 
 def test_corpus_demo_share_never_contains_valid_or_test_prompts(corpus):
-    from training.demo import DOMAINS, generate
-    from training.demo.data import prompt_key
+    from training.demo.sampling import DOMAINS, generate, prompt_key
 
     text = "\n".join(corpus)
     for domain in DOMAINS:
@@ -117,7 +116,7 @@ def test_pretrain_saves_a_loadable_model_whose_loss_went_down(base_dir):
 def test_tokenizer_chat_template_and_round_trip(base_dir):
     from transformers import AutoTokenizer
 
-    from training.data import tokenize_sft
+    from training.tokenization import tokenize_sft
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     text = tok.apply_chat_template(MESSAGES, tokenize=False)

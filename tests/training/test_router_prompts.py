@@ -7,9 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from training.data import read_jsonl_any
-from training.demo.data import DOMAINS
+from training.data_files import read_jsonl_any
 from training.demo.router_prompts import GENERATORS, router_prompts, write_router_files
+from training.demo.sampling import DOMAINS
 
 HANDWRITTEN = Path(__file__).resolve().parents[1] / "data" / "handwritten_prompts.jsonl"
 

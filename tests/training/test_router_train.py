@@ -11,10 +11,11 @@ import torch
 
 from brainstacks.config import RouterConfig, StackConfig
 from training.config import RouterTrainConfig
-from training.data import Record
-from training.evaluate import dataset_loss, example_losses
+from training.data_files import Record
+from training.losses import dataset_loss, example_losses
+from training.router_examples import build_router_examples, score_oracle
 from training.router_targets import greedy_oracle, table_combo_loss
-from training.router_train import build_router_examples, fit_router, routing_report, score_oracle
+from training.router_train import fit_router, routing_report
 
 DOMAINS = ["math", "med", "code"]
 WORDS = {
@@ -92,7 +93,7 @@ def test_router_learns_separable_domains_and_reports(stacked):
     assert fit.history[-1]["train_loss"] < fit.history[1]["train_loss"]
     # held-out prompts through the serving code path put the top weight on the right domain
     from brainstacks.router import route
-    from training.data import encode_prompt
+    from brainstacks.text import encode_prompt
 
     for i, d in enumerate(DOMAINS):
         for rec in records(d, 3, seed=100 + i):
@@ -102,7 +103,7 @@ def test_router_learns_separable_domains_and_reports(stacked):
 
 
 def test_routing_report_counts():
-    from training.router_train import RouterExample
+    from training.router_examples import RouterExample
 
     exs = [
         RouterExample("a", frozenset(["math"])),
@@ -119,7 +120,7 @@ def test_routing_report_counts():
 
 def test_dataset_loss_is_token_weighted(stacked):
     sm, tok = stacked
-    from training.data import tokenize_sft
+    from training.tokenization import tokenize_sft
 
     a = tokenize_sft(tok, {"prompt": "add", "completion": "sum plus minus times"}, "prompt_completion")
     b = tokenize_sft(tok, {"prompt": "add", "completion": "sum"}, "prompt_completion")
@@ -129,7 +130,7 @@ def test_dataset_loss_is_token_weighted(stacked):
 
 
 def test_router_examples_from_chat_and_text_records(tiny_tok):
-    from training.data import IGNORE_INDEX
+    from training.tokenization import IGNORE_INDEX
 
     tok = tiny_tok
     msgs = [
@@ -153,7 +154,7 @@ def test_router_examples_from_chat_and_text_records(tiny_tok):
 
 
 def test_targets_mix_oracle_labels_and_mixed_sets():
-    from training.router_train import RouterExample, targets_of
+    from training.router_examples import RouterExample, targets_of
 
     exs = [
         RouterExample("a", frozenset(["math"]), scored=True, oracle=frozenset(["math", "code"])),
@@ -166,7 +167,7 @@ def test_targets_mix_oracle_labels_and_mixed_sets():
 
 
 def test_unscored_examples_take_their_domains_typical_oracle_set():
-    from training.router_train import RouterExample, propagate_oracle, targets_of
+    from training.router_examples import RouterExample, propagate_oracle, targets_of
 
     both, alone = frozenset(["math", "med"]), frozenset(["med"])
     scored = [RouterExample(f"s{i}", frozenset(["med"]), scored=True, oracle=o) for i, o in

@@ -11,11 +11,11 @@ import torch
 from brainstacks.bundle import load_bundle, read_manifest
 from brainstacks.router import route
 from brainstacks.testing import tiny_base
+from brainstacks.text import encode_prompt
 from brainstacks.versions import current_version, list_versions, version_dir
 from brainstacks_cli.main import main as cli
-from training.data import encode_prompt
-from training.testing import TOY_DOMAINS as DOMAINS
-from training.testing import write_toy_recipe as write_recipe
+from tests.toy_recipes import TOY_DOMAINS as DOMAINS
+from tests.toy_recipes import write_toy_recipe as write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_a_second_train_on_the_same_out_is_refused_at_once(tmp_path):
     """`brainstacks train` locks --out: a concurrent run fails before any work, naming the holder."""
     from brainstacks.errors import BundleError
     from brainstacks.testing import tiny_base
+    from tests.toy_recipes import write_toy_recipe
     from training.curriculum import LOCK, out_lock, train_bundle
     from training.recipe import load_recipe
-    from training.testing import write_toy_recipe
 
     recipe = load_recipe(write_toy_recipe(tmp_path, tiny_base(tmp_path / "base"), ["math"]))
     out = tmp_path / "bundle"

@@ -50,7 +50,7 @@ def _leading_number(s: str) -> Decimal | None:
 
 def check_answer(domain: str, completion: str, answer: str) -> bool:
     """Whether `completion` answers a test row of `domain` whose reference is `answer` (see the module doc)."""
-    from training.demo.data import ANSWER_DOMAINS  # local: data imports the generators
+    from training.demo.sampling import ANSWER_DOMAINS  # local: data imports the generators
 
     if domain not in ANSWER_DOMAINS:
         raise ConfigError(f"domain {domain!r} has no exact answers; expected one of {', '.join(ANSWER_DOMAINS)}")

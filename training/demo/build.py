@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -44,14 +43,14 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from brainstacks.errors import ConfigError
-from training.demo.data import DOMAINS, SPLITS, DemoDataConfig, generate, write_if_changed
 from training.demo.evidence import EvidenceConfig
+from training.demo.install import MAX_BUNDLE_MB, install, shipped_mb
 from training.demo.router_prompts import write_router_files
+from training.demo.sampling import DOMAINS, SPLITS, DemoDataConfig, generate, write_if_changed
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
 WORK = Path("build/demo")
 QUICK_WORK = Path("build/demo-quick")
-MAX_BUNDLE_MB = 60.0  # the limit for a bundle shipped inside the package
 # Router examples per domain (not a recipe key): 120 chat-rendered prompts and their raw-text twins per domain
 # keep the router's feature pass to ~5 minutes on 2 cores; RouterTrainConfig's default (400) is for real runs.
 DEMO_ROUTER_EXAMPLES = 120
@@ -206,50 +205,12 @@ def retire_stale_router(bundle: Path, stamp_path: Path, stamp: dict[str, Any], l
     return True
 
 
-def shipped_files(src: Path) -> list[Path]:
-    """The files of the bundle in `src` that an install copies (relative paths): manifest.json, the files of the
-    stacks and router the manifest names, and reports/ (not a nested router/v<n> of another version)."""
-    from brainstacks.bundle import read_manifest
-
-    m = read_manifest(src)
-    out = [Path("manifest.json")]
-    for rel in [rel for d in m.domains for rel in d.stacks] + ([m.router] if m.router else []) + ["reports"]:
-        root = src / rel
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        out += [p.relative_to(src) for p in files if not any(re.fullmatch(r"v\d+", part)
-                                                              for part in p.relative_to(root).parts[:-1])]
-    return out
-
-
-def shipped_mb(src: Path, under: str = "") -> float:
-    """MB of the shipped files (optionally only those under a top-level folder, e.g. "stacks")."""
-    return sum((src / f).stat().st_size for f in shipped_files(src) if not under or f.parts[0] == under) / 2**20
-
-
-def install(src: Path, dst: Path) -> None:
-    """Replace `dst` by a copy of the bundle in `src`: its manifest, the stacks and router that manifest names, and
-    reports/ (not the writer's lock, nor routers of earlier versions that a resumed build leaves in the work copy).
-    The old directory is renamed away only once the copy is complete."""
-    dst = dst.resolve()
-    tmp, old = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    for f in shipped_files(src):
-        (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / f, tmp / f)
-    for p in [tmp, *tmp.rglob("*")]:  # a shipped bundle is world-readable whatever the umask
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | None, build: dict[str, Any] | None,
                  device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure a built bundle against WORK's recipe and test files; write BUNDLE/reports/evidence.json and docs."""
     from brainstacks.bundle import load_bundle
-    from training.demo.evidence import collect_evidence, read_router_report, render_demo_doc, write_evidence
+    from training.demo.evidence import collect_evidence
+    from training.demo.evidence_doc import read_router_report, render_demo_doc, write_evidence
     from training.recipe import load_recipe
 
     recipe = load_recipe(work / "recipe.toml")
@@ -364,7 +325,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     from brainstacks.demo import DEMO_BUNDLE
 
     if args.render_only:  # rewrite the Markdown from the stored measurements
-        from training.demo.evidence import read_router_report, render_demo_doc
+        from training.demo.evidence_doc import read_router_report, render_demo_doc
 
         bundle = Path(args.bundle or DEMO_BUNDLE)
         ev = json.loads((bundle / "reports" / "evidence.json").read_text())

@@ -4,7 +4,7 @@ Tasks: bulleted and numbered lists, upper/lower case rewrites, JSON replies with
 reversal and sorting, capitals of countries, and short greetings. Where the reply is fully determined by the
 instruction the row carries it as "answer" (scored by exact match after whitespace normalisation); open-ended rows
 (a list of any three fruits, a greeting) carry none. Each kind has several phrasings; the last is held out of
-training (`training.demo.data`).
+training (`training.demo.sampling`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every kind below draws its numbers (so every intermediate result is a whole number and one factor of every product
 is a single digit), writes one worked line per step (`training.demo.steps`) and ends with "Answer: N". Each kind
-has several phrasings; `training.demo.data` holds out the last phrasing of every kind from training, so the
+has several phrasings; `training.demo.sampling` holds out the last phrasing of every kind from training, so the
 held-out figures measure new wordings of known problems.
 """
 

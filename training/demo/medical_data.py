@@ -5,7 +5,7 @@ conversions (1 kg = 2.2 lb), degrees C to F, and mcg/mg. Arithmetic is done in `
 steps of `training.demo.steps`; results that are not whole are rounded half-up to one decimal, which the prompt says.
 The completion ends with "Answer: <value> <unit>" and the row's "answer" is "<value> <unit>".
 The facts (normal ranges, drug classes, antidotes) are standard textbook values, for a demo, not for clinical use.
-Each kind has several phrasings; the last one is held out of training (`training.demo.data`).
+Each kind has several phrasings; the last one is held out of training (`training.demo.sampling`).
 """
 
 from __future__ import annotations

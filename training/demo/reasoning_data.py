@@ -2,7 +2,7 @@
 
 Each completion explains in a line or two and ends with "Answer: ...". Syllogisms use nonsense words so that only
 the form, not world knowledge, decides the answer. Each kind has several phrasings; the last is held out of
-training (`training.demo.data`).
+training (`training.demo.sampling`).
 """
 
 from __future__ import annotations

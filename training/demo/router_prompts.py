@@ -23,8 +23,8 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from training.demo.data import write_if_changed
 from training.demo.lexicon import NAMES, SHOP_ITEMS, THINGS
+from training.demo.sampling import write_if_changed
 
 Gen = Callable[[random.Random], str]
 

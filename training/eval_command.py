@@ -17,31 +17,13 @@ from typing import Any
 import torch
 
 from brainstacks.bundle import LoadedBundle
-from brainstacks.router import route_prompts, weights_for_model
-from training.data import pad_id_of, prompt_text, read_jsonl, split_records, tokenize_records
-from training.evaluate import example_loss_sums
+from training.data_files import read_jsonl, split_records
+from training.losses import aligned_examples, dataset_loss, routed_weights
 from training.recipe import Recipe
-from training.router_train import RouterExample, score_oracle
+from training.router_examples import RouterExample, score_oracle
+from training.tokenization import pad_id_of, prompt_text
 
 COLUMNS = ("base", "own", "ungated", "routed", "oracle")
-
-
-def routed_weights(sm, tokenizer, router, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
-    """(N, D) serving weights in sm.domains order for raw prompts (zeros when there is no router)."""
-    if router is None:
-        return torch.zeros(len(prompts), len(sm.domains))
-    return weights_for_model(sm, router.domains, route_prompts(sm, tokenizer, router, prompts, batch_size))
-
-
-def aligned_examples(tokenizer, records: list, fmt: str, seq_len: int) -> tuple[list, list]:
-    """(records, examples) kept in step: records whose example does not fit seq_len are dropped from both."""
-    recs, exs = [], []
-    for r in records:
-        ex = tokenize_records(tokenizer, [r], fmt, seq_len)
-        if ex:
-            recs.append(r)
-            exs.append(ex[0])
-    return recs, exs
 
 
 def evaluate_bundle(lb: LoadedBundle, recipe: Recipe, max_examples: int = 64, progress: bool = True
@@ -62,8 +44,7 @@ def evaluate_bundle(lb: LoadedBundle, recipe: Recipe, max_examples: int = 64, pr
         n = len(ex)
 
         def loss(weights, base_only=False, ex=ex):
-            s, c = example_loss_sums(sm, ex, weights, cfg.batch_size, pad, base_only)
-            return float(s.sum() / c.sum().clamp_min(1))
+            return dataset_loss(sm, ex, weights, cfg.batch_size, pad, base_only)
 
         own = torch.zeros(len(sm.domains))
         own[sm.domains.index(spec.name)] = 1.0
@@ -72,7 +53,8 @@ def evaluate_bundle(lb: LoadedBundle, recipe: Recipe, max_examples: int = 64, pr
             row["routed"] = loss(routed_weights(sm, tok, lb.router, [prompt_text(tok, r, spec.format) for r in recs]))
         rex = [RouterExample("", frozenset([spec.name]), e, scored=True) for e in ex]
         sets = score_oracle(sm, rex, sm.domains, recipe.router_train, cfg.batch_size, pad, progress=progress)
-        w = torch.tensor([[1.0 if d in s else 0.0 for d in sm.domains] for s in sets]) if sets else torch.zeros(n, len(sm.domains))
+        w = (torch.tensor([[1.0 if d in s else 0.0 for d in sm.domains] for s in sets]) if sets
+             else torch.zeros(n, len(sm.domains)))
         row["oracle"] = loss(w)
         row["examples"] = n
         table[spec.name] = row

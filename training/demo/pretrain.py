@@ -3,7 +3,7 @@
     brainstacks pretrain --out runs/base [--steps N] [--seq-len L] [--seed S] [--corpus-chars C] ...
     path = pretrain("runs/base", PretrainConfig(steps=200))      # what `brainstacks demo build` calls
 
-Steps: build the corpus (training/corpus.py), train a byte-level BPE tokenizer on it (`tokenizers`; special tokens
+Steps: build the corpus (training/demo/corpus.py), train a byte-level BPE tokenizer on it (`tokenizers`; special tokens
 <|bos|> <|eos|> <|pad|> and the chat role markers; a Jinja chat template), then train a LlamaForCausalLM on random
 windows of the tokenized corpus with AdamW, linear warmup, cosine decay and gradient clipping, and save
   OUT/config.json, model.safetensors, generation_config.json    (weights in `save_dtype`, default bfloat16)
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from brainstacks.errors import ConfigError
 from brainstacks.text import FALLBACK_CHAT_TEMPLATE
-from training.corpus import BOS, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, CorpusConfig, build_corpus, chunk_text
+from training.demo.corpus import BOS, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, CorpusConfig, build_corpus, chunk_text
 
-# Renders `bos + training.corpus.render_messages(messages)`; prefix-stable, as training/data.py requires.
+# Renders `bos + training.demo.corpus.render_messages(messages)`; prefix-stable, as training/data_files.py requires.
 CHAT_TEMPLATE = "{{ bos_token }}" + FALLBACK_CHAT_TEMPLATE
 
 

@@ -1,68 +1,33 @@
-"""Training data: JSONL loaders for the formats of docs/DESIGN.md §5 (FORMATS), tokenization with answer-only labels,
-packing, collate.
+"""Tokenization with answer-only labels, truncation, packing and batching of the records of training/data_files.py.
 
-    records = read_jsonl(path, "messages")           # validates every line first: DataError("file:line: reason")
     data = load_domain(spec, tokenizer, seq_len=512)  # DomainData(train=[...], valid=[...]) of SFTExample/PreferenceExample
     loader = DataLoader(data.train, batch_size=4, collate_fn=Collator(pad_id))
-
-One JSON object per line; blank lines are skipped; keys other than the format's own are ignored (so files can carry
-ids, sources or metadata):
-
-    prompt_completion  {"prompt": str, "completion": str}           loss on the completion (+ EOS)
-    messages           {"messages": [{"role", "content"}, ...]}     loss on every assistant turn (+ its end marker)
-    text               {"text": str}                                loss on every token (+ EOS)
-    preference         {"prompt": str, "chosen": str, "rejected": str}   DPO pairs (loss on the responses)
 
 Labels are -100 wherever no loss is taken (prompt, system and user turns, padding). A prompt/completion pair is
 tokenized as prompt (with the tokenizer's usual special tokens, e.g. BOS) followed by the completion tokenized on its
 own, so the boundary is exactly where generation starts when serving `/v1/completions`.
 
-Chat rendering uses the tokenizer's own chat template; the rendered conversation gets the tokenizer's leading
-special tokens (BOS) as a raw prompt does, unless the template already wrote them (`encode_prompt`). A tokenizer without one gets FALLBACK_CHAT_TEMPLATE:
-every message as `<|role|>\\n{content}\\n`, an assistant message ending with the EOS token before its newline, and
-the generation prompt `<|assistant|>\\n`. Assistant spans are found by rendering successive prefixes of the
+Chat rendering uses the tokenizer's own chat template (brainstacks.text.render_chat); the rendered conversation gets
+the tokenizer's leading special tokens (BOS) as a raw prompt does, unless the template already wrote them
+(`brainstacks.text.encode_prompt`). A tokenizer without one gets brainstacks.text.FALLBACK_CHAT_TEMPLATE: every
+message as `<|role|>\\n{content}\\n`, an assistant message ending with the EOS token before its newline, and the
+generation prompt `<|assistant|>\\n`. Assistant spans are found by rendering successive prefixes of the
 conversation, which needs a template whose rendering of a prefix is a prefix of the full rendering (true of common
 templates; others fall back with an explicit error).
-
-With no `valid` file, a deterministic share of examples (a hash of the seed and the example's prompt, so duplicates of
-a prompt land on the same side and the split does not depend on line order) is held out for validation.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from brainstacks.errors import BrainstacksError
-from brainstacks.text import FALLBACK_CHAT_TEMPLATE, encode_prompt, render_chat  # noqa: F401 (re-exported)
-from training.config import FORMATS, TrainConfig
+from brainstacks.text import encode_prompt, render_chat
+from training.config import TrainConfig
+from training.data_files import DataError, Record, read_jsonl, split_records
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant", "tool")
-
-
-
-class DataError(BrainstacksError, ValueError):
-    """A data file is unreadable or one of its lines is malformed; the message is 'file:line: reason'."""
-
-
-@dataclass
-class Record:
-    """One validated JSONL line."""
-
-    path: Path
-    line: int
-    data: dict[str, Any]
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
 
 
 @dataclass
@@ -93,112 +58,6 @@ class DomainData:
     valid: list
     train_records: list[Record]
     valid_records: list[Record]
-
-
-# --- reading and validating ---------------------------------------------------------------------------------
-
-
-def _check(obj: Any, fmt: str) -> str | None:
-    """Reason the object is not a valid line of format `fmt`, or None."""
-    if not isinstance(obj, dict):
-        return f"expected a JSON object, got {type(obj).__name__}"
-
-    def need_str(key: str, allow_empty: bool = False) -> str | None:
-        if key not in obj:
-            return f"missing key {key!r} (format {fmt!r})"
-        v = obj[key]
-        if not isinstance(v, str):
-            return f"{key!r} must be a string, got {type(v).__name__}"
-        if not allow_empty and not v.strip():
-            return f"{key!r} is empty"
-        return None
-
-    if fmt == "prompt_completion":
-        return need_str("prompt", allow_empty=True) or need_str("completion")
-    if fmt == "text":
-        return need_str("text")
-    if fmt == "preference":
-        reason = need_str("prompt", allow_empty=True) or need_str("chosen") or need_str("rejected")
-        if reason is None and obj["chosen"] == obj["rejected"]:
-            return "'chosen' and 'rejected' are identical"
-        return reason
-    if fmt == "messages":
-        msgs = obj.get("messages")
-        if msgs is None:
-            return "missing key 'messages' (format 'messages')"
-        if not isinstance(msgs, list) or not msgs:
-            return "'messages' must be a non-empty list"
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                return f"messages[{i}] must be an object with 'role' and 'content'"
-            if m.get("role") not in ROLES:
-                return f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}"
-            if not isinstance(m.get("content"), str):
-                return f"messages[{i}].content must be a string, got {type(m.get('content')).__name__}"
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
-            return "no non-empty assistant message to learn from"
-        return None
-    raise ValueError(f"unknown format {fmt!r}")
-
-
-def read_jsonl(path: str | Path, fmt: str) -> list[Record]:
-    """Read and validate every line of a JSONL file. Raises DataError('file:line: reason') at the first bad line."""
-    if fmt not in FORMATS:
-        raise DataError(f"{path}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    path = Path(path)
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    records: list[Record] = []
-    with fh:
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-                reason = _check(obj, fmt)
-                if reason:
-                    raise DataError(f"{path}:{lineno}: {reason}")
-                records.append(Record(path, lineno, obj))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{len(records) + 1}: not UTF-8 text ({e.reason})") from None
-    if not records:
-        raise DataError(f"{path}: no examples (file is empty)")
-    return records
-
-
-def detect_format(obj: dict[str, Any]) -> str | None:
-    """The format a single object fits (used for [[router.mixed]] files, which may be in any SFT format)."""
-    for fmt in ("messages", "prompt_completion", "preference", "text"):
-        if _check(obj, fmt) is None:
-            return fmt
-    return None
-
-
-def read_jsonl_any(path: str | Path) -> tuple[str, list[Record]]:
-    """Read a file whose format is given by its first line; every line must then fit that format."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            first = next(((i, ln) for i, ln in enumerate(fh, 1) if ln.strip()), None)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    if first is None:
-        raise DataError(f"{path}: no examples (file is empty)")
-    try:
-        fmt = detect_format(json.loads(first[1]))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{first[0]}: invalid JSON: {e.msg} (column {e.colno})") from None
-    if fmt is None:
-        raise DataError(f"{path}:{first[0]}: fits none of the formats {', '.join(FORMATS)}")
-    return fmt, read_jsonl(path, fmt)
-
-
-# --- rendering and tokenization -----------------------------------------------------------------------------
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
@@ -301,43 +160,6 @@ def prompt_text(tokenizer, rec: Record | dict, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def split_key(rec: Record | dict, fmt: str) -> str:
-    """What identifies 'the same prompt' for splitting."""
-    obj = rec.data if isinstance(rec, Record) else rec
-    if fmt in ("prompt_completion", "preference"):
-        return obj["prompt"]
-    if fmt == "text":
-        return obj["text"]
-    msgs = obj["messages"]
-    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    return json.dumps([[m["role"], m["content"]] for m in msgs[:last]], ensure_ascii=False)
-
-
-def hash_fraction(key: str, seed: int) -> float:
-    """A deterministic number in [0, 1) for `key` under `seed`: where a split puts the key (the same in every run)."""
-    h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
-
-
-def split_records(records: list[Record], fmt: str, fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Deterministic (train, valid) split by prompt hash; at least one example on each side when there are two."""
-    keyed = [(hash_fraction(split_key(r, fmt), seed), r) for r in records]
-    valid = [r for b, r in keyed if b < fraction]
-    train = [r for b, r in keyed if b >= fraction]
-    if len(records) >= 2:
-        if not valid:  # a tiny file: hold out the prompt with the smallest hash (and its duplicates)
-            low = min(b for b, _ in keyed)
-            valid = [r for b, r in keyed if b == low]
-            train = [r for b, r in keyed if b != low]
-        if not train:
-            high = max(b for b, _ in keyed)
-            train = [r for b, r in keyed if b == high]
-            valid = [r for b, r in keyed if b != high]
-    else:
-        train, valid = list(records), list(records)
-    return train, valid
-
-
 def truncate(ex: SFTExample, seq_len: int) -> SFTExample | None:
     """Cut to seq_len from the right; None when no label token survives."""
     out = SFTExample(ex.input_ids[:seq_len], ex.labels[:seq_len])
@@ -410,24 +232,6 @@ def load_domain(
     if not valid:
         raise DataError(f"{spec.valid or spec.train}: no validation example fits seq_len={seq_len}")
     return DomainData(spec.name, spec.format, train, valid, train_recs, valid_recs)
-
-
-def validate_recipe_data(recipe) -> dict[str, list[Record]]:
-    """Read every data file a recipe names (domains, valid files, mixed sets) before any training starts."""
-    out: dict[str, list[Record]] = {}
-    for d in recipe.domains:
-        out[str(d.train)] = read_jsonl(d.train, d.format)
-        if d.valid:
-            out[str(d.valid)] = read_jsonl(d.valid, d.format)
-    for m in recipe.mixed:
-        fmt, recs = read_jsonl_any(m.file)
-        if fmt == "preference":
-            raise DataError(f"{m.file}: a mixed set needs prompt/answer data, not preference pairs")
-        out[str(m.file)] = recs
-    return out
-
-
-# --- batching -----------------------------------------------------------------------------------------------
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:

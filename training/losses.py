@@ -2,6 +2,7 @@
 
     losses = example_losses(sm, examples, weights)   # (N,) mean CE over each example's answer tokens
     loss = dataset_loss(sm, valid, weights=None)     # token-weighted mean: the validation loss of the loops
+    w = routed_weights(sm, tokenizer, router, prompts)  # (N, D) the served router's weights, for routed losses
 
 `weights` is None (ungated: every stack at 1, as in training), a (D,) vector applied to every example, or (N, D) with
 one row per example, so the oracle can score many (example, combination) pairs in one forward. An all-zero row is
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from training.data import IGNORE_INDEX, Collator, SFTExample
+from brainstacks.router import route_prompts, weights_for_model
+from training.tokenization import IGNORE_INDEX, Collator, SFTExample, tokenize_records
 
 # Families whose logits are exactly head(last hidden state), soft-capped for Gemma 2/3: answer_ce may project only
 # the labelled positions. Others (e.g. Granite's logits_scaling, Cohere's logit_scale) take the full-logits path.
@@ -112,3 +114,21 @@ def dataset_loss(
     """Token-weighted mean answer CE over a dataset (the loops' validation loss)."""
     s, c = example_loss_sums(sm, examples, weights, batch_size, pad_id, base_only)
     return float(s.sum() / c.sum().clamp_min(1))
+
+
+def routed_weights(sm, tokenizer, router, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
+    """(N, D) serving weights in sm.domains order for raw prompts (zeros when there is no router)."""
+    if router is None:
+        return torch.zeros(len(prompts), len(sm.domains))
+    return weights_for_model(sm, router.domains, route_prompts(sm, tokenizer, router, prompts, batch_size))
+
+
+def aligned_examples(tokenizer, records: list, fmt: str, seq_len: int) -> tuple[list, list]:
+    """(records, examples) kept in step: records whose example does not fit seq_len are dropped from both."""
+    recs, exs = [], []
+    for r in records:
+        ex = tokenize_records(tokenizer, [r], fmt, seq_len)
+        if ex:
+            recs.append(r)
+            exs.append(ex[0])
+    return recs, exs

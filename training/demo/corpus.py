@@ -14,7 +14,7 @@ Why demo text: the base is a few million parameters trained for minutes, so with
 domains' vocabulary and formats ("mg/kg", "Answer: 14", the chat role markers) for the first time in adapter
 training, and the tokenizer would split them into bytes. The demo share is drawn from the train split with its own
 seed (`demo_seed`), so the base never sees a valid or test prompt (those live in other hash buckets, see
-`training.demo.data`), and it is small (15 %) so the domain stacks still have most of the domain to learn.
+`training.demo.sampling`), and it is small (15 %) so the domain stacks still have most of the domain to learn.
 
 The stdlib is read from the running interpreter (`sysconfig.get_paths()["stdlib"]`), at build time only; nothing of
 it is shipped except through the trained weights. Files are visited in sorted order and shuffled with a seeded
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainstacks.errors import ConfigError
-from training.demo import DOMAINS, generate
 from training.demo.code_data import stdlib_files
 from training.demo.lexicon import NAMES, PLACES, sentence
+from training.demo.sampling import DOMAINS, generate
 
 # Special tokens of the demo tokenizer and the chat layout they make (the tokenizer's chat template renders exactly
-# `bos + render_messages(messages)`; training/data.py's fallback template uses the same layout).
+# `bos + render_messages(messages)`; training/data_files.py's fallback template uses the same layout).
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = tuple(f"<|{r}|>" for r in ROLES)
