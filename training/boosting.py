@@ -227,8 +227,8 @@ def train_domain(
         else:
             sm.discard_active()
         result.rounds.append(r)
-        log(f"[{data.name}] round {k}: val {r.start_val:.4f} -> {r.best_val:.4f} (best at step {r.best_step}/{r.steps}, "
-            f"{r.stop_reason}); {'kept' if r.kept else 'discarded'}")
+        log(f"[{data.name}] round {k}: val {r.start_val:.4f} -> {r.best_val:.4f} "
+            f"(best at step {r.best_step}/{r.steps}, {r.stop_reason}); {'kept' if r.kept else 'discarded'}")
         if improvement < cfg.min_improvement:
             break
     result.val_after = prev

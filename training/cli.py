@@ -32,8 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from torch.distributed.run import main as torchrun
 
         argv = [f"--nproc_per_node={args.nproc}", "--standalone", "-m", "training", "train", "--recipe", args.recipe,
-                "--out", args.out, "--keep-versions", str(args.keep_versions)] + (["--device", args.device] if args.device else []) \
-            + (["--quiet"] if args.quiet else [])
+                "--out", args.out, "--keep-versions", str(args.keep_versions)] \
+            + (["--device", args.device] if args.device else []) + (["--quiet"] if args.quiet else [])
         torchrun(argv)
         return 0
     from training.curriculum import train_bundle

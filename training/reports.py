@@ -79,7 +79,8 @@ def plot_matrix(path: Path, rows: list[str], cols: list[str], values: list[list[
     return path
 
 
-def forgetting_tables(matrix: dict[str, dict[str, float]], domains: list[str]) -> tuple[list[str], list[str], list[list]]:
+def forgetting_tables(matrix: dict[str, dict[str, float]], domains: list[str]) -> tuple[list[str], list[str],
+                                                                                        list[list]]:
     """matrix[after][evaluated] → rows = evaluated domain, cols = 'after <domain>'."""
     after = [d for d in domains if d in matrix]
     rows = [d for d in domains if any(d in matrix[a] for a in after)]

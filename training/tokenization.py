@@ -1,6 +1,6 @@
 """Tokenization with answer-only labels, truncation, packing and batching of the records of training/data_files.py.
 
-    data = load_domain(spec, tokenizer, seq_len=512)  # DomainData(train=[...], valid=[...]) of SFTExample/PreferenceExample
+    data = load_domain(spec, tokenizer, seq_len=512)  # DomainData(train=[...], valid=[...]): SFT or preference examples
     loader = DataLoader(data.train, batch_size=4, collate_fn=Collator(pad_id))
 
 Labels are -100 wherever no loss is taken (prompt, system and user turns, padding). A prompt/completion pair is

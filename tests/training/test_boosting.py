@@ -28,7 +28,8 @@ def toy(tokenizer, name: str, n: int, stage: str = "sft") -> DomainData:
     rows = []
     for _ in range(n):
         p, c = TOY_DOMAINS[name](r)
-        rows.append({"prompt": p, "chosen": c, "rejected": "return list"} if stage == "dpo" else {"prompt": p, "completion": c})
+        rows.append({"prompt": p, "chosen": c, "rejected": "return list"} if stage == "dpo" else {"prompt": p,
+                                                                                                  "completion": c})
     recs = [Record(Path("<toy>"), i + 1, row) for i, row in enumerate(rows)]
     fmt = "preference" if stage == "dpo" else "prompt_completion"
     ex = tokenize_records(tokenizer, recs, fmt, 32, stage)

@@ -76,7 +76,8 @@ def test_quick_build_end_to_end_and_resume(tmp_path, one_thread):
         assert all(math.isfinite(row[c]) for c in ("base", "own", "ungated", "routed", "oracle"))
     for d in DOMAINS:  # every domain is scored: exact answers, exact chat replies, code run against its tests
         acc = ev["accuracy"][d]
-        assert acc["prompts"] == b.evidence.accuracy_prompts and all(0 <= acc[c] <= 1 for c in ("base", "own", "routed"))
+        assert acc["prompts"] == b.evidence.accuracy_prompts
+        assert all(0 <= acc[c] <= 1 for c in ("base", "own", "routed"))
         assert all(t.startswith(f"{d}/") for t in acc["by_template"])
     conf = ev["routing"]["confusion"]
     assert all(sum(conf[d].values()) == b.evidence.routing_prompts for d in DOMAINS)
@@ -90,7 +91,8 @@ def test_quick_build_end_to_end_and_resume(tmp_path, one_thread):
         assert (out / "reports" / name).is_file()
     doc = (tmp_path / "DEMO.md").read_text()
     assert doc == (b.work / "DEMO.md").read_text()
-    for heading in ("## Held-out loss per domain", "## Accuracy on held-out templates", "## Routing on held-out prompts",
+    for heading in ("## Held-out loss per domain", "## Accuracy on held-out templates",
+                    "## Routing on held-out prompts",
                     "## Routing of hand-written prompts", "## Do medical prompts borrow math and chat?",
                     "## Sample completions"):
         assert heading in doc

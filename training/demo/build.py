@@ -164,7 +164,8 @@ def build_recipe(work: Path, source: Path, overrides: dict[str, dict[str, Any]])
         doc = tomllib.loads(text)
         for table, values in overrides.items():
             doc.setdefault(table, {}).update(values)
-        text = "# generated from " + str(source) + " with overrides " + json.dumps(overrides) + "\n" + render_recipe(doc)
+        text = ("# generated from " + str(source) + " with overrides " + json.dumps(overrides) + "\n"
+                + render_recipe(doc))
     path = work / "recipe.toml"
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
@@ -344,12 +345,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="the embedded demo bundle (build, evidence)")
     sub = p.add_subparsers(dest="demo_command", metavar="ACTION")
     sub.required = True
-    bp = sub.add_parser("build", help="rebuild the embedded demo bundle (data, base, five domains, router, evidence); resumable",
+    bp = sub.add_parser("build",
+                        help="rebuild the embedded demo bundle (data, base, five domains, router, evidence); resumable",
                         description=__doc__.split("\n\n")[0])
     bp.add_argument("--out", default=None, help="where to install the bundle (default: the shipped "
                                                 "brainstacks/demo_bundle; with --quick: none, it stays in WORK/bundle)")
     bp.add_argument("--work", default=None, help=f"work directory (default {WORK}; with --quick {QUICK_WORK})")
-    bp.add_argument("--quick", action="store_true", help="a tiny random base and a few steps: a pipeline check in ~1 minute")
+    bp.add_argument("--quick", action="store_true",
+                    help="a tiny random base and a few steps: a pipeline check in ~1 minute")
     bp.add_argument("--recipe", default=str(RECIPE), help="the demo recipe (default: recipes/demo.toml)")
     bp.add_argument("--docs", default=None, help="also write the evidence Markdown here (e.g. docs/DEMO.md)")
     bp.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -105,7 +105,8 @@ def _capital(rng: random.Random) -> Problem:
 
 def _greeting(rng: random.Random) -> Problem:
     name, occasion = rng.choice(NAMES), rng.choice(("birthday", "new job", "graduation", "wedding", "recovery"))
-    return {"name": name, "occasion": occasion}, f"Congratulations on your {occasion}, {name}! Wishing you the best.", None
+    return {"name": name,
+            "occasion": occasion}, f"Congratulations on your {occasion}, {name}! Wishing you the best.", None
 
 
 # kind -> (problem, phrasings); the last phrasing of each kind is held out of training

@@ -87,12 +87,16 @@ def _t_join(rng: random.Random) -> tuple[str, str, str]:
 def _t_string(rng: random.Random) -> tuple[str, str, str]:
     t = rng.choice(_TEXT_ARGS)
     return rng.choice((
-        (f"reverse_words({t})", f"Return {t} with its words in reverse order.", f"return ' '.join(reversed({t}.split()))"),
+        (f"reverse_words({t})", f"Return {t} with its words in reverse order.",
+         f"return ' '.join(reversed({t}.split()))"),
         (f"is_palindrome({t})", f"Return True if {t} reads the same backwards.", f"return {t} == {t}[::-1]"),
-        (f"count_vowels({t})", f"Return the number of vowels in {t}.", f"return sum(1 for ch in {t}.lower() if ch in 'aeiou')"),
+        (f"count_vowels({t})", f"Return the number of vowels in {t}.",
+         f"return sum(1 for ch in {t}.lower() if ch in 'aeiou')"),
         (f"shout({t})", f"Return {t} in uppercase with an exclamation mark.", f"return {t}.upper() + '!'"),
-        (f"first_word({t})", f"Return the first word of {t}, or '' if there is none.", f"words = {t}.split()\n    return words[0] if words else ''"),
-        (f"initials({t})", f"Return the first letter of each word in {t}.", f"return ''.join(w[0] for w in {t}.split())"),
+        (f"first_word({t})", f"Return the first word of {t}, or '' if there is none.",
+         f"words = {t}.split()\n    return words[0] if words else ''"),
+        (f"initials({t})", f"Return the first letter of each word in {t}.",
+         f"return ''.join(w[0] for w in {t}.split())"),
     ))  # fmt: skip
 
 
@@ -100,12 +104,15 @@ def _t_list(rng: random.Random) -> tuple[str, str, str]:
     xs = rng.choice(_LIST_ARGS)
     k = rng.randint(2, 9)
     return rng.choice((
-        (f"largest({xs})", f"Return the largest of {xs} without using max().", f"best = {xs}[0]\n    for v in {xs}[1:]:\n        if v > best:\n            best = v\n    return best"),
-        (f"average({xs})", f"Return the mean of {xs}, or 0 if it is empty.", f"return sum({xs}) / len({xs}) if {xs} else 0"),
+        (f"largest({xs})", f"Return the largest of {xs} without using max().",
+         f"best = {xs}[0]\n    for v in {xs}[1:]:\n        if v > best:\n            best = v\n    return best"),
+        (f"average({xs})", f"Return the mean of {xs}, or 0 if it is empty.",
+         f"return sum({xs}) / len({xs}) if {xs} else 0"),
         (f"evens({xs})", f"Return the even numbers in {xs}.", f"return [v for v in {xs} if v % 2 == 0]"),
         (f"take_{k}({xs})", f"Return the first {k} elements of {xs}.", f"return {xs}[:{k}]"),
         (f"drop_{k}({xs})", f"Return {xs} without its first {k} elements.", f"return {xs}[{k}:]"),
-        (f"unique({xs})", f"Return the distinct {xs} in order of first appearance.", f"seen = []\n    for v in {xs}:\n        if v not in seen:\n            seen.append(v)\n    return seen"),
+        (f"unique({xs})", f"Return the distinct {xs} in order of first appearance.",
+         f"seen = []\n    for v in {xs}:\n        if v not in seen:\n            seen.append(v)\n    return seen"),
         (f"squares({xs})", f"Return the square of each of {xs}.", f"return [v * v for v in {xs}]"),
     ))  # fmt: skip
 

@@ -228,7 +228,8 @@ def medical_borrowing(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pa
     if n:
         any_rate = sum(c for s, c in sets.items() if any(d in s.split("+") for d in BORROWED)) / n
     verdict = "reproduces" if any_rate >= 0.5 else ("partly reproduces" if any_rate >= 0.1 else "does not reproduce")
-    return {"active_rate": borrowed, "any_borrowed_rate": round(any_rate, 4), "mean_weight": routing["mean_weight"]["medical"],
+    return {"active_rate": borrowed, "any_borrowed_rate": round(any_rate, 4),
+            "mean_weight": routing["mean_weight"]["medical"],
             "active_sets": sets, "losses": losses, "verdict": verdict}
 
 
@@ -270,7 +271,8 @@ def collect_evidence(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pat
             for r, p, t, wr in zip(rows, prompts, texts, w, strict=True):
                 ref = r["messages"][-1]["content"]
                 samples.append({"domain": spec.name, "prompt": p, "completion": t, "reference": ref,
-                                "weights": {d: round(float(x), 3) for d, x in zip(lb.stacked.domains, wr, strict=True)}})
+                                "weights": {d: round(float(x), 3)
+                                            for d, x in zip(lb.stacked.domains, wr, strict=True)}})
     ev["samples"] = samples
     return ev
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from training.demo.lexicon import NAMES, PRONOUNS, SHOP_ITEMS, THINGS
-from training.demo.steps import add_line, div_line, mul_line, sub_line
+from training.demo.steps import add_line, div_line, mul_line, sub_line, worked_example
 
 Problem = tuple[dict, list[str], str]  # (fields for the phrasing, worked lines, answer)
 
@@ -209,7 +209,4 @@ KINDS: dict[str, tuple] = {
 
 def render(kind: str, phrasing: int, rng: random.Random) -> dict:
     """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}."""
-    problem, phrasings = KINDS[kind]
-    fields, steps, answer = problem(rng)
-    return {"prompt": phrasings[phrasing].format(**fields), "completion": "\n".join([*steps, f"Answer: {answer}"]),
-            "answer": answer}
+    return worked_example(KINDS, kind, phrasing, rng)

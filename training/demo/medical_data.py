@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from decimal import ROUND_HALF_UP, Decimal
 
-from training.demo.steps import div_line, mul_line
+from training.demo.steps import div_line, mul_line, worked_example
 
 _ONE_DECIMAL = Decimal("0.1")
 Problem = tuple[dict, list[str], str]
@@ -31,7 +31,8 @@ def _round1(x: Decimal) -> Decimal:
     return x.quantize(_ONE_DECIMAL, rounding=ROUND_HALF_UP)
 
 
-DRUGS_MG_PER_KG: tuple[str, ...] = ("amoxicillin", "cefazolin", "acetaminophen", "ibuprofen", "gentamicin", "vancomycin")
+DRUGS_MG_PER_KG: tuple[str, ...] = ("amoxicillin", "cefazolin", "acetaminophen", "ibuprofen", "gentamicin",
+                                    "vancomycin")
 LIQUIDS: tuple[str, ...] = ("amoxicillin suspension", "acetaminophen syrup", "cephalexin suspension", "ibuprofen syrup")
 FLUIDS: tuple[str, ...] = ("normal saline", "lactated Ringer's", "dextrose 5% in water", "half normal saline")
 
@@ -244,9 +245,5 @@ KINDS: dict[str, tuple] = {
 
 
 def render(kind: str, phrasing: int, rng: random.Random) -> dict:
-    """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}."""
-    problem, phrasings = KINDS[kind]
-    fields, steps, answer = problem(rng)
-    prompt = phrasings[phrasing].format(**fields)
-    return {"prompt": prompt[0].upper() + prompt[1:], "completion": "\n".join([*steps, f"Answer: {answer}"]),
-            "answer": answer}
+    """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}, the prompt capitalised."""
+    return worked_example(KINDS, kind, phrasing, rng, capitalize=True)

@@ -64,27 +64,32 @@ class PretrainConfig:
     val_fraction: float = field(default=0.02, metadata={"help": "share of corpus documents held out for val loss"})
     eval_every: int = field(default=100, metadata={"help": "steps between validation losses (0: only at the end)"})
     eval_batches: int = field(default=8, metadata={"help": "batches per validation loss"})
-    bf16_autocast: bool = field(default=False, metadata={"help": "bfloat16 autocast (fast only on CPUs with bf16 units)"})
-    save_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the saved weights: bfloat16|float16|float32"})
+    bf16_autocast: bool = field(default=False,
+                                metadata={"help": "bfloat16 autocast (fast only on CPUs with bf16 units)"})
+    save_dtype: str = field(default="bfloat16",
+                            metadata={"help": "dtype of the saved weights: bfloat16|float16|float32"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
 
     def validate(self) -> None:
         """Refuse values that cannot train or that bitsandbytes NF4 cannot quantize."""
         for name in ("steps", "seq_len", "batch_size", "vocab_size", "hidden_size", "num_layers",
-                     "intermediate_size", "num_heads", "num_kv_heads", "max_position_embeddings", "corpus_chars"):  # fmt: skip
+                     "intermediate_size", "num_heads", "num_kv_heads", "max_position_embeddings",
+                     "corpus_chars"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"pretrain {name} must be > 0, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"pretrain hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"pretrain num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+            raise ConfigError(f"pretrain num_heads {self.num_heads} is not divisible by "
+                              f"num_kv_heads {self.num_kv_heads}")
         head_dim = self.hidden_size // self.num_heads
         for name, out_features in (("hidden_size", self.hidden_size), ("intermediate_size", self.intermediate_size),
                                    ("num_kv_heads * head_dim", self.num_kv_heads * head_dim)):  # fmt: skip
             if out_features % 32:
                 raise ConfigError(f"pretrain {name} = {out_features} must be a multiple of 32 (bitsandbytes NF4)")
         if self.seq_len > self.max_position_embeddings:
-            raise ConfigError(f"pretrain seq_len {self.seq_len} exceeds max_position_embeddings {self.max_position_embeddings}")
+            raise ConfigError(f"pretrain seq_len {self.seq_len} exceeds "
+                              f"max_position_embeddings {self.max_position_embeddings}")
         if self.vocab_size < 256 + len(SPECIAL_TOKENS):
             raise ConfigError(f"pretrain vocab_size {self.vocab_size} is below the byte alphabet plus special tokens")
         if not 0.0 < self.val_fraction < 0.5:
@@ -240,7 +245,8 @@ def plot_loss(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, corpus_text: str | Sequence[str] | None = None) -> Path:
+def pretrain(out_dir: str | Path, config: PretrainConfig | None = None,
+             corpus_text: str | Sequence[str] | None = None) -> Path:
     """Train the tokenizer and model described by `config` and save them in `out_dir`; returns `out_dir`.
 
     `corpus_text` is a list of documents, or one string (cut into documents at line boundaries); by default

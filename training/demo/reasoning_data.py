@@ -11,6 +11,7 @@ import random
 from itertools import pairwise
 
 from training.demo.lexicon import NAMES
+from training.demo.steps import worked_example
 
 # (comparative, opposite comparative, superlative, opposite superlative)
 RELATIONS: tuple[tuple[str, str, str, str], ...] = (
@@ -166,7 +167,4 @@ KINDS: dict[str, tuple] = {
 
 def render(kind: str, phrasing: int, rng: random.Random) -> dict:
     """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}."""
-    problem, phrasings = KINDS[kind]
-    fields, steps, answer = problem(rng)
-    return {"prompt": phrasings[phrasing].format(**fields), "completion": "\n".join([*steps, f"Answer: {answer}"]),
-            "answer": answer}
+    return worked_example(KINDS, kind, phrasing, rng)

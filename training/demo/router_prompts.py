@@ -62,7 +62,8 @@ def _m_misc(r: random.Random) -> str:
     a, b = _n(r, 2, 30), _n(r, 2, 30)
     return r.choice([
         f"what is {a}% of {b * 20}", f"find the average of {a}, {b} and {a + b}", f"solve for x: x + {a} = {a + b}",
-        f"solve {b}x = {a * b}", f"what is {a} squared", f"square root of {a * a}", f"simplify the fraction {a * b}/{b * b}",
+        f"solve {b}x = {a * b}", f"what is {a} squared", f"square root of {a * a}",
+                     f"simplify the fraction {a * b}/{b * b}",
         f"what is 1/{b} plus 1/{b}", f"area of a rectangle {a} by {b}", f"perimeter of a square with side {a}",
         f"round {a}.{b} to the nearest whole number", f"is {a * b + 1} an even or odd number",
         f"how many minutes are in {a} hours", f"convert {a} meters to centimeters", f"what is {a} cubed",
@@ -199,8 +200,10 @@ TOPICS = ("octopuses", "the moon", "volcanoes", "honey bees", "the Eiffel Tower"
 def _t_talk(r: random.Random) -> str:
     name, topic = r.choice(NAMES), r.choice(TOPICS)
     return r.choice([f"hello there, my name is {name}", "good evening! what can you do", "thanks, that helped a lot",
-                     f"tell me something interesting about {topic}", f"what's the capital city of {r.choice(COUNTRIES)}",
-                     f"write a short thank-you note to {name} for the flowers", f"suggest a name for a {r.choice(THINGS)}"
+                     f"tell me something interesting about {topic}",
+                     f"what's the capital city of {r.choice(COUNTRIES)}",
+                     f"write a short thank-you note to {name} for the flowers",
+                     f"suggest a name for a {r.choice(THINGS)}"
                      " shop", "give me a motivational quote", f"tell me a joke about {topic}",
                      f"write a two-line poem about {topic}", "what should I cook for dinner tonight",
                      "recommend a good book for a rainy weekend", "how do you say thank you in Spanish",

@@ -147,7 +147,8 @@ def write_demo_data(
 ) -> dict[str, dict[str, Path]]:
     """Write `<out_dir>/<domain>/{train,valid,test}.jsonl`; returns {domain: {split: path}}.
 
-    `seed` and `sizes` ({split: rows}) default to `DemoDataConfig`; a partial `sizes` overrides only the splits it names.
+    `seed` and `sizes` ({split: rows}) default to `DemoDataConfig`; a partial `sizes` overrides only the splits it
+    names.
     """
     defaults = DemoDataConfig()
     seed = defaults.seed if seed is None else seed

@@ -6,10 +6,14 @@
     div_line(84, 7)    -> "84 / 7 = 12 (12 * 7 = 84)"
 
 A 135M model gets a two-digit sum wrong more often than two one-digit-sized steps; the lines teach the split, and
-every number in them is exact (tests re-evaluate each "=" chain).
+every number in them is exact (tests re-evaluate each "=" chain). `worked_example` renders one example of a
+domain whose problems return (fields, steps, answer): math, medical, reasoning.
 """
 
 from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
 
 
 def add_line(a: int, b: int) -> str:
@@ -43,3 +47,15 @@ def div_line(a: int, b: int) -> str:
     """a / b for an exact division."""
     q = a // b
     return f"{a} / {b} = {q} (check: {q} * {b} = {a})"
+
+
+def worked_example(kinds: Mapping[str, tuple[Callable, Sequence[str]]], kind: str, phrasing: int,
+                   rng: random.Random, capitalize: bool = False) -> dict:
+    """One example of `kind` in phrasing `phrasing` from a domain's KINDS ({kind: (problem, phrasings)}, a problem
+    returning (fields, steps, answer)): {"prompt", "completion" (the steps, then "Answer: <answer>"), "answer"}."""
+    problem, phrasings = kinds[kind]
+    fields, steps, answer = problem(rng)
+    prompt = phrasings[phrasing].format(**fields)
+    if capitalize:
+        prompt = prompt[0].upper() + prompt[1:]
+    return {"prompt": prompt, "completion": "\n".join([*steps, f"Answer: {answer}"]), "answer": answer}
