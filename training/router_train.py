@@ -19,6 +19,8 @@
    train/validation split by unique prompt; the epoch with the lowest validation loss is kept.
 5. Report. On the validation prompts: per-domain top-1 routing accuracy (single-label examples), the confusion
    table (true label → domain with the top weight), agreement with the oracle sets, mean weight per domain.
+
+Steps 1 and 2 (examples, oracle, targets) are in training/router_examples.py; 3 to 5 here.
 """
 
 from __future__ import annotations
