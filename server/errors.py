@@ -3,7 +3,11 @@
 Handlers registered by `install_error_handlers(app)` map our `APIError`s, FastAPI validation errors, HTTP errors and
 any unexpected exception to that envelope, so a client never sees a traceback (unexpected ones are logged with it).
 An invalid request is always 400 (OpenAI's status; never FastAPI's 422), with `param` naming the field at fault
-(`max_tokens`, `messages.0.role`).
+(`max_tokens`, `messages.0.role`). Every error response the server sends is built here: the routes, the middleware
+(401, 403, 413 before the body is read) and the streams (an error event) all take their `APIError` from this module.
+A `brainstacks.errors.BrainstacksError` that reaches a route (a malformed bundle pointer, a config error) is a 500
+`server_error` whose code names its class (`bundle_error`, `config_error`, ...) and whose message is its own (those
+messages are written to be read: they name the file or value at fault).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from brainstacks.errors import BrainstacksError
 
 log = logging.getLogger("brainstacks.server")
 
@@ -38,13 +44,15 @@ class APIError(Exception):
     """An error with its HTTP status and OpenAI fields."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None, extra: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
+        self.extra = extra or {}  # more keys of the error object, after the four of OpenAI's envelope
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.extra}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -80,8 +88,44 @@ def queue_full(retry_after: int) -> APIError:
                     {"Retry-After": str(retry_after)})
 
 
+def timed_out(what: str, timeout: float, retry_after: int) -> APIError:
+    """503: `what` did not finish within request_timeout."""
+    return APIError(503, f"{what} did not finish within request_timeout={timeout}s.", "server_error", None, "timeout",
+                    {"Retry-After": str(retry_after)})
+
+
+def aborted(error: str | None, code: str) -> APIError:
+    """The engine gave up on a request (its error event's message and code): 503 when the server is shutting down,
+    the engine is dead, the request waited too long for a slot or timed out; 500 for an internal failure."""
+    code = code or ("shutting_down" if "shutting down" in (error or "") else "internal")
+    if code in ("shutting_down", "engine_dead", "queue_timeout", "timeout"):
+        return APIError(503, f"Generation aborted: {error}.", "server_error", None, code)
+    return APIError(500, f"Generation failed: {error}.", "server_error", None, "internal_error")
+
+
+def bundle_refused(reasons: list[str], bundle_version: int, replicas: dict | None = None) -> APIError:
+    """409 for POST /admin/reload: the new version was refused (the old one keeps serving); the error object also
+    carries the reasons, the version served and, under Ray Serve, each replica's result."""
+    extra: dict = {"reasons": reasons, "bundle_version": bundle_version}
+    if replicas is not None:
+        extra["replicas"] = replicas
+    return APIError(409, "Bundle refused: " + "; ".join(reasons), "invalid_request_error", None, "bundle_refused",
+                    extra=extra)
+
+
+def internal_error() -> APIError:
+    return APIError(500, "Internal server error.", "server_error", None, "internal_error")
+
+
+def library_error(exc: BrainstacksError) -> APIError:
+    """500 for a typed library error (its class as the code: BundleError -> bundle_error)."""
+    code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    return APIError(500, str(exc) or type(exc).__name__, "server_error", None, code)
+
+
 # every status the API may answer besides 200, for the OpenAPI spec (schemathesis checks conformance)
 ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 429, 503)}
+RELOAD_RESPONSES = {**ERROR_RESPONSES, 409: ERROR_RESPONSES[400]}  # POST /admin/reload: 409 when refused
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -131,10 +175,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(exc.status_code, str(exc.detail), "invalid_request_error", None,
                         codes.get(exc.status_code), dict(exc.headers or {})).response()
 
+    @app.exception_handler(BrainstacksError)
+    async def _library(request: Request, exc: BrainstacksError):
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        return library_error(exc).response()
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return APIError(500, "Internal server error.", "server_error", None, "internal_error").response()
+        return internal_error().response()
 
 
 def sse_error(exc: APIError) -> str:

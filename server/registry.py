@@ -6,7 +6,8 @@ Reload (POST /admin/reload, or --watch on manifest change) is transactional, in 
      exactly the manifest's domains, in order), all through brainstacks.bundle; then build the new packed tensors
      to the side (StackedModel.prepare) and move the router to the device. Nothing serving is touched, so any
      failure here (an out-of-memory error while packing too) refuses the whole version, and the old one keeps
-     serving bit-identical; the HTTP answer is 409 with the reasons and `brainstacks_reloads{result="refused"}` counts it;
+     serving bit-identical; the HTTP answer is 409 with the reasons and `brainstacks_reloads{result="refused"}`
+     counts it;
   2. on the model thread, between decode steps (Engine.call_async, bounded by engine_call_timeout so a stuck engine
      cannot hold the reload lock forever): a pointer exchange (StackedModel.commit, the router, the version).
      Running rows keep their {domain: weight}; a domain they never named weighs 0 for them.
@@ -30,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.engine import Engine
+from server.genrequest import EngineStoppedError, EngineTimeoutError
+from server.metrics import Metrics
 from server.runner import ModelRunner
 from server.settings import ServerSettings
 
@@ -45,7 +49,8 @@ def _device(settings: ServerSettings) -> str:
 
 
 def load_runner(settings: ServerSettings) -> ModelRunner:
-    """Build the runner the settings describe: a bundle (default: the embedded demo), or a bare base with --base only."""
+    """Build the runner the settings describe: a bundle (default: the embedded demo), or a bare base with --base
+    only."""
     if settings.bundle is None and settings.base is not None:
         from brainstacks.base import load_base
 
@@ -65,7 +70,8 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
     root = bundle
     bundle = resolve_bundle_dir(root)  # a versioned bundle: the version BUNDLE/CURRENT names (brainstacks/versions.py)
     seen = manifest_sha256(bundle)  # before loading: a manifest replaced meanwhile is noticed by --watch
-    b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype, device=_device(settings))
+    b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=settings.dtype,
+                    device=_device(settings))
     runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
                        bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
                        fingerprint=b.base.fingerprint)
@@ -128,7 +134,7 @@ class ReloadResult:
 class Registry:
     """Describes and reloads the served bundle. One reload at a time."""
 
-    def __init__(self, runner: ModelRunner, engine: Any, metrics: Any = None,
+    def __init__(self, runner: ModelRunner, engine: Engine, metrics: Metrics | None = None,
                  call_timeout: float = ServerSettings.model_fields["engine_call_timeout"].default):
         self.runner = runner
         self.engine = engine
@@ -184,7 +190,8 @@ class Registry:
             out["stacks_loaded"] += len(stacks)
         if m.router is not None:
             out["router"] = {"path": m.router, "domains": r.router_domains, **(getattr(r, "router_meta", None) or {})}
-            cfg = getattr(r.router, "config", None)  # the serving policy: weights <= min_weight are cut to 0, then floors
+            # the serving policy: weights <= min_weight are cut to 0, then floors
+            cfg = getattr(r.router, "config", None)
             if cfg is not None:
                 out["router"].update(min_weight=cfg.min_weight, floors=dict(cfg.floors or {}))
         return out
@@ -214,7 +221,8 @@ class Registry:
             if m.version == r.bundle_version:
                 return ReloadResult("unchanged", r.bundle_version)
             if m.version < r.bundle_version:
-                raise_reason = f"{bdir / 'manifest.json'}: version {m.version} is older than the served {r.bundle_version}"
+                raise_reason = (f"{bdir / 'manifest.json'}: version {m.version} is older than the served "
+                                f"{r.bundle_version}")
                 return ReloadResult("refused", r.bundle_version, [raise_reason])
             if r.manifest is not None and m.stack_config != r.manifest.stack_config:
                 return ReloadResult("refused", r.bundle_version, [
@@ -270,11 +278,10 @@ class Registry:
 
     async def reload(self) -> ReloadResult:
         if self.bundle_dir is None or self.runner.stacked is None:
-            res = ReloadResult("refused", self.runner.bundle_version, ["no bundle is being served (started with --base only)"])
+            res = ReloadResult("refused", self.runner.bundle_version,
+                               ["no bundle is being served (started with --base only)"])
             self._record(res)
             return res
-        from server.engine import EngineStoppedError, EngineTimeoutError
-
         async with self._lock:
             checked = await asyncio.to_thread(self._validate)
             if isinstance(checked, ReloadResult):

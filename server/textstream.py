@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from brainstacks.text import FALLBACK_CHAT_TEMPLATE, encode_prompt  # noqa: F401 (re-exported)
 from brainstacks.text import render_chat as _render_chat
 
 

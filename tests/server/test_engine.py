@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine import Engine, GenRequest, QueueFullError
+from server.engine import Engine
+from server.genrequest import GenRequest, QueueFullError
 from server.sampling import SamplingParams
 
 
@@ -71,7 +72,8 @@ def test_batched_rows_equal_solo_runs_with_staggered_join_and_leave(tiny_runner)
     for i in range(len(PROMPTS)):
         assert cols[i].tokens() == alone[i].tokens(), f"prompt {i}: batched tokens differ from the solo run"
         assert len(cols[i].tokens()) == MAX_TOKENS[i] or cols[i].finish() == ["stop"]
-        torch.testing.assert_close(torch.tensor(cols[i].logprobs()), torch.tensor(alone[i].logprobs()), atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.tensor(cols[i].logprobs()), torch.tensor(alone[i].logprobs()), atol=1e-4,
+                                   rtol=0)
 
 
 def test_seeded_sampling_is_reproducible_regardless_of_batch_mates(tiny_runner):
@@ -147,7 +149,8 @@ def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle, quantiz
 
     runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize=quantize))
     assert runner.domains == ["math", "code"]
-    ws = [{"math": 1.0, "code": 0.0}, {"math": 0.0, "code": 1.0}, {"math": 0.0, "code": 0.0}, {"math": 0.5, "code": 0.9}]
+    ws = [{"math": 1.0, "code": 0.0}, {"math": 0.0, "code": 1.0}, {"math": 0.0, "code": 0.0},
+          {"math": 0.5, "code": 0.9}]
     prompt = [5, 17, 33, 40, 41]
     sp = SamplingParams(max_tokens=8, temperature=0.0, logprobs=0)
 
@@ -296,7 +299,7 @@ def test_engine_matches_hf_generate(tmp_path, family):
 def test_stop_drains_then_aborts_what_is_left(tiny_runner):
     import threading
 
-    from server.engine import EngineStoppedError
+    from server.genrequest import EngineStoppedError
 
     eng = Engine(tiny_runner, max_batch=1, max_waiting=4)
     eng.start()

@@ -223,7 +223,7 @@ def test_disconnected_stream_frees_its_slot(tmp_path, core_base_dir, live_server
     # the client is gone: its row leaves at the next step, and the single slot serves the next request
     r2 = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
     assert r2.status_code == 200
-    hist = [v for v in app.state.bs.history.values() if v["finish_reasons"] == ["cancelled"]]
+    hist = [v for v in app.state.bs.history.recent() if v["finish_reasons"] == ["cancelled"]]
     assert hist and 0 < hist[0]["usage"]["completion_tokens"] < 400
 
 
@@ -260,3 +260,21 @@ def test_oversized_body_is_refused(http):
     r = http.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500 and "error" in r.json()
     ok(http)
+
+
+def test_a_library_error_answers_500_in_the_envelope_with_its_class_as_code(server, monkeypatch):
+    """A brainstacks.errors.BrainstacksError reaching a route (here a malformed bundle pointer) is mapped by
+    server/errors.py: 500 server_error, code from its class, its own message; the server keeps serving."""
+    from brainstacks.errors import BundleError
+
+    reg = server.app.state.bs.registry
+
+    def broken():
+        raise BundleError("BUNDLE/CURRENT: not a version number")
+
+    monkeypatch.setattr(reg, "describe", broken)
+    err = assert_envelope(httpx.get(server.url + "/admin/stacks", headers={"Authorization": f"Bearer {ADMIN}"}), 500,
+                          "bundle_error")
+    assert err["type"] == "server_error" and err["message"] == "BUNDLE/CURRENT: not a version number"
+    monkeypatch.undo()
+    assert httpx.get(server.url + "/admin/stacks", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200

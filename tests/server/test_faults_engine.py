@@ -124,7 +124,8 @@ def test_poisoned_reloads_answer_409_and_serving_stays_bit_identical(served, mon
 
     cases = [
         (lambda: vs.write(nan_first), "non-finite"),
-        (lambda: vs.write(lambda t: {k: v.float() for k, v in t.items()}), "is float32, the bundle's stacks are bfloat16"),
+        (lambda: vs.write(lambda t: {k: v.float() for k, v in t.items()}),
+         "is float32, the bundle's stacks are bfloat16"),
         (truncated, "corrupt JSON"),
         (lambda: vs.write(router_domains=["math", "code"]), "missing ['legal']"),
         (oom_while_packing, "OutOfMemoryError"),
@@ -283,16 +284,16 @@ def test_admission_keeps_the_kv_token_budget(tmp_path, core_base_dir, live_serve
 
 def test_a_row_whose_sampling_fails_fails_alone(served, monkeypatch):
     s, app, _ = served
-    import server.engine as eng
+    import server.batch as batch
 
-    real = eng.sample_batch
+    real = batch.sample_batch
 
     def sample_batch(logits, params, gens, histories=None):
         if any(p.seed == 13 for p in params):
             raise ValueError("simulated sampling failure")
         return real(logits, params, gens, histories)
 
-    monkeypatch.setattr(eng, "sample_batch", sample_batch)
+    monkeypatch.setattr(batch, "sample_batch", sample_batch)
     engine = app.state.bs.engine
     gate = hold(app)
     out: list = []
@@ -313,7 +314,7 @@ def test_a_row_whose_sampling_fails_fails_alone(served, monkeypatch):
 
 def test_a_failed_cache_merge_leaves_the_running_batch_intact(served, monkeypatch):
     s, app, _ = served
-    import server.engine as eng
+    import server.batch as batch
 
     body = {"prompt": "two plus two", "max_tokens": 120, "temperature": 0, "stream": True}
 
@@ -331,7 +332,7 @@ def test_a_failed_cache_merge_leaves_the_running_batch_intact(served, monkeypatc
     reference = stream_text()  # alone
     engine = app.state.bs.engine
     out: list = []
-    real_lpad = eng._lpad
+    real_lpad = batch.lpad
     calls = {"n": 0}
 
     def lpad(x, width):
@@ -345,7 +346,7 @@ def test_a_failed_cache_merge_leaves_the_running_batch_intact(served, monkeypatc
         try:
             out.append(post_async(s.url, {"prompt": "x", "max_tokens": 4}, out))
             until(lambda: engine.waiting_rows == 1, what="the newcomer queued")
-            monkeypatch.setattr(eng, "_lpad", lpad)
+            monkeypatch.setattr(batch, "lpad", lpad)
         finally:
             gate.set()
 

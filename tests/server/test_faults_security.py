@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from server import api
-from server.app import GuardMiddleware, create_app, is_loopback, path_policy, security_warnings
+from server.app import create_app
+from server.middleware import GuardMiddleware, is_loopback, path_policy, security_warnings
 from server.settings import ServerSettings
 
 from .conftest import build_bundle

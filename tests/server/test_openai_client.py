@@ -37,7 +37,8 @@ def test_completion_shape_usage_and_extension(client):
 
 
 def test_chat_completion(client):
-    r = client.chat.completions.create(model="brainstacks", messages=[{"role": "user", "content": "what is two plus two"}],
+    r = client.chat.completions.create(model="brainstacks",
+                                       messages=[{"role": "user", "content": "what is two plus two"}],
                                        max_tokens=5, temperature=0)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert isinstance(r.choices[0].message.content, str)
@@ -139,7 +140,7 @@ def test_list_prompts_and_models(client, server):
 
 def test_token_id_prompt_equals_text_prompt(client, server):
     tok = server.app.state.bs.runner.tokenizer
-    from server.textstream import encode_prompt
+    from brainstacks.text import encode_prompt
 
     ids = encode_prompt(tok, PROMPT)
     a = client.completions.create(model="brainstacks:math", prompt=ids, max_tokens=6, temperature=0)

@@ -40,6 +40,7 @@ def cluster(tmp_path_factory, core_base_dir):
 
     from brainstacks.versions import publish_version
     from server import ray_serve
+    from server.rollout import NAMESPACE
     from server.settings import ServerSettings
 
     root = tmp_path_factory.mktemp("ray_bundle")
@@ -47,7 +48,7 @@ def cluster(tmp_path_factory, core_base_dir):
     build_bundle(work, core_base_dir, version=1)
     publish_version(shared, src=work)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing outside can be reached anyway
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=ray_serve.NAMESPACE,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE,
              object_store_memory=100 * 1024 * 1024, log_to_driver=False)
     port = _free_port()
     settings = ServerSettings(bundle=str(shared), quantize="none", replicas=2, ray_num_cpus=1, host="127.0.0.1",
@@ -205,10 +206,10 @@ def test_rollout_survives_a_restart_of_the_rollout_actor(cluster):
 
     from brainstacks.bundle import read_manifest, write_manifest
     from brainstacks.versions import publish_version
-    from server import ray_serve
+    from server import ray_serve, rollout
 
     url, work = cluster["url"], cluster["work"]
-    actor = ray.get_actor(ray_serve.rollout_actor_name(ray_serve.APP_NAME), namespace=ray_serve.NAMESPACE)
+    actor = ray.get_actor(rollout.rollout_actor_name(ray_serve.APP_NAME), namespace=rollout.NAMESPACE)
     ray.kill(actor, no_restart=False)
     deadline = time.monotonic() + 60
     # both registered again with the restarted actor (each polls every POLL_S seconds). Asked of the actor itself:
@@ -269,7 +270,8 @@ def test_deploy_files_parse_and_build():
 
     root = Path(__file__).resolve().parents[2] / "deploy"
     service = yaml.safe_load((root / "rayservice.yaml").read_text())
-    for doc in (yaml.safe_load((root / "serve_config.yaml").read_text()), yaml.safe_load(service["spec"]["serveConfigV2"])):
+    for doc in (yaml.safe_load((root / "serve_config.yaml").read_text()),
+                yaml.safe_load(service["spec"]["serveConfigV2"])):
         cfg = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else \
             ServeDeploySchema.parse_obj(doc)
         app = cfg.applications[0]
