@@ -1,4 +1,5 @@
-"""Prometheus metrics (docs/DESIGN.md §6), prefix `brainstacks_`, in a registry per app so several apps can live in one process."""
+"""Prometheus metrics (docs/DESIGN.md §6), prefix `brainstacks_`, in a registry per app so several apps can live in
+one process."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         p = "brainstacks_"
-        self.requests = Counter(p + "requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r)
-        self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first generated token.", buckets=_LAT, registry=r)
+        self.requests = Counter(p + "requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+                                registry=r)
+        self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first generated token.", buckets=_LAT,
+                              registry=r)
         self.tpot = Histogram(p + "time_per_output_token_seconds", "Mean time per output token after the first.",
                               buckets=_TPOT, registry=r)
         self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to last token of a completion.", buckets=_LAT,
@@ -32,8 +35,8 @@ class Metrics:
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated.", registry=r)
         self.running = Gauge(p + "running_requests", "Rows in the running batch.", registry=r)
         self.waiting = Gauge(p + "waiting_requests", "Rows waiting for a batch slot.", registry=r)
-        self.batch_size = Histogram(p + "batch_size", "Rows per decode step.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-                                    registry=r)
+        self.batch_size = Histogram(p + "batch_size", "Rows per decode step.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.router_weight = Histogram(p + "router_weight", "Serving weight per domain and request.", ["domain"],
                                        buckets=_WEIGHT, registry=r)
         self.stacks_loaded = Gauge(p + "stacks_loaded", "Frozen stacks loaded.", registry=r)

@@ -1,4 +1,5 @@
-"""The model side of the engine: one object that owns the model, its tokenizer and (with a bundle) the stacks and router.
+"""The model side of the engine: one object that owns the model, its tokenizer and (with a bundle) the stacks and
+router.
 
 The engine (server/engine.py) never touches transformers or brainstacks directly: it calls
 

@@ -23,7 +23,8 @@ INT64 = 2**63
 
 
 def _integral(v: Any) -> Any:
-    """JSON Schema counts 1.0 as an integer: accept integral floats for integer fields (strings and bools stay refused)."""
+    """JSON Schema counts 1.0 as an integer: accept integral floats for integer fields (strings and bools stay
+    refused)."""
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
@@ -53,7 +54,8 @@ class _Common(BaseModel):
     max_tokens: IntIn(1, 1_000_000) | None = Field(None, description=(
         f"Most tokens to generate (default {SamplingParams.max_tokens})."))
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy (default 1).")
-    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass (default 1).")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                description="Nucleus sampling mass (default 1).")
     top_k: IntIn(-1, 1_000_000) | None = Field(None, description="Keep the k most likely tokens (0 or -1: off).")
     n: IntIn(1, 128) | None = Field(None, description="Samples per prompt (default 1).")
     stop: StopStr | Annotated[list[StopStr], Field(max_length=4)] | None = Field(
@@ -81,7 +83,8 @@ class CompletionRequest(_Common):
     prompt: PromptStr | Annotated[list[PromptStr], Field(min_length=1, max_length=1024)] | Annotated[
         list[TokenId], Field(min_length=1, max_length=1_000_000)] = Field(
         ..., description="A string, a list of strings (one choice set each), or a list of token ids.")
-    logprobs: IntIn(0, 20) | None = Field(None, description="Return the chosen token's logprob and this many alternatives.")
+    logprobs: IntIn(0, 20) | None = Field(None, description=(
+        "Return the chosen token's logprob and this many alternatives."))
     echo: bool | None = Field(None, description="Prepend the prompt to each choice's text (not with logprobs).")
 
 
@@ -124,7 +127,7 @@ class RouteRequest(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------- responses
-# Documented in /openapi.json (the schema fuzz validates every response against them); server/api.py builds the
+# Documented in /openapi.json (the schema fuzz validates every response against them); server/responses.py builds the
 # bodies as plain dicts in these shapes.
 class Usage(BaseModel):
     prompt_tokens: int

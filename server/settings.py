@@ -17,26 +17,31 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BRAINSTACKS_", extra="forbid", validate_default=True)
 
-    bundle: str | None = Field(None, description="Bundle directory to serve (None: the embedded demo bundle, or --base alone).")
+    bundle: str | None = Field(None, description=(
+        "Bundle directory to serve (None: the embedded demo bundle, or --base alone)."))
     base: str | None = Field(None, description="Base model directory; overrides the manifest's base path.")
     host: str = Field("127.0.0.1", description="Address to bind.", min_length=1, max_length=255)
     port: int = Field(8000, description="TCP port to bind (0 = any free port).", ge=0, le=65535)
     quantize: Literal["nf4", "fp4", "none"] = Field("nf4", description="Base model quantization.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype of the base model.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device for the model (auto: cuda when available).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "Device for the model (auto: cuda when available)."))
     watch: bool = Field(False, description="Reload the bundle when its manifest.json changes.")
     watch_interval: float = Field(1.0, description="Seconds between manifest checks with --watch.", gt=0.05, le=3600)
 
-    api_key: str | None = Field(None, description="Bearer token required on /v1 and /metrics (None: open).", min_length=1)
+    api_key: str | None = Field(None, description="Bearer token required on /v1 and /metrics (None: open).",
+                                min_length=1)
     admin_key: str | None = Field(None, description=(
         "Bearer token required on /admin and /debug (None: the API key guards them; with neither key set they "
         "answer loopback clients only)."), min_length=1)
 
     max_batch: int = Field(16, description="Most rows in the running decode batch.", ge=1, le=1024)
-    max_waiting: int = Field(64, description="Most rows waiting for a batch slot; beyond it requests get 429.", ge=1, le=100_000)
+    max_waiting: int = Field(64, description="Most rows waiting for a batch slot; beyond it requests get 429.", ge=1,
+                             le=100_000)
     max_prefill_tokens: int = Field(8192, description="Most (padded) prompt tokens prefilled together in one step.",
                                     ge=1, le=10_000_000)
-    max_prompt_tokens: int = Field(2048, description="Most prompt tokens per request (also capped by the model's context).", ge=1, le=1_000_000)
+    max_prompt_tokens: int = Field(2048, description=(
+        "Most prompt tokens per request (also capped by the model's context)."), ge=1, le=1_000_000)
     max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.", ge=1, le=1_000_000)
     max_n: int = Field(8, description="Largest n (samples per prompt).", ge=1, le=128)
     max_prompts: int = Field(16, description="Most prompts in one /v1/completions request.", ge=1, le=1024)
@@ -44,10 +49,13 @@ class ServerSettings(BaseSettings):
     max_prompt_chars: int = Field(262_144, description=(
         "Most characters in one prompt string or one message's content, checked before tokenizing (400 beyond)."),
         ge=1, le=100_000_000)
-    max_body_bytes: int = Field(1024 * 1024, description="Largest request body in bytes (413 beyond).", ge=1024, le=1 << 31)
+    max_body_bytes: int = Field(1024 * 1024, description="Largest request body in bytes (413 beyond).", ge=1024,
+                                le=1 << 31)
     retry_after: int = Field(1, description="Seconds in the Retry-After header of a 429.", ge=1, le=3600)
-    request_timeout: float = Field(600.0, description="Seconds a request may take before it is cancelled.", gt=0, le=86_400)
-    drain_timeout: float = Field(10.0, description="Seconds shutdown waits for in-flight requests before aborting them.", ge=0, le=3600)
+    request_timeout: float = Field(600.0, description="Seconds a request may take before it is cancelled.", gt=0,
+                                   le=86_400)
+    drain_timeout: float = Field(10.0, description=(
+        "Seconds shutdown waits for in-flight requests before aborting them."), ge=0, le=3600)
     kv_token_budget: int = Field(65_536, description=(
         "Most KV-cache token positions the running batch may hold (rows x widest prompt + max_tokens); beyond it "
         "requests wait. 0: no bound."), ge=0, le=1 << 40)
@@ -63,7 +71,8 @@ class ServerSettings(BaseSettings):
     debug_history: int = Field(256, description="Completed requests kept for /debug/requests/{id}.", ge=1, le=1_000_000)
     warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
     threads: int = Field(0, description="torch intra-op threads (0: torch's default).", ge=0, le=1024)
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the server loggers.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
+        "Log level of the server loggers."))
 
     # Ray Serve (server/ray_serve.py, docs/SCALE_OUT.md): N replicas of this app behind Ray's HTTP proxy at host:port
     ray: bool = Field(False, description="Serve through Ray Serve: --replicas engines behind one endpoint.")

@@ -1,4 +1,5 @@
-"""Shared fixtures for the server tests: a tiny random Llama and a byte-level BPE tokenizer, built locally (no downloads)."""
+"""Shared fixtures for the server tests: a tiny random Llama and a byte-level BPE tokenizer, built locally (no
+downloads)."""
 
 from __future__ import annotations
 

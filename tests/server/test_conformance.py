@@ -267,7 +267,8 @@ def test_eos_ids_come_from_generation_config(tmp_path, core_base_dir, live_serve
     new = out[0, len(ids):].tolist()
     known = {tok.eos_token_id, model.config.eos_token_id}
     k = next(i for i in range(1, len(new)) if new[i] not in known and new[i] not in new[:i])  # a fresh id at step k
-    gen = json.loads((base / "generation_config.json").read_text()) if (base / "generation_config.json").exists() else {}
+    gen_file = base / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
     gen["eos_token_id"] = [tok.eos_token_id, new[k]]
     (base / "generation_config.json").write_text(json.dumps(gen))
     s = live_server_factory(create_app(ServerSettings(base=str(base), quantize="none")))

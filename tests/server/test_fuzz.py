@@ -92,8 +92,8 @@ def test_spec_and_server_agree(fuzz_server):
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = [s for f in text_string_to_metric_families(httpx.get(fuzz_server.url + "/metrics").text) for s in f.samples
-               if s.name == "brainstacks_requests_total"]
+    families = text_string_to_metric_families(httpx.get(fuzz_server.url + "/metrics").text)
+    samples = [s for f in families for s in f.samples if s.name == "brainstacks_requests_total"]
     by = {(s.labels["endpoint"], s.labels["status"]): s.value for s in samples}
     print(sorted(by.items()))
     assert by.get(("/v1/completions", "200"), 0) > 0 and by.get(("/v1/chat/completions", "200"), 0) > 0

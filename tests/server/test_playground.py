@@ -130,7 +130,8 @@ def test_page_is_public_static_and_locked_to_its_origin(keyed_server):
     for asset in ("playground.js", "playground.css", "favicon.svg"):
         assert httpx.get(f"{keyed_server.url}/static/{asset}").status_code == 200
     assert httpx.get(keyed_server.url + "/v1/models").status_code == 401  # while the API behind it is guarded
-    assert httpx.get(keyed_server.url + "/debug/requests", headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
+    keyed = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(keyed_server.url + "/debug/requests", headers=keyed).status_code == 401
     listed = httpx.get(keyed_server.url + "/debug/requests", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert listed.status_code == 200 and listed.json()["object"] == "list"
     missing = httpx.get(keyed_server.url + "/static/nothing.js")
