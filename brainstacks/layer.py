@@ -14,12 +14,18 @@ cheaper than gathering. When only some domains carry weight, the routing state s
 subset is gathered once and cached (LRU, SUBSET_CACHE_SIZE per layer), so a domain that is 0 in every row costs
 nothing, and all-zero costs the base layer alone. Which stacks are selected and their multipliers are computed once
 per forward by the StackedModel, not per layer.
+
+Small calls on a CPU with native bf16 (AMX): oneDNN's bf16 matmul has a fixed cost that dominates tiny products
+(measured on a 2-core AMX EPYC, one thread: (1, 576) x (576, 40) takes 27 µs in bf16 and 4 µs in fp32; at 256 rows
+bf16 is 4-8x faster). So when stacks are packed in a half type on the CPU, the layer also keeps a float32 copy and a
+call with at most SMALL_CALL_ROWS rows (decode steps) computes on that copy; larger calls (prefill, training) use the
+half-type packing. The values are the same (every bf16 value is a float32 value); only the accumulation differs.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,12 @@ from brainstacks.errors import RoutingError
 from brainstacks.moe_lora import MoELoRA, topk_gates
 
 SUBSET_CACHE_SIZE = 8  # packed stack subsets kept per layer (each a copy of the selected stacks' weights)
+SMALL_CALL_ROWS = 32  # rows (tokens in a call) up to which a half-type CPU packing computes on its float32 copy
+
+
+def needs_small_copy(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether stacks packed in `dtype` on `device` get a float32 copy for small calls (see the module docstring)."""
+    return dtype in (torch.bfloat16, torch.float16) and torch.device(device).type == "cpu"
 
 
 @dataclass
@@ -47,6 +59,21 @@ class RoutingState:
     active_mult: torch.Tensor | None = None
     capture: dict[str, list[torch.Tensor]] | None = None  # null-space collection: pooled frozen deltas per layer
     capture_mask: torch.Tensor | None = None  # (B, T) valid tokens for pooling
+    views: dict = field(default_factory=dict)  # mult shaped for x of each rank and dtype; cleared with mult
+
+    def set_mult(self, mult: torch.Tensor | None) -> None:
+        self.mult = mult
+        self.views = {}
+
+    def mult_view(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`mult` as (rows, 1, m, 1) for x (rows, T, d) or (rows, m, 1) for x (rows, d), in `dtype`: shaped once per
+        routing, not in each of the model's layers."""
+        v = self.views.get((x.dim(), dtype))
+        if v is None:
+            v = self.views[(x.dim(), dtype)] = _rows(self.mult, x).unsqueeze(-1).to(dtype)
+        elif v.shape[0] not in (1, x.shape[0]):
+            _rows(self.mult, x)  # raises the RoutingError naming both sizes
+        return v
 
 
 class StackedLinear(nn.Module):
@@ -65,29 +92,35 @@ class StackedLinear(nn.Module):
         # Packed frozen stacks (buffers so .to(device) moves them; not persistent: bundles hold them).
         self.register_buffer("AW", None, persistent=False)
         self.register_buffer("Bp", None, persistent=False)
-        self._subsets: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, Bp) for small calls, or None
+        self._subsets: OrderedDict[tuple[tuple[int, ...], bool], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     # ---- packing ---------------------------------------------------------------------------------------------
     def set_frozen(self, stacks: list[dict[str, torch.Tensor]]) -> None:
         """Pack frozen stacks (each {"A": (E, r, d_in), "B": (E, d_out, r), "W": (E, d_in)}), in the given order."""
-        self.set_packed(*self.pack(stacks), len(stacks))
+        AW, Bp, small = self.pack(stacks)
+        self.set_packed(AW, Bp, len(stacks), small)
 
-    def pack(self, stacks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The packed (AW, Bp) of `stacks`, built to the side: the layer's live tensors are not touched, so a hot
-        reload can build every layer first and swap them in only once all succeeded (set_packed)."""
+    def pack(self, stacks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                                     tuple[torch.Tensor, torch.Tensor] | None]:
+        """The packed (AW, Bp, small) of `stacks`, built to the side: the layer's live tensors are not touched, so a
+        hot reload can build every layer first and swap them in only once all succeeded (set_packed). `small` is the
+        float32 copy for small calls, or None (see needs_small_copy)."""
         if not stacks:
-            return None, None
+            return None, None, None
         E, r = self.config.experts, self.config.rank
         A = torch.cat([s["A"].reshape(E * r, self.in_features) for s in stacks])  # (S*E*r, d_in)
         W = torch.cat([s["W"] for s in stacks])  # (S*E, d_in)
         AW = torch.cat([A, W]).contiguous()
         Bp = torch.cat([s["B"].permute(1, 0, 2).reshape(self.out_features, E * r) for s in stacks], 1).contiguous()
-        return AW, Bp
+        small = (AW.float(), Bp.float()) if needs_small_copy(AW.dtype, AW.device) else None
+        return AW, Bp, small
 
-    def set_packed(self, AW: torch.Tensor | None, Bp: torch.Tensor | None, num_stacks: int) -> None:
+    def set_packed(self, AW: torch.Tensor | None, Bp: torch.Tensor | None, num_stacks: int,
+                   small: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Install tensors from `pack`: pointer assignments only (cannot fail half-way)."""
         self._subsets = OrderedDict()
-        self.AW, self.Bp = AW, Bp
+        self.AW, self.Bp, self.small = AW, Bp, small
         self.num_stacks = num_stacks
 
     def frozen(self, i: int) -> dict[str, torch.Tensor]:
@@ -99,22 +132,26 @@ class StackedLinear(nn.Module):
         B = self.Bp[:, i * n : (i + 1) * n].reshape(self.out_features, E, r).permute(1, 0, 2)
         return {"A": A.clone(), "B": B.contiguous(), "W": W.clone()}
 
-    def _packed(self, sel: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _packed(self, sel: tuple[int, ...] | None, small: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(AW, Bp, m) of the selected stacks: the float32 copy when `small` and the layer keeps one."""
         S = self.num_stacks
+        small = small and self.small is not None
+        AW, Bp = self.small if small else (self.AW, self.Bp)
         if sel is None or len(sel) == S:
-            return self.AW, self.Bp, S
-        hit = self._subsets.get(sel)
+            return AW, Bp, S
+        key = (sel, small)
+        hit = self._subsets.get(key)
         if hit is None:
             E, r = self.config.experts, self.config.rank
-            idx = torch.tensor(sel, device=self.AW.device)
+            idx = torch.tensor(sel, device=AW.device)
             a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=idx.device)).flatten()
             w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=idx.device)).flatten()
-            hit = (self.AW[torch.cat([a_rows, w_rows])].contiguous(), self.Bp[:, a_rows].contiguous())
-            self._subsets[sel] = hit
+            hit = (AW[torch.cat([a_rows, w_rows])].contiguous(), Bp[:, a_rows].contiguous())
+            self._subsets[key] = hit
             if len(self._subsets) > SUBSET_CACHE_SIZE:
                 self._subsets.popitem(last=False)
         else:
-            self._subsets.move_to_end(sel)
+            self._subsets.move_to_end(key)
         return hit[0], hit[1], len(sel)
 
     # ---- forward ---------------------------------------------------------------------------------------------
@@ -127,7 +164,7 @@ class StackedLinear(nn.Module):
             delta = self.frozen_delta(x, st)
             if st.capture is not None:
                 self._capture(delta, st)
-            out = out + delta.to(out.dtype)
+            out = out + (delta if delta.dtype == out.dtype else delta.to(out.dtype))
         if self.active is not None:
             delta = self.active(x)  # (..., d_out) fp32
             if st.active_mult is not None:
@@ -137,16 +174,16 @@ class StackedLinear(nn.Module):
 
     def frozen_delta(self, x: torch.Tensor, st: RoutingState) -> torch.Tensor:
         """Σ over the selected frozen stacks, fused. x (..., d_in) → (..., d_out) in the storage dtype."""
-        AW, Bp, m = self._packed(st.selected)
+        AW, Bp, m = self._packed(st.selected, small=x.numel() <= SMALL_CALL_ROWS * x.shape[-1])
         E, r, k = self.config.experts, self.config.rank, self.config.top_k
-        xc = x.to(AW.dtype)
+        xc = x if x.dtype == AW.dtype else x.to(AW.dtype)
         hw = F.linear(xc, AW)  # (..., m*E*r + m*E)
         h, logits = hw.split([m * E * r, m * E], dim=-1)
         gates = topk_gates(logits.unflatten(-1, (m, E)), k)  # (..., m, E)
         if st.mult is None:
             gates = gates * self.config.scale
         else:
-            gates = gates * _rows(st.mult, x).unsqueeze(-1).to(gates.dtype)  # (rows, [1,] m, 1)
+            gates = gates * st.mult_view(x, gates.dtype)  # (rows, [1,] m, 1)
         h = h.unflatten(-1, (m, E, r)) * gates.unsqueeze(-1)  # (..., m, E, r)
         return F.linear(h.flatten(-3), Bp)  # (..., d_out)
 

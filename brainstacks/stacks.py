@@ -65,7 +65,7 @@ class PreparedStacks:
     domains: list[str]
     stacks: list[tuple[str, int]]  # packed order
     storage_dtype: torch.dtype | None
-    packed: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]  # layer path -> (AW, Bp)
+    packed: dict[str, tuple]  # layer path -> (AW, Bp, small) from StackedLinear.pack
 
 
 class StackedModel:
@@ -264,8 +264,8 @@ class StackedModel:
         if self._active is not None:
             raise StackFormatError(f"a stack for {self._active!r} is being trained; freeze or discard it first")
         for path, lay in self.layers.items():
-            AW, Bp = prepared.packed[path]
-            lay.set_packed(AW, Bp, len(prepared.stacks))
+            AW, Bp, small = prepared.packed[path]
+            lay.set_packed(AW, Bp, len(prepared.stacks), small)
         self._domains = list(prepared.domains)
         self._stacks = list(prepared.stacks)
         self._storage_dtype = prepared.storage_dtype
@@ -327,7 +327,8 @@ class StackedModel:
         st = self.state
         if weights is None:
             self._weights = None
-            st.selected, st.mult, st.active_mult = None, None, None
+            st.selected, st.active_mult = None, None
+            st.set_mult(None)
             return
         w = torch.as_tensor(weights, dtype=torch.float32)
         if w.dim() == 1:
@@ -346,11 +347,13 @@ class StackedModel:
         dev = self.device
         if sel:
             cols = torch.tensor([self._domains.index(self._stacks[i][0]) for i in sel])
-            packed = next(iter(self.layers.values())).AW
-            # (B, m) in the packed (compute) dtype, so no layer casts it again
-            st.mult = (w_cpu[:, cols] * self.config.scale).to(device=dev, dtype=packed.dtype)
+            lay = next(iter(self.layers.values()))
+            # (B, m) in the dtype decode steps compute in (the float32 copy for small calls, where a layer keeps
+            # one), so no layer casts it on the hot path
+            dt = lay.small[0].dtype if lay.small is not None else lay.AW.dtype
+            st.set_mult((w_cpu[:, cols] * self.config.scale).to(device=dev, dtype=dt))
         else:
-            st.mult = None
+            st.set_mult(None)
         st.active_mult = w_cpu[:, self._domains.index(self._active)].to(dev) if self._active is not None else None
 
     @contextmanager

@@ -148,3 +148,40 @@ def test_bf16_stacks_compute_in_fp32_on_cpus_without_bf16(base_dirs, monkeypatch
     assert all(torch.equal(sm.stack_tensors("code", 0)[n], t[n]) for n in t)  # exact round trip
     with pytest.raises(StackFormatError, match="mix dtypes"):
         sm.attach_stack("code", {n: v.float() for n, v in t.items()})
+
+
+def test_bf16_packing_on_a_fast_bf16_cpu_keeps_a_float32_copy_for_small_calls(base_dirs, monkeypatch):
+    """Decode-sized calls (<= SMALL_CALL_ROWS rows) compute on the float32 copy (bf16 matmuls of a few rows are
+    slower than fp32 even with AMX), larger ones on the bf16 packing; both agree with the loop reference, and the
+    copy follows every repack and subset."""
+    import brainstacks.stacks as stacks_mod
+    from brainstacks.layer import SMALL_CALL_ROWS
+    from brainstacks.reference import reference_forward
+
+    monkeypatch.setattr(stacks_mod, "cpu_has_fast_bf16", lambda: True)
+    lb = load_base(base_dirs["llama"], quantize="none")
+    sm = StackedModel(lb.model, StackConfig(rank=4))
+    add_random_stacks(sm, {"a": 1, "b": 2}, dtype="bfloat16")
+    layer = next(iter(sm.layers.values()))
+    assert layer.AW.dtype == torch.bfloat16 and layer.small[0].dtype == torch.float32
+    assert torch.equal(layer.small[0], layer.AW.float()) and torch.equal(layer.small[1], layer.Bp.float())
+    w = torch.tensor([[0.0, 0.8], [0.0, 0.3]])  # domain b only: a subset of the packing
+    calls = []
+    real = layer._packed
+
+    def spy(sel, small=False):
+        out = real(sel, small)
+        calls.append(out[0].dtype)
+        return out
+
+    monkeypatch.setattr(layer, "_packed", spy)
+    for T, dtype in ((1, torch.float32), (SMALL_CALL_ROWS, torch.bfloat16)):  # 2 rows x T tokens
+        calls.clear()
+        x = torch.randn(2, T, layer.in_features)
+        with torch.no_grad(), sm.routing(w):
+            fused = layer(x)
+            with reference_forward(sm):
+                ref = layer(x)
+        assert calls == [dtype]
+        assert ((fused - ref).norm() / ref.norm()).item() < 1e-2  # bf16 reference: its own rounding
+    assert all(v.dtype == torch.bfloat16 for v in sm.stack_tensors("b", 1).values())  # saved in bf16

