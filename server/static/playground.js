@@ -114,9 +114,10 @@
   function requestBody(model, prompt, weights) {
     const body = {
       model, stream: true, stream_options: { include_usage: true },
-      max_tokens: Math.max(1, parseInt($("max-tokens").value, 10) || 16),
       temperature: Math.max(0, parseFloat($("temperature").value) || 0),
     };
+    const maxTokens = parseInt($("max-tokens").value, 10);
+    if (maxTokens) body.max_tokens = Math.max(1, maxTokens);  // empty or 0: the server's default (SamplingParams)
     if ($("mode").value === "chat") body.messages = [{ role: "user", content: prompt }];
     else body.prompt = prompt;
     if (weights) body.weights = weights;
