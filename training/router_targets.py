@@ -9,7 +9,8 @@ For a prompt/answer pair with answer-only cross-entropy `base` (all stacks off) 
 
 `label` is the one-hot of the domain the example came from (multi-hot for a recipe-declared mixed set). Examples not
 scored by the oracle get `label` alone. The loss of a combination comes from a callable (so the caller can evaluate
-many (example, combination) queries in one batched forward with per-row weights) or from a table.
+many (example, combination) queries in one batched forward with per-row weights; tests read it from tables,
+tests/training/oracle_tables.py).
 
     sets = greedy_oracle(domains, base, single, combo_loss)          # batched, list[frozenset[str]]
     t = mix_target(sets[i], {"math"}, domains)                        # [0.8, 0.2, ...]
@@ -31,21 +32,6 @@ _DEFAULTS = RouterTrainConfig()
 
 Query = tuple[int, frozenset]  # (example index, combination of domain names)
 ComboLoss = Callable[[Sequence[Query]], Sequence[float]]
-
-
-def table_combo_loss(table: Mapping[int, Mapping[frozenset, float]] | Sequence[Mapping[frozenset, float]]) -> ComboLoss:
-    """A ComboLoss reading per-example tables {frozenset(names): loss}; a missing entry is a KeyError naming it."""
-
-    def lookup(queries: Sequence[Query]) -> list[float]:
-        out = []
-        for i, combo in queries:
-            try:
-                out.append(float(table[i][frozenset(combo)]))
-            except KeyError:
-                raise KeyError(f"loss table has no entry for example {i}, combination {sorted(combo)}") from None
-        return out
-
-    return lookup
 
 
 def greedy_oracle(

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.training.oracle_tables import table_combo_loss
 from training.config import RouterTrainConfig
 from training.router_targets import (
     greedy_oracle,
@@ -14,7 +15,6 @@ from training.router_targets import (
     mix_target,
     router_loss,
     split_by_prompt,
-    table_combo_loss,
 )
 
 D = ["chat", "math", "code"]
@@ -143,7 +143,8 @@ def test_split_by_unique_prompt():
 
 def test_curriculum_prefix_seeds_reach_the_training_composition():
     """Alone, each domain is worse than the base; together with the domain trained before it, b is best."""
-    from training.router_targets import greedy_oracle, table_combo_loss
+    from tests.training.oracle_tables import table_combo_loss
+    from training.router_targets import greedy_oracle
 
     domains = ["a", "b"]
     table = [{frozenset(["a", "b"]): 1.0, frozenset(["a"]): 3.0, frozenset(["b"]): 3.5}]

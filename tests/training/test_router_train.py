@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from brainstacks.config import RouterConfig, StackConfig
+from tests.training.oracle_tables import table_combo_loss
 from training.config import RouterTrainConfig
 from training.data_files import Record
 from training.losses import dataset_loss, example_losses
 from training.router_examples import build_router_examples, score_oracle
-from training.router_targets import greedy_oracle, table_combo_loss
+from training.router_targets import greedy_oracle
 from training.router_train import fit_router, routing_report
 
 DOMAINS = ["math", "med", "code"]

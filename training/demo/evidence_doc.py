@@ -82,7 +82,8 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
     typical = (router_report or {}).get("typical_oracle_sets")
     if typical:
         out.append("\nWhat the router was trained towards: for each domain, the composition the outcome oracle chose "
-                   "most often on its scored prompts (lowest answer loss; `training.router_examples.propagate_oracle`), "
+                   "most often on its scored prompts (lowest answer loss; "
+                   "`training.router_examples.propagate_oracle`), "
                    "which every unscored prompt of that domain also takes as its target: "
                    + "; ".join(f"{d} → {' + '.join(v) or 'base alone'}" for d, v in typical.items()) + "."
                    + "".join(f" Oracle verdicts on the scored pairs: {', '.join(f'{k} ×{n}' for k, n in c.items())}."
