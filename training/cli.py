@@ -29,12 +29,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training import distributed
 
     if args.nproc > 1 and distributed.env_world_size() == 1:
-        from torch.distributed.run import main as torchrun
-
-        argv = [f"--nproc_per_node={args.nproc}", "--standalone", "-m", "training", "train", "--recipe", args.recipe,
-                "--out", args.out, "--keep-versions", str(args.keep_versions)] \
-            + (["--device", args.device] if args.device else []) + (["--quiet"] if args.quiet else [])
-        torchrun(argv)
+        distributed.relaunch(args.nproc, ["train", "--recipe", args.recipe, "--out", args.out, "--keep-versions",
+                                          str(args.keep_versions)]
+                             + (["--device", args.device] if args.device else []) + (["--quiet"] if args.quiet else []))
         return 0
     from training.curriculum import train_bundle
     from training.recipe import load_recipe

@@ -1,14 +1,15 @@
 """Data parallelism under torchrun: every helper that asks torch.distributed anything lives here.
 
-    init_from_env(device)          # `brainstacks train` under torchrun: join the process group (nccl or gloo)
-    rank, world = world()          # (0, 1) when not distributed
-    shard(order)                   # this rank's slice of an epoch's order
-    average_gradients(params)      # all-reduce and divide by the world size, after backward
-    barrier()                      # rank 0 writes the bundle while the others wait here
+    relaunch(nproc, ["train", ...])   # `brainstacks train --nproc N`: the same command in N processes (torchrun)
+    init_from_env(device)             # each of them: join the process group (nccl on CUDA, gloo on CPU)
+    rank, size = world()              # (0, 1) when not distributed
+    shard(order)                      # this rank's slice of an epoch's order
+    average_gradients(params)         # all-reduce and divide by the world size, after backward
+    barrier()                         # rank 0 writes the bundle while the others wait here
 
 Without a process group (one process, the default) every helper is a no-op, so the loops call them unconditionally.
-`brainstacks train --nproc N` relaunches itself through torchrun (training/cli.py); rank 0 alone writes the bundle
-and trains the router (training/curriculum.py).
+`brainstacks train --nproc N` relaunches itself through torchrun (`relaunch`); rank 0 alone writes the bundle and
+trains the router (training/curriculum.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def env_world_size() -> int:
 def env_rank() -> int:
     """RANK as torchrun sets it (0 when not launched by torchrun)."""
     return int(os.environ.get("RANK", "0"))
+
+
+def relaunch(nproc: int, args: list[str]) -> None:
+    """Run `python -m training ARGS` in `nproc` processes through torchrun (a standalone rendezvous on this host)."""
+    from torch.distributed.run import main as torchrun
+
+    torchrun([f"--nproc_per_node={nproc}", "--standalone", "-m", "training", *args])
 
 
 def init_from_env(device: str) -> None:
