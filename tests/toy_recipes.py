@@ -1,4 +1,5 @@
-"""Toy data and recipes for tests and quick demos: clearly separable domains in the tiny test vocabulary.
+"""Toy data and recipes for tests (`from tests.toy_recipes import write_toy_recipe`): clearly separable domains in
+the tiny test vocabulary.
 
     recipe = write_toy_recipe(tmp_path, tiny_base(tmp_path / "base"), ["math", "medical"], steps_per_round=6)
     # then: brainstacks train --recipe {recipe} --out {bundle}
