@@ -65,12 +65,14 @@ class RoutingState:
         self.mult = mult
         self.views = {}
 
-    def mult_view(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """`mult` as (rows, 1, m, 1) for x (rows, T, d) or (rows, m, 1) for x (rows, d), in `dtype`: shaped once per
-        routing, not in each of the model's layers."""
-        v = self.views.get((x.dim(), dtype))
+    def mult_view(self, x: torch.Tensor, dtype: torch.dtype, repeat: int = 1) -> torch.Tensor:
+        """`mult` as (rows, 1, m, 1) for x (rows, T, d) or (rows, m, 1) for x (rows, d), in `dtype`, its columns
+        `repeat` times over (a SharedInputGroup's members): shaped once per routing, not in each layer."""
+        key = (x.dim(), dtype, repeat)
+        v = self.views.get(key)
         if v is None:
-            v = self.views[(x.dim(), dtype)] = _rows(self.mult, x).unsqueeze(-1).to(dtype)
+            mult = self.mult.repeat(1, repeat) if repeat > 1 else self.mult
+            v = self.views[key] = _rows(mult, x).unsqueeze(-1).to(dtype)
         elif v.shape[0] not in (1, x.shape[0]):
             _rows(self.mult, x)  # raises the RoutingError naming both sizes
         return v
@@ -93,6 +95,8 @@ class StackedLinear(nn.Module):
         self.register_buffer("AW", None, persistent=False)
         self.register_buffer("Bp", None, persistent=False)
         self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, Bp) for small calls, or None
+        self.group = None  # the SharedInputGroup this projection belongs to (brainstacks/shared_input.py), if any
+        self.group_index = 0
         self._subsets: OrderedDict[tuple[tuple[int, ...], bool], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     # ---- packing ---------------------------------------------------------------------------------------------
@@ -121,6 +125,8 @@ class StackedLinear(nn.Module):
         """Install tensors from `pack`: pointer assignments only (cannot fail half-way)."""
         self._subsets = OrderedDict()
         self.AW, self.Bp, self.small = AW, Bp, small
+        if self.group is not None:
+            self.group.reset()
         self.num_stacks = num_stacks
 
     def frozen(self, i: int) -> dict[str, torch.Tensor]:
@@ -161,7 +167,11 @@ class StackedLinear(nn.Module):
         if not st.enabled:
             return out
         if self.num_stacks and (st.selected is None or st.selected):
-            delta = self.frozen_delta(x, st)
+            delta = None
+            if self.group is not None and self.group.usable(st):
+                delta = self.group.take(self.group_index, x, st, x.numel() <= SMALL_CALL_ROWS * x.shape[-1])
+            if delta is None:
+                delta = self.frozen_delta(x, st)
             if st.capture is not None:
                 self._capture(delta, st)
             out = out + (delta if delta.dtype == out.dtype else delta.to(out.dtype))

@@ -29,6 +29,7 @@ from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.layer import RoutingState, StackedLinear
 from brainstacks.moe_lora import MoELoRA, stack_tensor_problem, stack_tensor_shapes
+from brainstacks.shared_input import build_groups
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -85,6 +86,7 @@ class StackedModel:
             self.layers[path] = layer
         if not self.layers:
             raise StackFormatError(f"no target projections {list(self.config.targets)} found in the model")
+        self.groups = build_groups(self.layers)  # q/k/v and gate/up: one gating pass per shared input
         for p in model.parameters():
             p.requires_grad_(False)
         self._domains: list[str] = []
@@ -92,6 +94,12 @@ class StackedModel:
         self._storage_dtype: torch.dtype | None = None  # dtype the frozen stacks are stored (and saved) in
         self._active: str | None = None
         self._weights: torch.Tensor | None = None
+
+    def share_inputs(self, on: bool = True) -> None:
+        """Turn the shared-input groups (brainstacks/shared_input.py) on or off, e.g. to measure them."""
+        for g in self.groups:
+            g.reset()
+            g.enabled, g.misses = on, 0
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     @property
