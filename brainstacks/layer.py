@@ -28,7 +28,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from brainstacks.config import StackConfig
@@ -97,7 +96,7 @@ class StackedLinear(nn.Module):
         self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, Bp) for small calls, or None
         self.group = None  # the SharedInputGroup this projection belongs to (brainstacks/shared_input.py), if any
         self.group_index = 0
-        self._subsets: OrderedDict[tuple[tuple[int, ...], bool], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._subsets: OrderedDict[tuple, tuple] = OrderedDict()  # (selection, small) -> _packing()
 
     # ---- packing ---------------------------------------------------------------------------------------------
     def set_frozen(self, stacks: list[dict[str, torch.Tensor]]) -> None:
@@ -140,25 +139,32 @@ class StackedLinear(nn.Module):
 
     def _packed(self, sel: tuple[int, ...] | None, small: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(AW, Bp, m) of the selected stacks: the float32 copy when `small` and the layer keeps one."""
+        AW, Bp, _, _, m = self._packing(sel, small)
+        return AW, Bp, m
+
+    def _packing(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                           torch.Tensor, int]:
+        """(AW, Bp, AW.T, Bp.T, m), cached per selection: the transposed views feed torch.mm / addmm directly, so a
+        forward dispatches no transpose of its own."""
         S = self.num_stacks
         small = small and self.small is not None
-        AW, Bp = self.small if small else (self.AW, self.Bp)
-        if sel is None or len(sel) == S:
-            return AW, Bp, S
-        key = (sel, small)
+        key = (None if sel is None or len(sel) == S else sel, small)
         hit = self._subsets.get(key)
         if hit is None:
-            E, r = self.config.experts, self.config.rank
-            idx = torch.tensor(sel, device=AW.device)
-            a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=idx.device)).flatten()
-            w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=idx.device)).flatten()
-            hit = (AW[torch.cat([a_rows, w_rows])].contiguous(), Bp[:, a_rows].contiguous())
+            AW, Bp = self.small if small else (self.AW, self.Bp)
+            if key[0] is not None:
+                E, r = self.config.experts, self.config.rank
+                idx = torch.tensor(sel, device=AW.device)
+                a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=idx.device)).flatten()
+                w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=idx.device)).flatten()
+                AW, Bp = AW[torch.cat([a_rows, w_rows])].contiguous(), Bp[:, a_rows].contiguous()
+            hit = (AW, Bp, AW.t(), Bp.t(), S if key[0] is None else len(sel))
             self._subsets[key] = hit
             if len(self._subsets) > SUBSET_CACHE_SIZE:
                 self._subsets.popitem(last=False)
         else:
             self._subsets.move_to_end(key)
-        return hit[0], hit[1], len(sel)
+        return hit
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,14 +173,20 @@ class StackedLinear(nn.Module):
         if not st.enabled:
             return out
         if self.num_stacks and (st.selected is None or st.selected):
-            delta = None
+            small = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
+            hg = None
             if self.group is not None and self.group.usable(st):
-                delta = self.group.take(self.group_index, x, st, x.numel() <= SMALL_CALL_ROWS * x.shape[-1])
-            if delta is None:
-                delta = self.frozen_delta(x, st)
-            if st.capture is not None:
-                self._capture(delta, st)
-            out = out + (delta if delta.dtype == out.dtype else delta.to(out.dtype))
+                hg = self.group.take(self.group_index, x, st, small)
+            if hg is None:
+                hg = self.gated_h(x, st, small)
+            BpT = self._packing(st.selected, small)[3]
+            if st.capture is None and hg.dtype == out.dtype:  # the B matmul and the add in one op
+                out = torch.addmm(out.reshape(-1, self.out_features), hg, BpT).view(out.shape)
+            else:
+                delta = torch.mm(hg, BpT).view(out.shape)
+                if st.capture is not None:
+                    self._capture(delta, st)
+                out = out + delta.to(out.dtype)
         if self.active is not None:
             delta = self.active(x)  # (..., d_out) fp32
             if st.active_mult is not None:
@@ -182,20 +194,24 @@ class StackedLinear(nn.Module):
             out = out + delta.to(out.dtype)
         return out
 
-    def frozen_delta(self, x: torch.Tensor, st: RoutingState) -> torch.Tensor:
-        """Σ over the selected frozen stacks, fused. x (..., d_in) → (..., d_out) in the storage dtype."""
-        AW, Bp, m = self._packed(st.selected, small=x.numel() <= SMALL_CALL_ROWS * x.shape[-1])
+    def gated_h(self, x: torch.Tensor, st: RoutingState, small: bool) -> torch.Tensor:
+        """The selected stacks' A x, each expert's rank block scaled by its top-k gate and the row's multiplier:
+        (rows·T, m·E·r) in the compute dtype, ready for the B matmul."""
+        _, _, AWt, _, m = self._packing(st.selected, small)
         E, r, k = self.config.experts, self.config.rank, self.config.top_k
-        xc = x if x.dtype == AW.dtype else x.to(AW.dtype)
-        hw = F.linear(xc, AW)  # (..., m*E*r + m*E)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        hw = torch.mm(x2 if x2.dtype == AWt.dtype else x2.to(AWt.dtype), AWt)  # (N, m*E*r + m*E)
         h, logits = hw.split([m * E * r, m * E], dim=-1)
-        gates = topk_gates(logits.unflatten(-1, (m, E)), k)  # (..., m, E)
-        if st.mult is None:
-            gates = gates * self.config.scale
-        else:
-            gates = gates * st.mult_view(x, gates.dtype)  # (rows, [1,] m, 1)
-        h = h.unflatten(-1, (m, E, r)) * gates.unsqueeze(-1)  # (..., m, E, r)
-        return F.linear(h.flatten(-3), Bp)  # (..., d_out)
+        gates = topk_gates(logits.view(*lead, m, E), k)  # (..., m, E)
+        gates = gates * self.config.scale if st.mult is None else gates * st.mult_view(x, gates.dtype)
+        return (h.view(*lead, m, E, r) * gates.unsqueeze(-1)).view(-1, m * E * r)
+
+    def frozen_delta(self, x: torch.Tensor, st: RoutingState) -> torch.Tensor:
+        """Σ over the selected frozen stacks, fused. x (..., d_in) → (..., d_out) in the compute dtype."""
+        small = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
+        BpT = self._packing(st.selected, small)[3]
+        return torch.mm(self.gated_h(x, st, small), BpT).view(*x.shape[:-1], self.out_features)
 
     def _capture(self, delta: torch.Tensor, st: RoutingState) -> None:
         d = delta.float()

@@ -7,7 +7,7 @@ of an MLP.
 A decode step is bound by the number of small ops, not by FLOPs (SmolLM2-135M, batch 1: ~20 aten ops per
 projection for the fused frozen delta, each a few µs). One pass over the group shares the A-and-gate matmul, the
 top-k, the softmax, the scatter and the two multiplies among its members: for a Llama block, 7 projections' worth of
-gating becomes 4. Each member keeps its own B matmul (no zero blocks are multiplied).
+gating becomes 4. Each member keeps its own B matmul, fused with its add (no zero blocks are multiplied).
 
 The group is an inference-time optimisation: it runs only with autograd off and no null-space capture, and only
 while the members really are called with one tensor. A member called with a different tensor than the one the
@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 
 from brainstacks.moe_lora import topk_gates
 
@@ -70,9 +69,9 @@ class SharedInputGroup:
         self._x, self._pending = None, [None] * len(self.members)
         self._packs.clear()
 
-    def _packed(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-        """The members' (AW, Bp) subsets stacked: AW rows are every member's A rows, then every member's gate rows,
-        so one matmul gives all h, then all logits, member-major."""
+    def _packed(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, int]:
+        """The members' A-and-gate rows stacked, transposed for torch.mm: every member's A rows, then every member's
+        gate rows, so one matmul gives all h, then all logits, member-major."""
         key = (sel, small)  # a repack of any member resets the group (StackedLinear.set_packed)
         hit = self._packs.get(key)
         if hit is None:
@@ -80,7 +79,7 @@ class SharedInputGroup:
             cfg = self.members[0].config
             n = parts[0][2] * cfg.experts * cfg.rank
             AW = torch.cat([p[0][:n] for p in parts] + [p[0][n:] for p in parts]).contiguous()
-            hit = (AW, [p[1] for p in parts], parts[0][2])
+            hit = (AW.t(), parts[0][2])
             self._packs[key] = hit
             if len(self._packs) > CACHE_SIZE:
                 self._packs.popitem(last=False)
@@ -89,20 +88,18 @@ class SharedInputGroup:
         return hit
 
     def compute(self, x: torch.Tensor, st, small: bool) -> list[torch.Tensor]:
-        """Every member's Σ over the selected frozen stacks for x, in one gating pass."""
-        AW, Bps, m = self._packed(st.selected, small)
+        """Every member's gated h (StackedLinear.gated_h) for x, in one gating pass: (rows·T, m·E·r) each."""
+        AWt, m = self._packed(st.selected, small)
         cfg = self.members[0].config
         E, r, k, G = cfg.experts, cfg.rank, cfg.top_k, len(self.members)
-        xc = x if x.dtype == AW.dtype else x.to(AW.dtype)
-        hw = F.linear(xc, AW)  # (..., G*m*E*r + G*m*E)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        hw = torch.mm(x2 if x2.dtype == AWt.dtype else x2.to(AWt.dtype), AWt)  # (N, G*m*E*r + G*m*E)
         h, logits = hw.split([G * m * E * r, G * m * E], dim=-1)
-        gates = topk_gates(logits.unflatten(-1, (G * m, E)), k)  # (..., G*m, E)
-        if st.mult is None:
-            gates = gates * cfg.scale
-        else:
-            gates = gates * st.mult_view(x, gates.dtype, G)  # (rows, [1,] G*m, 1)
-        h = (h.unflatten(-1, (G * m, E, r)) * gates.unsqueeze(-1)).flatten(-3)
-        return [F.linear(hi, Bp) for hi, Bp in zip(h.split(m * E * r, dim=-1), Bps, strict=True)]  # (..., d_out)
+        gates = topk_gates(logits.view(*lead, G * m, E), k)  # (..., G*m, E)
+        gates = gates * cfg.scale if st.mult is None else gates * st.mult_view(x, gates.dtype, G)
+        hg = (h.view(*lead, G * m, E, r) * gates.unsqueeze(-1)).view(-1, G * m * E * r)
+        return list(hg.split(m * E * r, dim=-1))  # each member applies its own B (with the add, in one addmm)
 
 
 def build_groups(layers: dict) -> list[SharedInputGroup]:
