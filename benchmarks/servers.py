@@ -206,6 +206,39 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+STEP_COUNTERS = {"brainstacks_step_phase_seconds_total": "phase", "brainstacks_engine_steps_total": "kind"}
+
+
+def step_counters(url: str) -> dict[str, float]:
+    """The server's always-on step timers from /metrics (server/steptimer.py): seconds per phase, `steps`,
+    `decode_steps` and `wakeups`, in the shape server.steptimer.breakdown takes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for f in text_string_to_metric_families(text):
+        for smp in f.samples:
+            if smp.name == "brainstacks_step_phase_seconds_total":
+                out[smp.labels["phase"]] = smp.value
+            elif smp.name == "brainstacks_engine_steps_total":
+                out["steps" if smp.labels["kind"] == "all" else "decode_steps"] = smp.value
+            elif smp.name == "brainstacks_event_loop_wakeups_total":
+                out["wakeups"] = smp.value
+    return out
+
+
+def busy_loops(n: int) -> list[subprocess.Popen]:
+    """n processes that keep one CPU each busy (a competing load on a shared machine); stop with stop_busy."""
+    code = "import time\nwhile True:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code], start_new_session=True) for _ in range(n)]
+
+
+def stop_busy(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait(timeout=10)
+
+
 def rows_after(url: str, timeout: float = 10.0) -> float | None:
     """Running + waiting rows once the traffic has stopped (bounded poll: dropped rows leave at the next step)."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -51,7 +51,7 @@ from benchmarks.common import (
     ratio,
     write_report,
 )
-from benchmarks.servers import ServerProcess, free_port, load, merge, row
+from benchmarks.servers import ServerProcess, busy_loops, free_port, load, merge, row, step_counters, stop_busy
 from loadtest import LoadReport
 
 
@@ -92,6 +92,29 @@ FULL = Plan(rounds=5, max_tokens=64, single_s=20, multi_s=25, naive_s=20)  # two
 
 
 PHASES = ("server 1 client", "server 16 clients", "server 16 clients + reload", "naive 16 clients")
+BREAKDOWN_COLUMNS = ("phase", "decode_steps", "tok/step", "step ms", "decode_forward ms", "prefill_forward ms",
+                     "route ms", "sampling ms", "host_sync ms", "emit ms", "batch_ops ms", "tasks ms", "other ms",
+                     "detokenize ms", "sse_encode ms", "wakeup ms", "wakeups/step", "model share")
+
+
+def step_breakdown(phase: str, pairs: list[tuple[dict, dict]], report: LoadReport) -> dict:
+    """Milliseconds per decode step and phase over the slices of one phase (server/steptimer.py's counters, read
+    from /metrics before and after each slice): what the model costs and what the rest of a step costs."""
+    from server.steptimer import PHASES as TIMED
+    from server.steptimer import breakdown
+
+    before = {k: 0.0 for k in (*TIMED, "steps", "decode_steps", "wakeups")}
+    after = dict(before)
+    for b, a in pairs:  # sum the differences of every slice
+        for k in after:
+            after[k] += a.get(k, 0.0) - b.get(k, 0.0)
+    out = {"phase": phase, **breakdown(before, after)}
+    n = out.get("decode_steps") or 0
+    out["tok/step"] = report.summary()["generated_tokens"] / n if n else None
+    if n:
+        model = out["decode_forward ms"] + out["prefill_forward ms"] + out["route ms"]
+        out["model share"] = model / out["step ms"] if out["step ms"] else None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,11 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", default=None, help="bundle to serve (default: demo bundle, else a tiny one)")
     parser.add_argument("--quantize", default="nf4", choices=["nf4", "fp4", "none"], help="base quantization")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads in each server (default 1: see the module docstring)")
+                        help="torch intra-op threads in each server (default 1: see the module docstring; 0: torch's "
+                             "own default, OMP_NUM_THREADS unset)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to run (default: all four)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="busy-loop processes competing for the CPU during the measured phases (a shared machine)")
     parser.add_argument("--rounds", type=int, default=None, help="override the number of interleaved rounds")
     parser.add_argument("--workdir", default=None, help="keep the scratch bundle and server logs here")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; known: {list(PHASES)}")
     if args.rounds:
         plan.rounds = args.rounds
 
@@ -137,15 +168,22 @@ def main(argv: list[str] | None = None) -> int:
                                     str(args.threads)], port, scratch / "naive.log", env)
     for srv in (real, naive):  # the load runs without an API key
         srv.env.pop("BRAINSTACKS_API_KEY", None)
-    slices: dict[str, list[LoadReport]] = {name: [] for name in PHASES}
+        if not args.threads:
+            srv.env.pop("OMP_NUM_THREADS", None)
+    slices: dict[str, list[LoadReport]] = {name: [] for name in phases}
+    steps: dict[str, list[tuple[dict, dict]]] = {name: [] for name in phases if name.startswith("server")}
+    busy: list = []
     try:
         # both servers stay up; an idle one waits on a condition variable and takes no CPU from the measured one
         real.start()
         print(f"brainstacks serve ready in {real.ready_s:.1f} s at {real.url}", flush=True)
-        naive.start()
-        print(f"naive server ready in {naive.ready_s:.1f} s at {naive.url}", flush=True)
+        if "naive 16 clients" in phases:
+            naive.start()
+            print(f"naive server ready in {naive.ready_s:.1f} s at {naive.url}", flush=True)
         load(real.url, plan.clients, 3.0, plan.max_tokens, stream=True)  # warm-ups, not reported
-        load(naive.url, 1, 2.0, plan.max_tokens, stream=False)
+        if "naive 16 clients" in phases:
+            load(naive.url, 1, 2.0, plan.max_tokens, stream=False)
+        busy = busy_loops(args.busy)
 
         def measure(phase: str) -> LoadReport:
             if phase == "server 1 client":
@@ -159,32 +197,40 @@ def main(argv: list[str] | None = None) -> int:
             return load(naive.url, plan.clients, plan.naive_s, plan.max_tokens, stream=False)
 
         for rnd in range(plan.rounds):
-            for phase in PHASES if rnd % 2 == 0 else tuple(reversed(PHASES)):
+            for phase in phases if rnd % 2 == 0 else tuple(reversed(phases)):
+                before = step_counters(real.url) if phase in steps else None
                 rep = measure(phase)
+                if before is not None:
+                    steps[phase].append((before, step_counters(real.url)))
                 slices[phase].append(rep)
                 s = rep.summary()
                 print(f"round {rnd + 1}/{plan.rounds}  {phase:<28} {s['tokens_per_s']:8.1f} tok/s  "
                       f"p99 {s['latency_s']['p99'] or 0:.2f} s  errors {s['errors']}  "
                       f"reloads {s['reloads']['ok']}/{s['reloads']['attempted']}", flush=True)
     finally:
+        stop_busy(busy)
         real.stop()
         naive.stop()
 
     reports = {name: merge(reps) for name, reps in slices.items()}
-    rows = [row(name, reports[name]) for name in PHASES]
+    rows = [row(name, reports[name]) for name in phases]
+    breakdown_rows = [step_breakdown(name, pairs, reports[name]) for name, pairs in steps.items()]
     per_round = [{"phase": name, **{f"round {i + 1}": r.summary()["tokens_per_s"] for i, r in enumerate(reps)}}
                  for name, reps in slices.items()]
     s = {k: v.summary() for k, v in reports.items()}
-    one, many, rel = s["server 1 client"], s["server 16 clients"], s["server 16 clients + reload"]
-    naive_s = s["naive 16 clients"]
+    one, many, rel = s.get("server 1 client"), s.get("server 16 clients"), s.get("server 16 clients + reload")
+    naive_s = s.get("naive 16 clients")
     server_errors = sum(x["errors"] for k, x in s.items() if k.startswith("server"))
     # Ratio targets take the median over rounds of the ratio within each round: the phases of a round run back to back,
     # so a burst of load from other processes inflates both sides of that round's ratio instead of skewing one pool.
-    def tok(name: str, i: int) -> float:
-        return slices[name][i].summary()["tokens_per_s"]
+    def tok(name: str, i: int) -> float | None:
+        return slices[name][i].summary()["tokens_per_s"] if name in slices else None
 
     def p99(name: str, i: int) -> float | None:
-        return slices[name][i].summary()["latency_s"]["p99"]
+        return slices[name][i].summary()["latency_s"]["p99"] if name in slices else None
+
+    def pooled(a: dict | None, b: dict | None, key=lambda x: x["tokens_per_s"]) -> float | None:
+        return ratio(key(a), key(b)) if a is not None and b is not None else None
 
     rounds = range(plan.rounds)
     ratio_1 = [ratio(tok("server 16 clients", i), tok("server 1 client", i)) for i in rounds]
@@ -194,16 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         Target("16-client tok/s / 1-client tok/s", median(ratio_1), ">=", 6.0, "x"),
         Target("16-client tok/s / naive server tok/s", median(ratio_naive), ">=", 4.0, "x"),
         Target("errors (all server phases)", float(server_errors), "<=", 0.0, "requests"),
-        Target("failed requests under hot reload", float(rel["errors"]), "<=", 0.0, "requests"),
-        Target("failed reloads", float(rel["reloads"]["failed"]) if rel["reloads"]["attempted"] else None, "<=", 0.0,
-               "reloads"),
-        Target("p99 latency with reload / without", median(ratio_p99), "<=", 1.5, "x"),
     ]
+    if rel is not None:
+        targets += [
+            Target("failed requests under hot reload", float(rel["errors"]), "<=", 0.0, "requests"),
+            Target("failed reloads", float(rel["reloads"]["failed"]) if rel["reloads"]["attempted"] else None, "<=",
+                   0.0, "reloads"),
+            Target("p99 latency with reload / without", median(ratio_p99), "<=", 1.5, "x"),
+        ]
     ratios = {
         "per_round": {"16c/1c tok/s": ratio_1, "16c/naive tok/s": ratio_naive, "reload/no-reload p99": ratio_p99},
-        "pooled": {"16c/1c tok/s": ratio(many["tokens_per_s"], one["tokens_per_s"]),
-                   "16c/naive tok/s": ratio(many["tokens_per_s"], naive_s["tokens_per_s"]),
-                   "reload/no-reload p99": ratio(rel["latency_s"]["p99"], many["latency_s"]["p99"])},
+        "pooled": {"16c/1c tok/s": pooled(many, one), "16c/naive tok/s": pooled(many, naive_s),
+                   "reload/no-reload p99": pooled(rel, many, lambda x: x["latency_s"]["p99"])},
     }
     elapsed = time.perf_counter() - t_start
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -216,15 +264,21 @@ def main(argv: list[str] | None = None) -> int:
                 title="per round: tok/s of each phase, then the ratios (targets use their median over rounds)")
     print("pooled over rounds: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios["pooled"].items() if v is not None))
     print()
+    print_table(breakdown_rows, BREAKDOWN_COLUMNS,
+                title="per decode step, ms (server/steptimer.py counters from /metrics, pooled over rounds; other = "
+                      "step minus its phases; detokenize / sse_encode / wakeup run on the event loop)")
+    print()
     print_targets(targets)
     if load_before is not None:
         print(f"load average: {load_before[0]:.2f} before, {load_after[0]:.2f} after "
               f"({os.cpu_count()} cpus; > cpus means other processes competed for them)")
     if args.json:
         results = [{**r, "summary": s[r["phase"]], "per_round_tokens_per_s": pr}
-                   for r, pr in zip(rows, [[x.summary()["tokens_per_s"] for x in slices[n]] for n in PHASES],
+                   for r, pr in zip(rows, [[x.summary()["tokens_per_s"] for x in slices[n]] for n in phases],
                                     strict=True)]
+        results += [{**b, "phase": f"step breakdown: {b['phase']}"} for b in breakdown_rows]
         machine = {**machine_info(), "server_threads": args.threads, "quantize": args.quantize, "bundle": source,
+                   "busy_processes": args.busy, "phases": list(phases),
                    "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__}, "elapsed_s": elapsed,
                    "loadavg_before": load_before, "loadavg_after": load_after}
         results.append({"phase": "ratios", **ratios})

@@ -27,6 +27,7 @@ from server.responses import final_response, stream_events
 from server.sampling import SamplingParams
 from server.schemas import ChatCompletionRequest, CompletionRequest
 from server.state import ServerState
+from server.steptimer import clock
 from server.textstream import ChoiceText, render_chat
 
 log = logging.getLogger("brainstacks.server")
@@ -182,12 +183,18 @@ def start_generation(state: ServerState, prep: Prepared, request_id: str) -> Gen
     pending: list[tuple[int, Event]] = []
     lock = threading.Lock()
 
+    timer = g.timer = getattr(state.engine, "timer", None)
+
     def flush() -> None:
+        t0 = clock()
         with lock:
             items = pending[:]
             pending.clear()
         for item in items:
             g.queue.put_nowait(item)
+        if timer is not None:
+            timer.woke()
+            timer.since("wakeup", t0)
 
     for p, ids in enumerate(prep.prompts):
         def sink(ev: Event, p: int = p) -> None:

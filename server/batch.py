@@ -1,6 +1,6 @@
 """The running batch's tensors (server/engine.py schedules it): the rows, their left-padded KV cache, attention mask
 and positions; joining, leaving and trimming; and the per-row helpers the engine runs on them (building the
-newcomers' batch after a prefill, sampling every row with a failing row isolated, a row's logprobs).
+newcomers' batch after a prefill, sampling every row with a failing row isolated, sending the tokens).
 
 Masked columns get exactly zero attention, so a row's tokens do not depend on its batch mates (up to float summation
 order).
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from brainstacks.text import pad_batch
-from server.genrequest import GenRequest
-from server.sampling import make_generator, sample_batch
+from server.genrequest import Event, GenRequest
+from server.sampling import Logprob, make_generator, sample_batch
 
 log = logging.getLogger("brainstacks.engine")
 
@@ -119,7 +119,8 @@ def prefill(runner: Any, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
     cache = runner.new_cache()
     logits = runner.forward(ids, mask, pos_ids, cache, runner.weights_tensor([q.weights for q in reqs]))  # (k, V)
     src = [i for i, q in enumerate(reqs) for _ in range(q.n)]
-    rows = [Row(q, j, make_generator(None if q.params.seed is None else q.params.seed + j))
+    dev = getattr(runner, "device", "cpu")  # generators live with the logits (sampling stays on the device)
+    rows = [Row(q, j, make_generator(None if q.params.seed is None else q.params.seed + j, dev))
             for q in reqs for j in range(q.n)]
     if len(src) != len(reqs):
         idx = torch.tensor(src, dtype=torch.long)
@@ -132,31 +133,53 @@ def prefill(runner: Any, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
     return Batch(cache, rows, mask, lengths.clone(), torch.zeros(len(rows), dtype=torch.long)), logits
 
 
-def sample_rows(b: Batch, logits: torch.Tensor) -> tuple[list[int | None], torch.Tensor]:
-    """Tokens for every row (None where that row's sampling failed: only that row fails) and the log-softmax."""
+def sample_rows(b: Batch, logits: torch.Tensor) -> tuple[list[int | None], list[Logprob | None]]:
+    """Tokens for every row and their (logprob, top) (None where that row's sampling or logprobs failed: only that
+    row fails)."""
     params, gens = [row.req.params for row in b.rows], [row.gen for row in b.rows]
     hist = [row.history for row in b.rows]
     try:
-        tokens, logp = sample_batch(logits, params, gens, hist)
-        return list(tokens), logp
+        tokens, lps = sample_batch(logits, params, gens, hist)
+        return list(tokens), list(lps)
     except Exception:
         log.exception("batched sampling failed; sampling row by row to isolate the failing row")
-    logp = torch.log_softmax(logits.float().cpu(), dim=-1)
     out: list[int | None] = []
+    lps_out: list[Logprob | None] = []
     for i in range(len(b.rows)):
         try:
-            out.append(sample_batch(logits[i : i + 1], params[i : i + 1], gens[i : i + 1], hist[i : i + 1])[0][0])
+            toks, lp = sample_batch(logits[i : i + 1], params[i : i + 1], gens[i : i + 1], hist[i : i + 1])
+            out.append(toks[0])
+            lps_out.append(lp[0])
         except Exception as e:
             log.warning("sampling failed for %s: %s", b.rows[i].req.id, e)
             out.append(None)
-    return out, logp
+            lps_out.append(None)
+    return out, lps_out
 
 
-def row_logprobs(logp: torch.Tensor, token: int, k: int | None) -> tuple[float, list[tuple[int, float]] | None]:
-    """A row's logprob of `token` (0.0 when logprobs are off: k None) and its k most likely alternatives (None
-    for k 0 or None), from the row's (V,) log-softmax."""
-    top = None
-    if k:
-        vals, ids = torch.topk(logp, min(k, logp.shape[-1]))
-        top = list(zip(ids.tolist(), vals.tolist(), strict=True))
-    return (float(logp[token]) if k is not None else 0.0), top
+def emit_tokens(b: Batch, tokens: list[int | None], lps: list[Logprob | None], now: float) -> list[int]:
+    """Send every row its sampled token (a row whose sampling or logprobs failed fails alone), finish the rows that
+    hit a stop token or max_tokens, and return the indices of the rows that go on."""
+    keep: list[int] = []
+    for i, (row, tok) in enumerate(zip(b.rows, tokens, strict=True)):
+        q, p = row.req, row.req.params
+        if q.is_cancelled(row.index):
+            q.finish(row.index, "cancelled")
+            continue
+        if tok is None or lps[i] is None:
+            q.fail_row(row.index, "internal engine error: sampling failed")
+            continue
+        lp, top = lps[i]
+        if q.first_token_at is None:
+            q.first_token_at = now
+        row.n_out += 1
+        if p.penalized:
+            row.history.append(tok)
+        q.sink(Event("token", index=row.index, token_id=tok, logprob=lp, top=top))
+        if tok in p.stop_token_ids:
+            q.finish(row.index, "stop")
+        elif row.n_out >= p.max_tokens:
+            q.finish(row.index, "length")
+        else:
+            keep.append(i)
+    return keep

@@ -39,11 +39,13 @@ from typing import Any
 
 import torch
 
-from server.batch import Batch, prefill, row_logprobs, sample_rows
+from server.batch import Batch, emit_tokens, prefill, sample_rows
 from server.genrequest import EngineStoppedError, EngineTimeoutError, Event, GenRequest
 from server.metrics import Metrics
 from server.runner import ModelRunner
+from server.sampling import HOST_SYNC
 from server.settings import ServerSettings
+from server.steptimer import StepTimer, clock
 from server.waiting import WaitingQueue
 
 _SETTINGS = ServerSettings.model_fields  # the Engine's defaults are the server's (declared once, in settings.py)
@@ -84,6 +86,7 @@ class Engine:
         self._accepting = False
         self._stop = False
         self.steps = 0
+        self.timer = StepTimer(metrics)  # seconds per step phase (server/steptimer.py), also in /metrics
 
     @classmethod
     def from_settings(cls, runner: ModelRunner, settings: ServerSettings, metrics: Metrics | None = None) -> Engine:
@@ -218,8 +221,12 @@ class Engine:
 
     def step(self) -> None:
         """One scheduler iteration (see the module docstring)."""
+        tm = self.timer
+        t_step = clock()
         self._run_tasks()
+        t = tm.since("tasks", t_step)
         self._drop_cancelled()
+        tm.since("batch_ops", t)
         self._expire_waiting()
         newcomers = self._admit()
         if newcomers:
@@ -234,9 +241,12 @@ class Engine:
                 if self._batch is None or not len(self._batch):
                     raise  # nothing else runs in this step: it failed (the loop counts it)
             self._admitting = []  # (still set if the thread dies inside the prefill: _abort_all tells them)
-        if self._batch is not None and len(self._batch):
+        decoded = self._batch is not None and len(self._batch) > 0
+        if decoded:
             self._decode()
         self.steps += 1
+        tm.since("step", t_step)
+        tm.step_done(decoded)
 
     def _run_tasks(self) -> None:
         while True:
@@ -272,17 +282,17 @@ class Engine:
             q.admitted_at = now
         to_route = [q for q in reqs if q.weights is None]
         if to_route:
-            t0 = time.perf_counter()
+            t0 = clock()
             routed = r.route([q.prompt_ids for q in to_route])
-            ms = (time.perf_counter() - t0) * 1000 / len(to_route)
+            ms = (self.timer.since("route", t0) - t0) * 1000 / len(to_route)
             for q, w in zip(to_route, routed, strict=True):
                 q.weights, q.route_ms = w, ms
         for q in reqs:
             q.sink(Event("start", weights=dict(q.weights), bundle_version=r.bundle_version))
 
-        t0 = time.perf_counter()
+        t0 = clock()
         nb, logits = prefill(r, reqs)  # one left-padded forward, each row with its own weights
-        ms = (time.perf_counter() - t0) * 1000
+        ms = (self.timer.since("prefill_forward", t0) - t0) * 1000
         for q in reqs:
             q.prefill_ms = ms
         self._emit_and_prune(nb, logits)
@@ -291,7 +301,9 @@ class Engine:
                 self._batch = nb
             else:
                 try:
+                    t0 = clock()
                     self._batch.extend(nb)  # all-or-nothing: the running batch stays intact if it fails
+                    self.timer.since("batch_ops", t0)
                 except Exception as e:
                     log.exception("merging newcomers into the running batch failed")
                     for row in nb.rows:
@@ -299,7 +311,9 @@ class Engine:
 
     def _decode(self) -> None:
         b = self._batch
+        t0 = clock()
         logits = b.decode(self.runner)  # (B, V)
+        self.timer.since("decode_forward", t0)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(b))
         self._emit_and_prune(b, logits)
@@ -308,38 +322,18 @@ class Engine:
 
     def _emit_and_prune(self, b: Batch, logits: torch.Tensor) -> None:
         """Sample a token for every row of b, send it, and drop the rows that finished (or failed on their own)."""
-        tokens, logp = sample_rows(b, logits)
-        now = time.monotonic()
-        keep: list[int] = []
-        for i, (row, tok) in enumerate(zip(b.rows, tokens, strict=True)):
-            q, p = row.req, row.req.params
-            if q.is_cancelled(row.index):
-                row.req.finish(row.index, "cancelled")
-                continue
-            if tok is None:
-                row.req.fail_row(row.index, "internal engine error: sampling failed")
-                continue
-            try:
-                lp, top = row_logprobs(logp[i], tok, p.logprobs)
-            except Exception as e:  # this row's logprobs only
-                log.warning("logprobs failed for %s: %s", q.id, e)
-                row.req.fail_row(row.index, "internal engine error: logprobs failed")
-                continue
-            if q.first_token_at is None:
-                q.first_token_at = now
-            row.n_out += 1
-            if p.penalized:
-                row.history.append(tok)
-            q.sink(Event("token", index=row.index, token_id=tok, logprob=lp, top=top))
-            if tok in p.stop_token_ids:
-                row.req.finish(row.index, "stop")
-            elif row.n_out >= p.max_tokens:
-                row.req.finish(row.index, "length")
-            else:
-                keep.append(i)
+        tm = self.timer
+        t0, s0 = clock(), HOST_SYNC[0]
+        tokens, lps = sample_rows(b, logits)
+        t1, sync = clock(), HOST_SYNC[0] - s0
+        tm.add("host_sync", sync)
+        tm.add("sampling", t1 - t0 - sync)
+        keep = emit_tokens(b, tokens, lps, time.monotonic())
+        t2 = tm.since("emit", t1)
         b.last = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long)
         if len(keep) != len(b):
             b.select(keep)
+        tm.since("batch_ops", t2)
 
     def _drop_cancelled(self) -> None:
         b = self._batch

@@ -16,6 +16,7 @@ from typing import Any
 
 from server.genrequest import Event, GenRequest
 from server.sampling import SamplingParams
+from server.steptimer import clock
 from server.textstream import ChoiceText
 
 log = logging.getLogger("brainstacks.server")
@@ -58,6 +59,7 @@ class Generation:
     error_code: str = ""  # the engine's Event.code, or "timeout" (request_timeout passed)
     client_request_id: str | None = None  # the client's X-Request-Id: recorded, never a debug-history key
     recorded: bool = False  # set once its metrics and debug record are taken (ServerState.finish_generation)
+    timer: Any = None  # the engine's StepTimer (server/steptimer.py): detokenize and sse_encode seconds go there
 
     @property
     def done(self) -> bool:
@@ -95,10 +97,13 @@ async def pump(g: Generation, deadline: float | None = None) -> None:
         g.cancel()
         g.error, g.error_code = "the request timed out (request_timeout)", "timeout"
         return
+    t0 = clock()
     _apply(g, p, ev)
     while not g.queue.empty():
         p, ev = g.queue.get_nowait()
         _apply(g, p, ev)
+    if g.timer is not None:
+        g.timer.since("detokenize", t0)
 
 
 def finite(x: float | None) -> float | None:

@@ -37,6 +37,12 @@ class Metrics:
         self.waiting = Gauge(p + "waiting_requests", "Rows waiting for a batch slot.", registry=r)
         self.batch_size = Histogram(p + "batch_size", "Rows per decode step.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.step_phase = Counter(p + "step_phase_seconds", "Seconds spent per phase of the engine step and of the "
+                                  "API's per-token work (server/steptimer.py).", ["phase"], registry=r)
+        self.engine_steps = Counter(p + "engine_steps", "Engine steps (kind all) and decode steps (kind decode).",
+                                    ["kind"], registry=r)
+        self.loop_wakeups = Counter(p + "event_loop_wakeups", "Times the event loop was woken to apply engine events.",
+                                    registry=r)
         self.router_weight = Histogram(p + "router_weight", "Serving weight per domain and request.", ["domain"],
                                        buckets=_WEIGHT, registry=r)
         self.stacks_loaded = Gauge(p + "stacks_loaded", "Frozen stacks loaded.", registry=r)

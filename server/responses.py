@@ -11,6 +11,7 @@ from typing import Any
 from server.errors import aborted, sse_error
 from server.generation import Generation, brainstacks_ext, finite, pump, usage
 from server.state import ServerState
+from server.steptimer import clock
 
 # one server-sent event of a stream: `data:` is a JSON chunk, an error envelope, or the final "[DONE]" (OpenAPI)
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
@@ -88,6 +89,7 @@ async def stream_events(state: ServerState, g: Generation):
                 started = True
                 yield _chunk(state, g, [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                          "finish_reason": None} for i in range(len(g.choices))])
+            t0 = clock()
             out = []
             for i, c in enumerate(g.choices):
                 if finished_sent[i]:
@@ -108,8 +110,11 @@ async def stream_events(state: ServerState, g: Generation):
                         out.append({"index": i, "delta": delta, "logprobs": lp, "finish_reason": fin})
                     else:
                         out.append({"index": i, "text": text, "logprobs": lp, "finish_reason": fin})
-            if out:
-                yield _chunk(state, g, out)
+            chunk = _chunk(state, g, out) if out else None
+            if g.timer is not None:
+                g.timer.since("sse_encode", t0)
+            if chunk is not None:
+                yield chunk
             if all(finished_sent):
                 if g.prep.include_usage:
                     yield _chunk(state, g, [], with_usage=True)

@@ -11,9 +11,20 @@ sampled selection.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
+
+HOST_SYNC = [0.0]  # seconds spent copying sampled ids / logprobs to the host (model thread only; server/steptimer.py)
+
+
+def to_host(t: torch.Tensor) -> list:
+    """t.tolist(), timed into HOST_SYNC: the only device-to-host copies sampling makes."""
+    t0 = time.perf_counter()
+    out = t.tolist()
+    HOST_SYNC[0] += time.perf_counter() - t0
+    return out
 
 
 @dataclass(frozen=True)
@@ -47,10 +58,11 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return g
 
 
-def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
-    """Pick one token from a row's logits (V,) float32."""
+def _sample_tensor(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+    """One token id, as a 1-element tensor on the logits' device, from a row's (V,) float32 logits. No host sync:
+    a row whose distribution is not finite falls back to its argmax on the device."""
     if p.temperature < GREEDY_BELOW:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits).reshape(1)
     x = (logits - logits.max()) / p.temperature  # <= 0 everywhere: no overflow for small temperatures
     if p.top_k and p.top_k < x.shape[-1]:
         kth = torch.topk(x, p.top_k).values[-1]
@@ -64,9 +76,16 @@ def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) ->
         sorted_x = sorted_x.masked_fill(drop, float("-inf"))
         x = torch.full_like(x, float("-inf")).scatter(0, idx, sorted_x)
     probs = torch.softmax(x, dim=-1)
-    if not bool(torch.isfinite(probs).all()):  # defensive: one row's bad numbers must not fail its batch mates
-        return int(torch.argmax(logits))
-    return int(torch.multinomial(probs, 1, generator=gen))
+    # defensive: one row's bad numbers must not fail its batch mates; a one-hot on its argmax samples the argmax
+    ok = torch.isfinite(probs).all()
+    best = torch.argmax(logits)
+    onehot = torch.zeros_like(probs).scatter_(0, best.reshape(1), 1.0)
+    return torch.multinomial(torch.where(ok, probs, onehot), 1, generator=gen)
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    """Pick one token from a row's logits (V,) float32."""
+    return int(_sample_tensor(logits, p, gen))
 
 
 def apply_penalties(logits: torch.Tensor, p: SamplingParams, history: list[int]) -> torch.Tensor:
@@ -74,20 +93,53 @@ def apply_penalties(logits: torch.Tensor, p: SamplingParams, history: list[int])
     if not p.penalized or not history:
         return logits
     V = logits.shape[-1]
-    ids = torch.tensor([t for t in history if 0 <= t < V], dtype=torch.long)
+    ids = torch.tensor([t for t in history if 0 <= t < V], dtype=torch.long, device=logits.device)
     counts = torch.bincount(ids, minlength=V).to(logits.dtype)  # (V,)
     return logits - counts * p.frequency_penalty - (counts > 0).to(logits.dtype) * p.presence_penalty
+
+
+Logprob = tuple[float, "list[tuple[int, float]] | None"]  # the chosen token's logprob, its top alternatives
 
 
 def sample_batch(
     logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator],
     histories: list[list[int]] | None = None,
-) -> tuple[list[int], torch.Tensor]:
-    """Sample every row of (B, V) logits; returns the tokens and the (B, V) log-softmax for logprobs (of the raw
-    logits). `histories[i]`: the tokens row i generated so far, for its penalties."""
-    logits = logits.float().cpu()
-    tokens = []
-    for i in range(logits.shape[0]):
-        row = logits[i] if histories is None else apply_penalties(logits[i], params[i], histories[i])
-        tokens.append(sample_row(row, params[i], gens[i]))
-    return tokens, torch.log_softmax(logits, dim=-1)
+) -> tuple[list[int], list[Logprob]]:
+    """Sample every row of (B, V) logits on their device; returns the tokens and each row's (logprob, top) of the
+    raw logits (0.0 and None when that row asked for no logprobs). `histories[i]`: the tokens row i generated so
+    far, for its penalties.
+
+    The logits stay where they are (the GPU when serving on one): greedy rows take one batched argmax, only the
+    rows that sample or are penalized are handled one by one, the log-softmax is computed only for the rows that
+    asked for logprobs, and what comes to the host is the B token ids and those logprobs (one copy each)."""
+    logits = logits.float()
+    tokens = torch.argmax(logits, dim=-1)  # (B,): every greedy row at once
+    for i, p in enumerate(params):
+        penalized = histories is not None and p.penalized and histories[i]
+        if p.temperature < GREEDY_BELOW and not penalized:
+            continue
+        row = apply_penalties(logits[i], p, histories[i]) if penalized else logits[i]
+        tokens[i : i + 1] = _sample_tensor(row, p, gens[i])
+    ids = to_host(tokens)  # the one host sync for the tokens
+    return ids, batch_logprobs(logits, tokens, [p.logprobs for p in params])
+
+
+def batch_logprobs(logits: torch.Tensor, tokens: torch.Tensor, ks: list[int | None]) -> list[Logprob]:
+    """(logprob of the chosen token, its k most likely alternatives or None) per row, from the raw (B, V) logits;
+    rows with k None get (0.0, None) and cost nothing."""
+    out: list[Logprob] = [(0.0, None)] * len(ks)
+    rows = [i for i, k in enumerate(ks) if k is not None]
+    if not rows:
+        return out
+    idx = torch.tensor(rows, dtype=torch.long, device=logits.device)
+    logp = torch.log_softmax(logits.index_select(0, idx), dim=-1)  # (R, V)
+    chosen = to_host(logp.gather(1, tokens.index_select(0, idx).unsqueeze(1)).squeeze(1))
+    kmax = min(max(ks[i] for i in rows), logp.shape[-1])
+    if kmax:
+        vals, tids = torch.topk(logp, kmax, dim=-1)
+        vals, tids = to_host(vals), to_host(tids)
+    for r, i in enumerate(rows):
+        k = ks[i]
+        top = list(zip(tids[r][:k], vals[r][:k], strict=True)) if k else None
+        out[i] = (chosen[r], top)
+    return out
