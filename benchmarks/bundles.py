@@ -89,24 +89,13 @@ def add_third_domain(bundle: Path, seed: int = 1) -> dict:
     returns that version's manifest (not published: the served manifest keeps two domains)."""
     import torch
 
-    from brainstacks.base import load_base
-    from brainstacks.bundle import (
-        install_stacks,
-        read_manifest,
-        read_stacks,
-        resolve_base_path,
-        save_router,
-        save_stack,
-    )
-    from brainstacks.config import RouterConfig, StackConfig
+    from brainstacks.bundle import load_bundle, save_router, save_stack
+    from brainstacks.config import RouterConfig
     from brainstacks.router import MetaRouter
-    from brainstacks.stacks import StackedModel
     from brainstacks.testing import add_random_stacks
 
-    m = read_manifest(bundle)
-    lb = load_base(resolve_base_path(bundle, m, None), quantize="none")
-    sm = StackedModel(lb.model, StackConfig.from_dict(m.stack_config, "manifest"))
-    install_stacks(sm, read_stacks(bundle, m, lb.fingerprint))
+    loaded = load_bundle(bundle, quantize="none")
+    m, sm, lb = loaded.manifest, loaded.stacked, loaded.base
     add_random_stacks(sm, {"code": 1}, seed=seed, dtype=sm.config.frozen_dtype, std=STACK_STD)
     rel = save_stack(bundle, "code", 0, sm.stack_tensors("code", 0))
     torch.manual_seed(seed)
