@@ -17,8 +17,10 @@ from pathlib import Path
 from brainstacks.base import QUANTIZE_CHOICES
 from brainstacks.config import DTYPES, ConfigBase, bounded
 
-FORMATS = ("prompt_completion", "messages", "text", "preference")
-STAGES = ("sft", "dpo")
+FORMATS = ("prompt_completion", "messages", "text", "preference", "prompt_answer")
+STAGES = ("sft", "dpo", "grpo")
+STAGE_FORMATS = {"dpo": ("preference",), "grpo": ("prompt_answer",)}  # sft takes the others
+REWARDS = ("exact_answer", "python_tests")  # training/rewards.py
 
 
 @dataclass
@@ -65,6 +67,26 @@ class RouterTrainConfig(ConfigBase):
 
 
 @dataclass
+class GRPOConfig(ConfigBase):
+    """[grpo]: group-relative policy optimisation of a stage "grpo" stack (training/grpo.py). Recipe keys: the
+    bounded fields (docs/DESIGN.md §5); the learning rate and seed are [train]'s."""
+
+    group_size: int = bounded(4, 2, 256)  # completions sampled per prompt (the advantage's group)
+    max_new_tokens: int = bounded(64, 1, 4096)  # rollout length cap
+    temperature: float = bounded(1.0, 0.0, 10.0, lo_open=True)  # rollout sampling temperature
+    kl_coef: float = bounded(0.04, 0.0)  # weight of the k3 KL estimate to the reference (the model below the stack)
+    clip: float = bounded(0.2, 0.0, 1.0, lo_open=True)  # PPO ratio clip range [1 - clip, 1 + clip]
+    steps: int = bounded(50, 1)  # optimizer steps (one rollout batch each)
+    reward: str = bounded("exact_answer", choices=REWARDS)
+    # Not recipe keys; tuned here, read by the loop.
+    prompts_per_step: int = 4  # prompts per rollout batch (x group_size rows, one generate call)
+    updates_per_rollout: int = 1  # optimizer passes over each rollout batch (>1 makes the clip bite)
+    eval_prompts: int = 16  # held-out prompts whose greedy reward is measured before, every eval_every, and after
+    eval_every: int = 10
+    std_eps: float = 1e-4  # advantage = (r - mean) / (std + std_eps), per group
+
+
+@dataclass
 class BaseSpec(ConfigBase):
     """[base]: the model to train on and how to load it."""
 
@@ -81,7 +103,13 @@ class DomainSpec:
     train: Path
     valid: Path | None = None
     format: str = "prompt_completion"  # one of FORMATS
-    stage: str = "sft"  # one of STAGES ("dpo" takes format "preference")
+    stage: str = "sft"  # one of STAGES ("dpo" takes format "preference", "grpo" "prompt_answer"; STAGE_FORMATS)
+    later: list[DomainSpec] = field(default_factory=list)  # the domain's later stages (repeated [[domains]] entries)
+
+    @property
+    def stages(self) -> list[DomainSpec]:
+        """Every stage of the domain in training order: this entry, then the later ones (each adds stacks)."""
+        return [self, *self.later]
 
 
 @dataclass

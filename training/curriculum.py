@@ -4,12 +4,14 @@
 
 1. Everything is validated before any work: the recipe (keys, values, files), every data line, the base, and, when
    `out` already holds a bundle, that it was built for the same base and stack config.
-2. Domains already in the bundle are loaded, frozen, and skipped: training resumes at the first missing domain, and
-   `--out` on an existing bundle trains only the new domains. Existing stack files are never rewritten.
-3. Before each domain after the first, the null space of the earlier stacks is collected on sample inputs from the
-   earlier domains' training data (where those stacks are active), and the new stacks are trained orthogonal to it
-   (and folded on freezing, so it holds at inference).
-4. After each domain its stacks are written, then a new manifest version (atomically), so a run killed later
+2. Domains already in the bundle are loaded, frozen, and skipped: training resumes at the first missing domain (or
+   the first missing stage of a domain: each stack's stack.json records its stage), and `--out` on an existing
+   bundle trains only the new domains and stages. Existing stack files are never rewritten.
+3. A domain is trained stage by stage (training/stages.py: "sft", "dpo", "grpo"; each stage adds stacks of that
+   domain on top of everything below). Before each stage with stacks below it, the null space of the other domains'
+   stacks is collected on sample inputs from their training data (where those stacks are active), and the new
+   stacks are trained orthogonal to it (and folded on freezing, so it holds at inference).
+4. After each stage its stacks are written, then a new manifest version (atomically), so a run killed later
    resumes after it. Such an interim version still names the previous router, which does not score the new domain:
    loaders refuse it (a router must cover every domain), so a server watching the bundle keeps serving the last
    complete version until step 5 lands.
@@ -29,7 +31,7 @@ With torch.distributed initialised (torchrun), every rank trains on its own shar
 alone writes the bundle and trains the router, the others wait at a barrier (training/distributed.py).
 
 `train_bundle` is these steps in order, one function each: `resume` (1, 2), `train_domain_step` per domain (3, 4,
-with `nullspace_for`, `save_domain` and the reports of training/reports.py), `router_needed` and
+with training/stages.py's `train_stage`, `save_stage` and the reports of training/reports.py), `router_needed` and
 `train_router_step` (5, with `fit_and_save_router` and `routed_loss`), `publish` (7).
 """
 
@@ -42,8 +44,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from brainstacks.base import LoadedBase, load_base
 from brainstacks.bundle import (
@@ -63,16 +63,18 @@ from brainstacks.bundle import (
     write_manifest,
 )
 from brainstacks.errors import BundleError
-from brainstacks.nullspace import collect_directions
 from brainstacks.stacks import StackedModel
-from training.boosting import DomainResult, train_domain, validation_loss
+from training.boosting import DomainResult, validation_loss
 from training.config import DomainSpec
 from training.data_files import Record, read_jsonl_any, validate_recipe_data
 from training.distributed import barrier, world
 from training.losses import aligned_examples, dataset_loss, routed_weights
 from training.recipe import Recipe
-from training.reports import REPORTS, plot_domain_curves, write_forgetting, write_routing_report
-from training.tokenization import Collator, DomainData, load_domain, pad_id_of, prompt_text
+from training.reports import REPORTS, plot_domain_curves, plot_reward_curve, write_forgetting, write_routing_report
+from training.stages import StageResult, nullspace_batches, nullspace_for, stages_done, train_stage
+from training.tokenization import DomainData, load_domain, pad_id_of, prompt_text
+
+__all__ = ["train_bundle", "nullspace_batches", "nullspace_for"]  # the null-space helpers: training/stages.py
 
 LOCK = ".train.lock"
 
@@ -96,7 +98,7 @@ class Run:
     records: dict[str, list[Record]]  # every validated data file, by path
     base: LoadedBase
     sm: StackedModel
-    data_sha: dict[str, str]  # sha256 of each domain's train file (recorded in its stacks, checked on resume)
+    data_sha: dict[str, list[str]]  # sha256 of each stage's train file (recorded in its stacks, checked on resume)
     entries: list[DomainEntry]
     version: int
     router_rel: str | None
@@ -106,7 +108,8 @@ class Run:
     log: Callable[[str], None] = print
     keep_versions: int = 0
     rank: int = 0
-    datasets: dict[str, DomainData] = field(default_factory=dict)
+    datasets: dict[str, DomainData] = field(default_factory=dict)  # each domain's first stage's data
+    done: dict[str, int] = field(default_factory=dict)  # stages each resumed domain already holds
 
     @property
     def tokenizer(self):
@@ -175,15 +178,14 @@ def resume(recipe: Recipe, out: Path, records: dict[str, list[Record]], device: 
     base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device, for_training=True)
     existing = check_existing(out, recipe, base.fingerprint)
     sm = StackedModel(base.model, recipe.stack)
-    data_sha = {spec.name: sha256_file(spec.train) for spec in recipe.domains}
+    data_sha = {spec.name: [sha256_file(st.train) for st in spec.stages] for spec in recipe.domains}
+    done: dict[str, int] = {}
     if existing is not None:
         stacks = read_stacks(out, existing, base.fingerprint)
-        for name, items in stacks.items():  # a resumed domain must have been trained on the same data
-            had = items[0][1].get("data_sha256") if items else None
-            if had is not None and name in data_sha and had != data_sha[name]:
-                raise BundleError(f"{out / MANIFEST}: domain {name!r} was trained on other data than "
-                                  f"{recipe.domain(name).train} (sha256 {had[:12]}… != {data_sha[name][:12]}…); "
-                                  "use a new --out")
+        for name, items in stacks.items():  # a resumed domain's stages must have been trained on the same data
+            done[name] = stages_done([meta for _, meta in items])
+            for _, meta in items:
+                check_resumed_stack(out, recipe.domain(name), meta, data_sha[name])
         install_stacks(sm, stacks)
         log(f"{out}: resuming bundle v{existing.version} with domains {existing.domain_names}")
     forgetting_path = out / REPORTS / "forgetting.json"
@@ -194,7 +196,21 @@ def resume(recipe: Recipe, out: Path, records: dict[str, list[Record]], device: 
                router_rel=existing.router if existing else None,
                ungated=forgetting.get("ungated", {}), routed=forgetting.get("routed"),
                outcome=TrainOutcome(out, existing),  # type: ignore[arg-type]
-               log=log, keep_versions=keep_versions, rank=rank)
+               log=log, keep_versions=keep_versions, rank=rank, done=done)
+
+
+def check_resumed_stack(out: Path, spec: DomainSpec, meta: dict[str, Any], shas: list[str]) -> None:
+    """A bundle's stack of `spec` must come from the same stage kind and data as the recipe's stage it records."""
+    i = int(meta.get("stage_index", 0))
+    if i >= len(spec.stages):
+        return  # a stage the recipe no longer lists: kept as it is
+    st, had = spec.stages[i], meta.get("data_sha256")
+    if meta.get("stage", st.stage) != st.stage:
+        raise BundleError(f"{out / MANIFEST}: domain {spec.name!r} stage #{i + 1} is {meta.get('stage')!r} in the "
+                          f"bundle but {st.stage!r} in the recipe; use a new --out")
+    if had is not None and had != shas[i]:
+        raise BundleError(f"{out / MANIFEST}: domain {spec.name!r} was trained on other data than {st.train} "
+                          f"(sha256 {had[:12]}… != {shas[i][:12]}…); use a new --out")
 
 
 def check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> Manifest | None:
@@ -217,71 +233,51 @@ def check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> Ma
 
 
 def train_domain_step(run: Run, spec: DomainSpec, progress: bool = True) -> None:
-    """Steps 3 and 4 for one domain: load its data (kept for later domains' null space and the router); unless the
-    bundle has it, train its stacks against the earlier stacks' null space, measure forgetting, and (rank 0) save."""
+    """Steps 3 and 4 for one domain: load its first stage's data (kept for later domains' null space and the
+    router); then each stage the bundle lacks, in order: train it (training/stages.py), measure forgetting, and
+    (rank 0) save it."""
     cfg = run.recipe.train
-    run.datasets[spec.name] = data = load_domain(
+    run.datasets[spec.name] = load_domain(
         spec, run.tokenizer, cfg.seq_len, packing=False, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
         records=(run.records[str(spec.train)], run.records.get(str(spec.valid)) if spec.valid else None))
-    if spec.name in run.sm.domains:
-        return  # resumed: frozen from the bundle
-    V = nullspace_for(run, spec)
-    result = train_domain(run.sm, data, cfg, V, spec.stage, run.pad, progress, run.log)
-    run.outcome.results[spec.name] = result
-    run.outcome.trained.append(spec.name)
-    # forgetting: every domain so far, with all stacks on (ungated), after this one
-    run.ungated[spec.name] = {d: validation_loss(run.sm, run.datasets[d], cfg, run.pad, run.recipe.domain(d).stage)
-                              for d in run.sm.domains}
-    if run.rank == 0:
-        save_domain(run, spec, result)
-    barrier()
+    done = run.done.get(spec.name, 0) if spec.name in run.sm.domains else 0
+    for i in range(done, len(spec.stages)):  # resumed stages stay frozen from the bundle
+        res = train_stage(run, spec, i, progress)
+        run.outcome.results[spec.name if i == 0 else f"{spec.name}/{i}"] = res.result  # type: ignore[assignment]
+        if spec.name not in run.outcome.trained:
+            run.outcome.trained.append(spec.name)
+        # forgetting: every domain so far, with all stacks on (ungated), after this one
+        run.ungated[spec.name] = {d: validation_loss(run.sm, run.datasets[d], cfg, run.pad,
+                                                     run.recipe.domain(d).stage) for d in run.sm.domains}
+        if run.rank == 0:
+            save_stage(run, spec, res)
+        barrier()
 
 
-def nullspace_for(run: Run, spec: DomainSpec) -> dict[str, torch.Tensor] | None:
-    """Step 3: the earlier stacks' null space, collected on the earlier domains' training inputs (None for the first
-    domain, with [nullspace] disabled, or when no earlier domain has SFT inputs)."""
-    recipe, sm = run.recipe, run.sm
-    earlier = [run.datasets[d] for d in sm.domains
-               if run.datasets[d].train and hasattr(run.datasets[d].train[0], "input_ids")]
-    if not (recipe.nullspace.enabled and sm.stacks and earlier):
-        return None
-    V = collect_directions(sm, nullspace_batches(earlier, recipe.nullspace.samples, recipe.train.batch_size, run.pad),
-                           recipe.nullspace.samples, recipe.nullspace.directions, seed=recipe.train.seed)
-    run.log(f"[{spec.name}] null space: {recipe.nullspace.directions} directions at {len(V)} projections")
-    return V
-
-
-def nullspace_batches(datasets: list[DomainData], samples: int, batch_size: int, pad_id: int
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Inputs from the earlier domains' training data, round-robin across domains, `samples` sequences in all."""
-    pool = []
-    for i in range(max((len(d.train) for d in datasets), default=0)):
-        for d in datasets:
-            if i < len(d.train):
-                ex = d.train[i]
-                pool.append(ex if hasattr(ex, "input_ids") else None)
-    pool = [e for e in pool if e is not None][:samples]
-    collate = Collator(pad_id)
-    for s in range(0, len(pool), batch_size):
-        b = collate(pool[s : s + batch_size])
-        yield b["input_ids"], b["attention_mask"]
-
-
-def save_domain(run: Run, spec: DomainSpec, result: DomainResult) -> None:
-    """Step 4 (rank 0): the domain's kept stacks, a new manifest version naming them, its reports (loss curves,
-    forgetting), and, when the bundle is complete (see router_covers), its publication."""
+def save_stage(run: Run, spec: DomainSpec, res: StageResult) -> None:
+    """Step 4 (rank 0): the stage's kept stacks (after the domain's earlier ones), a new manifest version naming
+    them, its reports (loss or reward curves, forgetting), and, when the bundle is complete (see router_covers), its
+    publication."""
     out = run.out
-    rels = [save_stack(out, spec.name, k, run.sm.stack_tensors(spec.name, k),
-                       {"stage": spec.stage, "val_loss": r.best_val, "round": r.round, "steps": r.steps,
-                        "data_sha256": run.data_sha[spec.name]})
-            for k, r in enumerate(result.kept_rounds)]
-    run.entries.append(DomainEntry(spec.name, rels))
+    entry = next((e for e in run.entries if e.name == spec.name), None)
+    if entry is None:
+        entry = DomainEntry(spec.name, [])
+        run.entries.append(entry)
+    first = len(entry.stacks)
+    rels = [save_stack(out, spec.name, first + j, run.sm.stack_tensors(spec.name, first + j), meta)
+            for j, meta in enumerate(res.metas)]
+    entry.stacks = entry.stacks + rels
     run.version += 1
     write_manifest(out, manifest_of(run))
-    write_json(run.reports / f"train_{spec.name}.json", result.to_dict())
-    plot_domain_curves(run.reports / f"loss_{spec.name}.png", spec.name, [r.__dict__ for r in result.rounds])
+    tag = spec.name if res.index == 0 else f"{spec.name}.{res.index}"
+    write_json(run.reports / f"train_{tag}.json", res.to_dict())
+    if isinstance(res.result, DomainResult):
+        plot_domain_curves(run.reports / f"loss_{tag}.png", spec.name, [r.__dict__ for r in res.result.rounds])
+    else:
+        plot_reward_curve(run.reports / f"reward_{tag}.png", f"{spec.name} {res.stage}", res.result.history,
+                          res.result.evals)
     write_forgetting(run.reports, run.sm.domains, run.ungated, run.routed)
-    run.log(f"{out}: wrote v{run.version} with {spec.name} ({len(rels)} stack(s))")
+    run.log(f"{out}: wrote v{run.version} with {spec.name} stage {res.stage!r} ({len(rels)} stack(s))")
     if not run.recipe.router_train.enabled or router_covers(out, run.router_rel, run.sm.domains):
         publish(run)  # complete: loaders accept it
 

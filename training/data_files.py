@@ -12,6 +12,9 @@ ids, sources or metadata):
     messages           {"messages": [{"role", "content"}, ...]}     loss on every assistant turn (+ its end marker)
     text               {"text": str}                                loss on every token (+ EOS)
     preference         {"prompt": str, "chosen": str, "rejected": str}   DPO pairs (loss on the responses)
+    prompt_answer      {"prompt": str, "answer": str}  or  {"prompt": str, "tests": [str, ...]}
+                       GRPO prompts: the reference answer (reward exact_answer) or the assertions their code must
+                       pass (reward python_tests); the recipe's [grpo] reward decides which key every line needs
 
 With no `valid` file, a deterministic share of examples (a hash of the seed and the example's prompt, so duplicates of
 a prompt land on the same side and the split does not depend on line order) is held out for validation.
@@ -74,6 +77,18 @@ def line_error(obj: Any, fmt: str) -> str | None:
         if reason is None and obj["chosen"] == obj["rejected"]:
             return "'chosen' and 'rejected' are identical"
         return reason
+    if fmt == "prompt_answer":
+        reason = need_str("prompt")
+        if reason:
+            return reason
+        if "answer" in obj:
+            return None if isinstance(obj["answer"], str) and obj["answer"].strip() else "'answer' must be a non-empty string"
+        tests = obj.get("tests")
+        if tests is None:
+            return "missing key 'answer' or 'tests' (format 'prompt_answer')"
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+            return "'tests' must be a non-empty list of non-empty strings (Python assertions)"
+        return None
     if fmt == "messages":
         msgs = obj.get("messages")
         if msgs is None:
@@ -153,7 +168,7 @@ def read_jsonl_any(path: str | Path) -> tuple[str, list[Record]]:
 def split_key(rec: Record | dict, fmt: str) -> str:
     """What identifies 'the same prompt' for splitting."""
     obj = rec.data if isinstance(rec, Record) else rec
-    if fmt in ("prompt_completion", "preference"):
+    if fmt in ("prompt_completion", "preference", "prompt_answer"):
         return obj["prompt"]
     if fmt == "text":
         return obj["text"]
@@ -188,12 +203,20 @@ def split_records(records: list[Record], fmt: str, fraction: float, seed: int) -
 
 
 def validate_recipe_data(recipe) -> dict[str, list[Record]]:
-    """Read every data file a recipe names (domains, valid files, mixed sets) before any training starts."""
+    """Read every data file a recipe names (every stage's train and valid files, mixed sets) before any training
+    starts; a grpo stage's lines must carry what the [grpo] reward compares with ("answer" or "tests")."""
+    from training.rewards import REFERENCE_KEY
+
     out: dict[str, list[Record]] = {}
-    for d in recipe.domains:
-        out[str(d.train)] = read_jsonl(d.train, d.format)
-        if d.valid:
-            out[str(d.valid)] = read_jsonl(d.valid, d.format)
+    for dom in recipe.domains:
+        for d in dom.stages:
+            for path in (d.train, d.valid) if d.valid else (d.train,):
+                out[str(path)] = recs = read_jsonl(path, d.format)
+                key = REFERENCE_KEY[recipe.grpo.reward]
+                bad = next((r for r in recs if key not in r.data), None) if d.stage == "grpo" else None
+                if bad is not None:
+                    raise DataError(f"{bad.where}: missing key {key!r}, which [grpo] reward "
+                                    f"{recipe.grpo.reward!r} compares completions with")
     for m in recipe.mixed:
         fmt, recs = read_jsonl_any(m.file)
         if fmt == "preference":

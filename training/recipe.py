@@ -5,15 +5,20 @@
     recipe.train          # training.config.TrainConfig
     recipe.router         # brainstacks.config.RouterConfig (serving-side: router_tokens, min_weight, floors)
     recipe.router_train   # training.config.RouterTrainConfig
-    recipe.domains        # [DomainSpec(name, train, valid, format, stage)], in curriculum order
+    recipe.grpo           # training.config.GRPOConfig (stage "grpo")
+    recipe.domains        # [DomainSpec(name, train, valid, format, stage, later)], in curriculum order
     recipe.mixed          # [MixedSet(file, domains)]
+
+A domain with several stages is written as consecutive [[domains]] entries of the same name (e.g. "sft" on
+prompt_completion data, then "dpo" on preference pairs or "grpo" on prompt_answer data): the first entry is the
+DomainSpec, the others its `later` stages, each adding stacks of that same domain on top of its earlier ones.
 
 Sections and keys are exactly docs/DESIGN.md §5's; any other key is an error
 (`recipe.toml: [train] unknown key 'stpes'`). Every value is type- and range-checked against its field's declaration
 (`brainstacks.config.bounded`), so the recipe accepts exactly what the library does; files named by the recipe are
 resolved relative to the recipe file and must exist. Omitted keys take the defaults of the config dataclasses
-(StackConfig, RouterConfig, NullspaceConfig from `brainstacks.config`; TrainConfig, RouterTrainConfig, BaseSpec from
-`training.config`).
+(StackConfig, RouterConfig, NullspaceConfig from `brainstacks.config`; TrainConfig, RouterTrainConfig, GRPOConfig,
+BaseSpec from `training.config`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,17 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from brainstacks.config import FLOOR, TARGETS, NullspaceConfig, RouterConfig, StackConfig, check_field, declared_fields
 from brainstacks.errors import ConfigError
 from brainstacks.stacks import DOMAIN_NAME
-from training.config import FORMATS, STAGES, BaseSpec, DomainSpec, MixedSet, RouterTrainConfig, TrainConfig
+from training.config import (
+    FORMATS,
+    STAGE_FORMATS,
+    STAGES,
+    BaseSpec,
+    DomainSpec,
+    GRPOConfig,
+    MixedSet,
+    RouterTrainConfig,
+    TrainConfig,
+)
 
 
 @dataclass
@@ -47,6 +62,7 @@ class Recipe:
     router_train: RouterTrainConfig
     domains: list[DomainSpec]
     mixed: list[MixedSet]
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
     def domain(self, name: str) -> DomainSpec:
         for d in self.domains:
@@ -115,9 +131,10 @@ _ROUTER_KEYS = {
     **_declared(RouterConfig, *_ROUTER_SERVING),
     "floors": None,  # checked against the domain list below
 }
+_GRPO_KEYS = _declared(GRPOConfig, "group_size", "max_new_tokens", "temperature", "kl_coef", "clip", "steps", "reward")
 _DOMAIN_KEYS = {"name", "train", "valid", "format", "stage"}
 _MIXED_KEYS = {"file", "domains"}
-_TOP_KEYS = {"base", "stack", "train", "nullspace", "router", "domains"}
+_TOP_KEYS = {"base", "stack", "train", "nullspace", "router", "domains", "grpo"}
 
 
 def _section(ctx: _Ctx, doc: dict, name: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +229,7 @@ def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> R
 
     train = _make(ctx, "train", TrainConfig, _section(ctx, doc, "train", _TRAIN_KEYS))
     nullspace = _make(ctx, "nullspace", NullspaceConfig, _section(ctx, doc, "nullspace", _NULLSPACE_KEYS))
+    grpo = _make(ctx, "grpo", GRPOConfig, _section(ctx, doc, "grpo", _GRPO_KEYS))
 
     domains = _parse_domains(ctx, doc, root, check_files)
     names = [d.name for d in domains]
@@ -245,6 +263,7 @@ def parse_recipe(doc: dict[str, Any], path: Path, check_files: bool = True) -> R
         router_train=router_train,
         domains=domains,
         mixed=mixed,
+        grpo=grpo,
     )
 
 
@@ -263,6 +282,13 @@ def _data_file(ctx: _Ctx, where: str, value: Any, root: Path, check_files: bool)
     return _resolve_file(ctx, where, value, root) if check_files else (root / value).resolve()
 
 
+def _fits(stage: str, fmt: str) -> bool:
+    """Whether a stage takes data of this format (STAGE_FORMATS; sft takes every format no other stage claims)."""
+    if stage in STAGE_FORMATS:
+        return fmt in STAGE_FORMATS[stage]
+    return all(fmt not in fmts for fmts in STAGE_FORMATS.values())
+
+
 def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[DomainSpec]:
     raw = doc.get("domains")
     if raw is None:
@@ -270,7 +296,6 @@ def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[
     if not isinstance(raw, list) or not all(isinstance(d, dict) for d in raw):
         raise ctx.err("", "'domains' must be an array of tables ([[domains]])")
     out: list[DomainSpec] = []
-    seen: set[str] = set()
     for i, d in enumerate(raw):
         where = f"[[domains]] #{i + 1}"
         _check_keys(ctx, where, d, _DOMAIN_KEYS, ("name", "train"))
@@ -279,10 +304,10 @@ def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[
             raise ctx.err(
                 f"{where} name", f"must be 1-64 letters, digits, '_', '.', '-' (not starting with one), got {name!r}"
             )
-        if name in seen:
-            raise ctx.err(f"{where} name", f"duplicate domain {name!r}")
-        seen.add(name)
-        where = f"[[domains]] {name!r}"
+        later = bool(out) and out[-1].name == name  # a further stage of the domain just above
+        if not later and any(o.name == name for o in out):
+            raise ctx.err(f"{where} name", f"duplicate domain {name!r} (a domain's stages are consecutive entries)")
+        where = f"[[domains]] {name!r}" + (f" stage #{len(out[-1].stages) + 1}" if later else "")
         try:
             fmt = _choice(FORMATS)(d.get("format", DomainSpec.format))
         except ValueError as e:
@@ -291,20 +316,25 @@ def _parse_domains(ctx: _Ctx, doc: dict, root: Path, check_files: bool) -> list[
             stage = _choice(STAGES)(d.get("stage", DomainSpec.stage))
         except ValueError as e:
             raise ctx.err(f"{where} stage", str(e)) from None
-        if (stage == "dpo") != (fmt == "preference"):
+        if not _fits(stage, fmt):
             raise ctx.err(
                 f"{where} stage",
-                f"{stage!r} does not fit format {fmt!r}: stage 'dpo' takes format 'preference' data, and only it",
+                f"{stage!r} does not fit format {fmt!r}: stage 'dpo' takes format 'preference' data, 'grpo' takes "
+                "'prompt_answer', and 'sft' the others",
             )
+        if stage == "grpo" and not later:
+            raise ctx.err(f"{where} stage", f"'grpo' trains on top of the domain's earlier stacks: list an 'sft' "
+                                            f"(or 'dpo') stage of {name!r} before it (consecutive [[domains]] entries)")
 
         def file(key: str, _d=d, _where=where) -> Path:
             return _data_file(ctx, f"{_where} {key}", _d[key], root, check_files)
 
-        out.append(
-            DomainSpec(
-                name=name, train=file("train"), valid=file("valid") if "valid" in d else None, format=fmt, stage=stage
-            )
-        )
+        spec = DomainSpec(name=name, train=file("train"), valid=file("valid") if "valid" in d else None, format=fmt,
+                          stage=stage)
+        if later:
+            out[-1].later.append(spec)
+        else:
+            out.append(spec)
     return out
 
 

@@ -54,6 +54,35 @@ def plot_domain_curves(path: Path, domain: str, rounds: list[dict[str, Any]]) ->
     return path
 
 
+def plot_reward_curve(path: Path, title: str, history: list[dict[str, Any]], evals: list[dict[str, Any]]) -> Path:
+    """A GRPO stage's mean rollout reward per step (and its running mean), the held-out greedy reward at each
+    evaluation, and the KL to the reference on a second axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    r = [h["reward"] for h in history]
+    ax.plot(steps, r, alpha=0.35, label="rollout reward (mean of the step's samples)")
+    w = max(1, len(r) // 10)
+    run = [sum(r[max(0, i - w + 1) : i + 1]) / len(r[max(0, i - w + 1) : i + 1]) for i in range(len(r))]
+    ax.plot(steps, run, label=f"rollout reward, running mean of {w}")
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["reward"] for e in evals], marker="o", label="held-out greedy reward")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("reward")
+    ax.set_ylim(-0.02, 1.02)
+    if history and "kl" in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h["kl"] for h in history], color="grey", linestyle=":", label="KL to reference (k3)")
+        ax2.set_ylabel("KL to reference", color="grey")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_matrix(path: Path, rows: list[str], cols: list[str], values: list[list[float | None]], title: str,
                 xlabel: str, ylabel: str) -> Path:
     """A labelled heat map with the figures written in the cells."""

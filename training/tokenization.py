@@ -122,9 +122,11 @@ def tokenize_sft(tokenizer, rec: Record | dict, fmt: str) -> SFTExample:
             ids += seg
             labels += seg if is_answer else [IGNORE_INDEX] * len(seg)
         return SFTExample(ids, labels)
-    if fmt == "preference":  # SFT on the chosen response (used for oracle losses on preference domains)
+    if fmt in ("preference", "prompt_answer"):  # SFT on the chosen response / the answer (oracle and eval losses)
+        if "chosen" not in obj and "answer" not in obj:
+            raise DataError("a prompt_answer line with 'tests' and no 'answer' has no text to take a loss on")
         p = encode_prompt(tokenizer, obj["prompt"])
-        c = _ids(tokenizer, obj["chosen"], special=False) + _eos(tokenizer)
+        c = _ids(tokenizer, obj["chosen" if fmt == "preference" else "answer"], special=False) + _eos(tokenizer)
         return SFTExample(p + c, [IGNORE_INDEX] * len(p) + c)
     raise ValueError(f"unknown format {fmt!r}")
 
@@ -149,7 +151,7 @@ def prompt_text(tokenizer, rec: Record | dict, fmt: str) -> str:
     """The text a router sees for this record: the prompt (chat: the conversation up to the last assistant turn,
     rendered with the generation prompt); for plain text, its first half by characters."""
     obj = rec.data if isinstance(rec, Record) else rec
-    if fmt in ("prompt_completion", "preference"):
+    if fmt in ("prompt_completion", "preference", "prompt_answer"):
         return obj["prompt"]
     if fmt == "messages":
         msgs = obj["messages"]

@@ -9,8 +9,8 @@ import pytest
 
 from brainstacks.errors import ConfigError
 from training.demo.answers import check_answer, extract_answer
-from training.demo.code_eval import extract_code, run_tests
 from training.demo.sampling import DOMAINS, generate, prompt_key, templates, write_demo_data
+from training.rewards import extract_code, run_tests
 
 N = 150  # rows per generated sample in these tests
 

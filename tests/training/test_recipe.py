@@ -8,7 +8,7 @@ import pytest
 
 from brainstacks.config import NullspaceConfig, RouterConfig, StackConfig
 from brainstacks.errors import ConfigError
-from training.config import RouterTrainConfig, TrainConfig
+from training.config import GRPOConfig, RouterTrainConfig, TrainConfig
 from training.recipe import load_recipe
 
 FULL = """
@@ -109,7 +109,7 @@ def test_full_recipe_parses_with_paths_relative_to_the_recipe(tree: Path):
 def test_defaults_come_from_the_config_dataclasses(tree: Path):
     r = load_recipe(write(tree, '[base]\nmodel = "base"\n[[domains]]\nname = "a"\ntrain = "data/math.jsonl"\n'))
     assert r.stack == StackConfig() and r.nullspace == NullspaceConfig() and r.router == RouterConfig()
-    assert r.train == TrainConfig() and r.router_train == RouterTrainConfig()
+    assert r.train == TrainConfig() and r.router_train == RouterTrainConfig() and r.grpo == GRPOConfig()
     assert r.train.min_improvement == 0.002 and r.train.max_rounds == 3
     assert (r.router_train.oracle_samples, r.router_train.epochs, r.router_train.lr) == (200, 8, 8e-4)
     assert (r.router_train.weight_decay, r.router_train.batch_size) == (0.01, 16)
@@ -167,7 +167,7 @@ def test_missing_domains_and_bad_toml(tree: Path):
 
 @pytest.mark.parametrize("section, cls", [("stack", StackConfig), ("train", TrainConfig),
                                           ("nullspace", NullspaceConfig), ("router", RouterConfig),
-                                          ("router", RouterTrainConfig)])
+                                          ("router", RouterTrainConfig), ("grpo", GRPOConfig)])
 def test_the_recipe_and_the_library_accept_the_same_values(section, cls):
     """At and just past every declared bound, a recipe key is accepted exactly when the library's validate() accepts
     the same value (they used to disagree: router_tokens 65537, min_weight 1.0, experts 65)."""

@@ -14,38 +14,17 @@ alone too, which was never taught the "Answer:" line):
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from brainstacks.errors import ConfigError
-
-_ANSWER_LINE = re.compile(r"^[ \t]*\**Answer:?\**:?[ \t]*(.*?)[ \t]*$", re.MULTILINE | re.IGNORECASE)
-_LEADING_NUMBER = re.compile(r"^([-+]?(?:\d[\d,]*)(?:\.\d+)?|[-+]?\.\d+)(.*)$", re.DOTALL)
-_ANY_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+from training.rewards import ANSWER_LINE, ANY_NUMBER, leading_number, normalise_text, number
 
 
 def extract_answer(text: str) -> str | None:
     """The text after the first "Answer:" at the start of a line, stripped; None if there is none or it is empty."""
-    m = _ANSWER_LINE.search(text)
+    m = ANSWER_LINE.search(text)
     if m is None or not m.group(1):
         return None
     return m.group(1)
-
-
-def _normalise_text(s: str) -> str:
-    s = " ".join(s.casefold().split())
-    return s.strip(" .\"'`*")
-
-
-def _number(s: str) -> Decimal | None:
-    try:
-        return Decimal(s.replace(",", ""))
-    except InvalidOperation:
-        return None
-
-
-def _leading_number(s: str) -> Decimal | None:
-    m = _LEADING_NUMBER.match(s.strip().lstrip("$"))
-    return _number(m.group(1)) if m else None
 
 
 def check_answer(domain: str, completion: str, answer: str) -> bool:
@@ -57,15 +36,15 @@ def check_answer(domain: str, completion: str, answer: str) -> bool:
     if domain == "chat":
         return " ".join(completion.split()).rstrip(".") == " ".join(answer.split()).rstrip(".")
     got = extract_answer(completion)
-    expected = _leading_number(answer)
+    expected = leading_number(answer)
     if expected is not None:
         if got is not None:
-            value = _leading_number(got)
+            value = leading_number(got)
         else:
-            numbers = _ANY_NUMBER.findall(completion)
-            value = _number(numbers[-1]) if numbers else None
+            numbers = ANY_NUMBER.findall(completion)
+            value = number(numbers[-1]) if numbers else None
         return value is not None and value == expected
     if got is not None:
-        return _normalise_text(got) == _normalise_text(answer)
-    pattern = r"(?<!\w)" + re.escape(_normalise_text(answer)) + r"(?!\w)"
+        return normalise_text(got) == normalise_text(answer)
+    pattern = r"(?<!\w)" + re.escape(normalise_text(answer)) + r"(?!\w)"
     return re.search(pattern, " ".join(completion.casefold().split())) is not None

@@ -3,7 +3,7 @@
 Every kind draws a function (name, argument, docstring and a reference body whose behaviour the docstring fully
 determines). The reply is the whole function in a ```python block. Rows carry "entry" (the function name) and
 "tests": assertions computed by running the reference body on fixed inputs, so a generated function is scored by
-running it (`training.demo.code_eval`, in a subprocess with limits). Each kind has several phrasings of the
+running it (`training.rewards`, in a subprocess with limits). Each kind has several phrasings of the
 request; the last is held out of training (`training.demo.sampling`).
 
 `stdlib_files` lists the standard library's source files for the from-scratch pretraining corpus

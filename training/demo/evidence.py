@@ -7,7 +7,7 @@ What it measures:
   accuracy     greedy completions of test prompts (chat-rendered, as /v1/chat/completions serves them) for the base
                alone, the domain's own stacks and the router's composition: exact answers for math, medical and
                reasoning, exact replies for chat (`training.demo.answers`), and for code the generated function run
-               against the row's assertions in a sandboxed subprocess (`training.demo.code_eval`);
+               against the row's assertions in a sandboxed subprocess (`training.rewards`);
   losses       answer-token CE per domain for base / own / ungated / routed / oracle (training.eval_command);
   routing      top-1 confusion and mean weights of the served router on test prompts, and on the hand-written
                prompts of tests/data/handwritten_prompts.jsonl (written independently of the generators), each as
@@ -36,10 +36,10 @@ from brainstacks.bundle import LoadedBundle, write_json
 from brainstacks.text import encode_prompt, eos_token_ids, pad_batch, render_chat
 from training.data_files import read_jsonl
 from training.demo.answers import check_answer
-from training.demo.code_eval import run_tests
 from training.eval_command import evaluate_bundle
 from training.losses import dataset_loss, routed_weights
 from training.recipe import Recipe
+from training.rewards import run_tests
 from training.tokenization import load_domain, pad_id_of, prompt_text
 
 ACCURACY_DOMAINS = ("math", "medical", "reasoning", "code", "chat")

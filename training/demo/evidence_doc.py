@@ -56,7 +56,7 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
                    "on. Math, medical, reasoning: the `Answer:` line, or else the last number, equals the reference "
                    "(`training.demo.answers`); chat: the reply equals the determined reply; code: the generated "
                    "function passes the row's assertions, run in a sandboxed subprocess "
-                   "(`training.demo.code_eval`).\n".format(ev["config"]["max_new_tokens"]))
+                   "(`training.rewards`).\n".format(ev["config"]["max_new_tokens"]))
         rows = []
         for d, a in ev["accuracy"].items():
             gain = f"{(a['routed'] - a['base']) * 100:+.0f}" if "routed" in a else "-"

@@ -29,7 +29,7 @@ from training.demo import chat_data, code_data, math_data, medical_data, reasoni
 DOMAINS: tuple[str, ...] = ("chat", "code", "math", "medical", "reasoning")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-# Domains scored by exact answer (training.demo.answers); code is scored by running tests (training.demo.code_eval).
+# Domains scored by exact answer (training.demo.answers); code is scored by running tests (training.rewards).
 ANSWER_DOMAINS: tuple[str, ...] = ("chat", "math", "medical", "reasoning")
 
 MODULES: dict[str, ModuleType] = {
