@@ -38,9 +38,10 @@ def write_stage_data(root: Path) -> list[dict]:
     return prefs
 
 
-def recipe_with(root: Path, base: Path, *stages: str) -> Path:
+def recipe_with(root: Path, base: Path, *stages: str, router: bool = True) -> Path:
     rec = write_toy_recipe(root, base, ["math"], steps_per_round=12, max_rounds=1)
-    rec.write_text(rec.read_text() + "".join(stages) + GRPO_SECTION)
+    text = rec.read_text() if router else rec.read_text().replace("[router]\nenabled = true", "[router]\nenabled = false")
+    rec.write_text(text + "".join(stages) + GRPO_SECTION)
     return rec
 
 
@@ -59,7 +60,8 @@ def staged(tmp_path_factory):
     base = tiny_base(root / "base", hidden=64, layers=2)
     prefs = write_stage_data(root)
     out = root / "bundle"
-    assert cli(["train", "--recipe", str(recipe_with(root, base, DPO)), "--out", str(out), "--quiet"]) == 0
+    first_recipe = recipe_with(root, base, DPO, router=False)  # the second run trains the router
+    assert cli(["train", "--recipe", str(first_recipe), "--out", str(out), "--quiet"]) == 0
     first = {p: p.read_bytes() for p in (out / "stacks").rglob("*") if p.is_file()}
     recipe = recipe_with(root, base, DPO, GRPO)  # the same bundle, one stage more: only the grpo stage trains
     assert cli(["train", "--recipe", str(recipe), "--out", str(out), "--quiet"]) == 0
