@@ -236,7 +236,7 @@ def train_grpo(sm: StackedModel, domain: str, records: Sequence[dict], valid: Se
                             "loss": loss, **stats, "completion_tokens": float(ro.completion_mask.sum(1).float().mean()),
                             "rollout_s": t_roll, "step_s": time.perf_counter() - ts})
         log(f"[{domain}] grpo step {step}/{cfg.steps}: reward {float(ro.rewards.mean()):.3f} loss {loss:.4f} "
-            f"kl {stats['kl']:.4f} ({time.perf_counter() - ts:.1f}s)")
+            f"kl {stats['kl']:.4f} ({time.perf_counter() - ts:.1f}s); a sample: {ro.texts[0][:80]!r}")
         if step % cfg.eval_every == 0 and step < cfg.steps:
             res.evals.append({"step": step, "reward": greedy_reward(sm, tokenizer, held_out, cfg, eos)})
     res.reward_after = greedy_reward(sm, tokenizer, held_out, cfg, eos)

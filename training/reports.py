@@ -62,7 +62,7 @@ def plot_reward_curve(path: Path, title: str, history: list[dict[str, Any]], eva
     steps = [h["step"] for h in history]
     r = [h["reward"] for h in history]
     ax.plot(steps, r, alpha=0.35, label="rollout reward (mean of the step's samples)")
-    w = max(1, len(r) // 10)
+    w = max(1, min(len(r), max(3, len(r) // 10)))
     run = [sum(r[max(0, i - w + 1) : i + 1]) / len(r[max(0, i - w + 1) : i + 1]) for i in range(len(r))]
     ax.plot(steps, run, label=f"rollout reward, running mean of {w}")
     if evals:
@@ -72,10 +72,11 @@ def plot_reward_curve(path: Path, title: str, history: list[dict[str, Any]], eva
     ax.set_ylim(-0.02, 1.02)
     if history and "kl" in history[0]:
         ax2 = ax.twinx()
-        ax2.plot(steps, [h["kl"] for h in history], color="grey", linestyle=":", label="KL to reference (k3)")
+        ax2.plot(steps, [h["kl"] for h in history], color="grey", linestyle=":", label="KL to reference (k3, right)")
         ax2.set_ylabel("KL to reference", color="grey")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left")
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)

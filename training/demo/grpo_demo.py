@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default=str(DEMO_BUNDLE))
     p.add_argument("--out", default="build/grpo_demo")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (not measured here)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompts-per-step", type=int, default=4)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = Path(a.bundle)
     manifest = read_manifest(bundle)
-    base = load_base(manifest.base["path"], "nf4", "float32", "cpu", for_training=True)
+    base = load_base(manifest.base["path"], "nf4", "float32", a.device, for_training=True)
     cfg = StackConfig.from_dict(manifest.stack_config)
     sm = StackedModel(base.model, cfg)
     stacks = read_stacks(bundle, manifest, base.fingerprint)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python -m training.demo.grpo_demo " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "bundle_version": manifest.version, "config": {**g.to_dict(), "lr": a.lr, "threads": a.threads,
-                                                       "train_prompts": a.train_prompts},
+                                                       "device": a.device, "train_prompts": a.train_prompts},
         "before": before, "after": after,
         "delta_points": (after["accuracy"] - before["accuracy"]) * 100,
         "delta_exact_answer_points": (after["exact_answer"] - before["exact_answer"]) * 100,
