@@ -38,7 +38,7 @@ BENCH_PROMPTS = [
 ]
 
 
-def make_naive_app(bundle: str, quantize: str, dtype: str = "float32"):
+def make_naive_app(bundle: str, quantize: str, dtype: str = "float32", device: str = "cpu"):
     """FastAPI /v1/completions that routes the prompt and calls `model.generate`, serialised by a lock."""
     import threading
 
@@ -50,7 +50,7 @@ def make_naive_app(bundle: str, quantize: str, dtype: str = "float32"):
     from brainstacks.text import encode_prompt
     from server.sampling import SamplingParams
 
-    lb = load_bundle(bundle, quantize=quantize, dtype=dtype, device="cpu")
+    lb = load_bundle(bundle, quantize=quantize, dtype=dtype, device=device)
     model, tok, sm, router = lb.base.model, lb.base.tokenizer, lb.stacked, lb.router
     model.eval()
     lock = threading.Lock()
@@ -64,7 +64,7 @@ def make_naive_app(bundle: str, quantize: str, dtype: str = "float32"):
     def completions(body: dict) -> dict:  # a sync endpoint runs in the threadpool; the lock serialises generation
         prompt, max_tokens = body["prompt"], int(body.get("max_tokens", SamplingParams.max_tokens))
         with lock, torch.no_grad():
-            ids = torch.tensor([encode_prompt(tok, prompt)])  # (1, T), the server's own prompt encoding
+            ids = torch.tensor([encode_prompt(tok, prompt)], device=lb.stacked.device)  # (1, T), as the server does
             enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
             weights = None
             if router is not None:
@@ -95,10 +95,13 @@ def serve_naive(argv: list[str]) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--quantize", default="nf4")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    uvicorn.run(make_naive_app(a.bundle, a.quantize), host="127.0.0.1", port=a.port, log_level="warning")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    dtype = "bfloat16" if device == "cuda" else "float32"  # the server's --dtype auto (server.registry.serve_dtype)
+    uvicorn.run(make_naive_app(a.bundle, a.quantize, dtype, device), host="127.0.0.1", port=a.port, log_level="warning")
     return 0
 
 

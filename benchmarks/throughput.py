@@ -1,6 +1,7 @@
 """Throughput benchmark (issue 5, item 10): the real server under concurrent load against a naive one-at-a-time server.
 
     python -m benchmarks.throughput [--quick] [--json PATH] [--bundle DIR] [--quantize nf4|fp4|none]
+                                    [--threads N] [--device auto|cpu|cuda] [--phases P1,P2] [--busy N]
 
 One run, on whatever cores this process may use (2 on the CPU machines here):
   1. the bundle: `--bundle`, else the embedded demo bundle when the package ships one, else a tiny bundle built
@@ -16,6 +17,14 @@ One run, on whatever cores this process may use (2 on the CPU machines here):
      median over rounds of each round's ratio, so a burst of load from other processes on a shared machine hits
      both sides of a ratio instead of one. Counts (errors, failed reloads) are totals over all rounds.
 `--quick` (3 rounds, 32 tokens per request) stays under 5 minutes on 2 cores.
+
+Per-step breakdown (issue 11): around every slice of a real-server phase the benchmark reads the server's step
+timers from /metrics (server/steptimer.py: seconds per phase of the engine step and of the event loop's per-token
+work, and the step counts) and prints, per phase, the milliseconds per decode step of each: the model (decode and
+prefill forward, routing), sampling, host syncs, emitting, batch bookkeeping, detokenisation, SSE encoding, and the
+event-loop wake-ups per step; they are in the JSON as "step breakdown: <phase>" rows. `--phases` runs a subset
+(e.g. "server 1 client,server 16 clients"; the naive server is started only when its phase runs); `--busy N` keeps
+N extra processes spinning during the measurement (a shared machine).
 
 Each server runs torch with one intra-op thread by default (--threads): on 2 cores the load generator needs the
 other core, the tiny model's ops are too small to split, and on a shared machine two spinning OpenMP threads stall
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads in each server (default 1: see the module docstring; 0: torch's "
                              "own default, OMP_NUM_THREADS unset)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="serving device of both servers (auto: cuda when available)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help="comma-separated phases to run (default: all four)")
     parser.add_argument("--busy", type=int, default=0,
@@ -157,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
     admin_key = "bench-admin"
     env = {"OMP_NUM_THREADS": str(args.threads), "BRAINSTACKS_THREADS": str(args.threads),
-           "BRAINSTACKS_LOG_LEVEL": "warning", "BRAINSTACKS_ADMIN_KEY": admin_key, "TOKENIZERS_PARALLELISM": "false"}
+           "BRAINSTACKS_LOG_LEVEL": "warning", "BRAINSTACKS_ADMIN_KEY": admin_key, "TOKENIZERS_PARALLELISM": "false",
+           "BRAINSTACKS_DEVICE": args.device}
     port = free_port()
     real = ServerProcess("brainstacks", [sys.executable, "-m", "brainstacks_cli", "serve", "--bundle", str(bundle),
                                          "--host", "127.0.0.1", "--port", str(port), "--quantize", args.quantize],
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     naive = ServerProcess("naive", [sys.executable, "-m", "benchmarks.servers", "--bundle",
                                     str(bundle), "--port", str(port), "--quantize", args.quantize, "--threads",
-                                    str(args.threads)], port, scratch / "naive.log", env)
+                                    str(args.threads), "--device", args.device], port, scratch / "naive.log", env)
     for srv in (real, naive):  # the load runs without an API key
         srv.env.pop("BRAINSTACKS_API_KEY", None)
         if not args.threads:

@@ -55,6 +55,7 @@ class ModelRunner:
         self.fingerprint = fingerprint
         self.stack_meta: dict[str, list[dict]] = {}  # per domain, each stack's verified stack.json (sha256, bytes)
         self.router_meta: dict | None = None
+        self.route_tokens = 0  # ServerSettings.router_tokens: 0 = the router's own router_tokens
         self.device = next(model.parameters()).device
         # sizes live in the text config (a multimodal config, e.g. Gemma3Config, nests them in text_config)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -152,9 +153,12 @@ class ModelRunner:
 
     @property
     def router_tokens(self) -> int:
+        """Prompt tokens routing reads: the router's own router_tokens, or fewer with `route_tokens` (the
+        router_tokens setting; 0 = the router's own)."""
         from brainstacks.config import RouterConfig
 
-        return int(getattr(self.router, "config", RouterConfig()).router_tokens)
+        own = int(getattr(self.router, "config", RouterConfig()).router_tokens)
+        return min(own, self.route_tokens) if self.route_tokens else own
 
     @property
     def router_domains(self) -> list[str]:

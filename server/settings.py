@@ -23,7 +23,8 @@ class ServerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind.", min_length=1, max_length=255)
     port: int = Field(8000, description="TCP port to bind (0 = any free port).", ge=0, le=65535)
     quantize: Literal["nf4", "fp4", "none"] = Field("nf4", description="Base model quantization.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype of the base model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "Compute dtype of the base model (auto: bfloat16 on CUDA, float32 on CPU)."))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "Device for the model (auto: cuda when available)."))
     watch: bool = Field(False, description="Reload the bundle when its manifest.json changes.")
@@ -68,9 +69,16 @@ class ServerSettings(BaseSettings):
     ready_stuck_seconds: float = Field(60.0, description=(
         "/health/ready answers 503 when no engine step finished for this many seconds while work waits."),
         gt=0, le=86_400)
+    router_tokens: int = Field(0, description=(
+        "Prompt tokens the router reads (0: the router's own router_tokens, as trained; more than that is capped "
+        "to it). Fewer is cheaper: on the demo, 64 instead of 128 halves the routing pass of a long prompt at the "
+        "same hand-written top-1 (docs/BENCHMARKS.md, TTFT)."), ge=0, le=1 << 20)
     debug_history: int = Field(256, description="Completed requests kept for /debug/requests/{id}.", ge=1, le=1_000_000)
     warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
-    threads: int = Field(0, description="torch intra-op threads (0: torch's default).", ge=0, le=1024)
+    threads: int = Field(1, description=(
+        "torch intra-op threads. 1 (the default) holds up when other processes share the CPU; 0: torch's default "
+        "(one per core: on a dedicated machine it can be faster, but its spinning threads stall whenever one is "
+        "descheduled; docs/BENCHMARKS.md measured 3.8x fewer tokens/s on a shared 2-core machine)."), ge=0, le=1024)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
         "Log level of the server loggers."))
 
