@@ -12,7 +12,9 @@
    A's validation loss with every stack on, before and after B.
 The base is a tiny random Llama (the absolute losses mean little; the ratios still compare the methods); the
 figures in docs/BENCHMARKS.md were measured on the former demo's 4M-parameter pretrained base (`brainstacks
-pretrain`). Data: the demo generators (training/demo), so nothing is downloaded.
+pretrain`). Data: the demo generators (training/demo), so nothing is downloaded. On the real base (SmolLM2-135M,
+the demo bundle's): benchmarks/table1.py (1, with a learning-rate sweep per method) and benchmarks/forgetting.py
+(3, three domains, several null-space sizes); results in docs/SCIENCE.md.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ from training.config import TrainConfig
 
 METHODS = {"moe 4x r16 top-2": StackConfig(experts=4, top_k=2, rank=16, alpha=16.0, rslora=True),
            "lora r64": StackConfig(experts=1, top_k=1, rank=64, alpha=16.0, rslora=True)}
+# --diagnose: why the comparison comes out as it does. Top-2 of 4 rank-16 experts applies rank 32 to each token;
+# "lora r32" has that per-token rank (half the parameters), "moe 4x r16 top-4" uses every expert (rank 64 per token).
+DIAGNOSTIC = {"lora r32": StackConfig(experts=1, top_k=1, rank=32, alpha=16.0, rslora=True),
+              "moe 4x r16 top-4": StackConfig(experts=4, top_k=4, rank=16, alpha=16.0, rslora=True)}
 
 
 def demo_base_ref() -> str | Path:
@@ -156,8 +160,9 @@ def plot(arms: list[Arm], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {m: c for m, c in zip(METHODS, ("tab:red", "tab:blue"), strict=True)}
-    for m in METHODS:
+    methods = list(dict.fromkeys(a.method for a in arms))
+    colors = dict(zip(methods, ("tab:red", "tab:blue", "tab:green", "tab:orange"), strict=False))
+    for m in methods:
         best = best_arm(arms, m)
         for a in (a for a in arms if a.method == m):
             s, v = zip(*a.curve, strict=True)
@@ -182,6 +187,17 @@ def sizes(quick: bool, tiny: bool) -> dict:
     return dict(steps=96, eval_every=8, batch=4, seq=128, n_train=512, n_valid=24, lrs=(3e-4, 1e-3, 3e-3))
 
 
+def _diagnostic_report(arms: list[Arm], args, work: Path) -> int:
+    rows = [{"arm": a.name, "params": a.n_params, **{f"val@{s}": v for s, v in a.curve},
+             "ms_per_step": statistics.median(a.times) * 1e3} for a in arms]
+    print_table(rows, title="diagnostic arms (compare with a run of the same sizes: same batches, same init)")
+    png = Path(args.png) if args.png else (Path(args.json).with_suffix(".png") if args.json else work / "diag.png")
+    plot(arms, png, "diagnostic arms")
+    if args.json:
+        write_report(args.json, "table1", results=[{"diagnostic": rows}], targets=[], machine=machine_info())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser("table1", __doc__)
     parser.add_argument("--work", default="out/bench_table1", help="scratch directory")
@@ -189,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--steps", type=int, default=None, help="override the step count")
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates (both methods)")
+    parser.add_argument("--moe-lrs", default=None, help="comma-separated learning rates of MoE-LoRA only")
+    parser.add_argument("--lora-lrs", default=None, help="comma-separated learning rates of LoRA r64 only")
+    parser.add_argument("--diagnose", type=float, default=None, metavar="LR",
+                        help="also train the DIAGNOSTIC arms (lora r32, moe top-4) at this learning rate")
+    parser.add_argument("--diagnose-only", action="store_true",
+                        help="only the DIAGNOSTIC arms (same batches and init as a run with the same sizes)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random base (tests)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -199,17 +221,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         z["steps"] = args.steps
     lrs = tuple(float(x) for x in args.lrs.split(",")) if args.lrs else z["lrs"]
+    per = {"moe 4x r16 top-2": args.moe_lrs, "lora r64": args.lora_lrs}
+    grid = [(m, sc, lr) for m, sc in METHODS.items()
+            for lr in (tuple(float(x) for x in per[m].split(",")) if per[m] else lrs)]
+    if args.diagnose:
+        grid = [] if args.diagnose_only else grid
+        grid += [(m, sc, args.diagnose) for m, sc in DIAGNOSTIC.items()]
     ref, base_kind = base_ref(args.tiny, work)
     cfg = TrainConfig(steps_per_round=z["steps"], max_rounds=1, lr=lrs[0], batch_size=z["batch"], seq_len=z["seq"],
                       eval_every=z["eval_every"], max_eval_batches=z["n_valid"] // z["batch"], seed=0)
     t_start = time.perf_counter()
-    arms = [make_arm(ref, m, sc, lr, cfg, "math") for m, sc in METHODS.items() for lr in lrs]
+    arms = [make_arm(ref, m, sc, lr, cfg, "math") for m, sc, lr in grid]
     from training.tokenization import pad_id_of
 
     tokenizer = arms[0].tokenizer
     data = domain_data("math", tokenizer, z["n_train"], z["n_valid"], z["seq"])
     pad = pad_id_of(tokenizer)
     lockstep(arms, data, cfg, pad)
+    if args.diagnose_only:
+        return _diagnostic_report(arms, args, work)
     moe, lora = best_arm(arms, "moe 4x r16 top-2"), best_arm(arms, "lora r64")
     lora_final = lora.curve[-1][1]
     reach = steps_to_reach(moe.curve, lora_final)
@@ -224,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     curves = [{"step": s, **{a.name: a.curve[i][1] for a in arms}} for i, (s, _) in enumerate(arms[0].curve)]
     print_table(curves, title="validation curves")
     summary = {"base": base_kind, "steps": cfg.steps_per_round, "batch_size": cfg.batch_size,
-               "seq_len": cfg.seq_len, "n_train": z["n_train"], "n_valid": z["n_valid"], "lrs": list(lrs),
+               "seq_len": cfg.seq_len, "n_train": z["n_train"], "n_valid": z["n_valid"],
+               "lrs": {m: sorted({lr for mm, _, lr in grid if mm == m}) for m, _, _ in grid},
                "moe_best_lr": moe.lr, "lora_best_lr": lora.lr, "moe_final": moe.curve[-1][1],
                "lora_final": lora_final, "moe_steps_to_lora_final": reach, "param_ratio": param_ratio,
                "wall_clock_ratio": wall, "seconds": time.perf_counter() - t_start}
