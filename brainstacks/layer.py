@@ -5,7 +5,8 @@
 The frozen stacks of a layer are packed once, when stacks are attached, in domain order:
 
     AW  (S·E·r + S·E, d_in)   rows: A of every (stack, expert) at rank r, then each stack's router rows W
-    Bp  (d_out, S·E·r)        columns in the same (stack, expert, rank) order
+    BT  (S·E·r, d_out)        B transposed: rows in the same (stack, expert, rank) order (`Bp` is its (d_out, S·E·r)
+                              view), so selecting stacks gathers whole rows, in proportion to what is selected
 
 so the fused forward is one matmul for all A's and all gate logits, one top-k + softmax on (..., S, E), one
 multiply by the per-row, per-stack multipliers (routing weight × scale) and one matmul for all B's — whatever the
@@ -92,8 +93,8 @@ class StackedLinear(nn.Module):
         self.num_stacks = 0
         # Packed frozen stacks (buffers so .to(device) moves them; not persistent: bundles hold them).
         self.register_buffer("AW", None, persistent=False)
-        self.register_buffer("Bp", None, persistent=False)
-        self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, Bp) for small calls, or None
+        self.register_buffer("BT", None, persistent=False)
+        self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, BT) for small calls, or None
         self.group = None  # the SharedInputGroup this projection belongs to (brainstacks/shared_input.py), if any
         self.group_index = 0
         self._subsets: OrderedDict[tuple, tuple] = OrderedDict()  # (selection, small) -> _packing()
@@ -101,12 +102,12 @@ class StackedLinear(nn.Module):
     # ---- packing ---------------------------------------------------------------------------------------------
     def set_frozen(self, stacks: list[dict[str, torch.Tensor]]) -> None:
         """Pack frozen stacks (each {"A": (E, r, d_in), "B": (E, d_out, r), "W": (E, d_in)}), in the given order."""
-        AW, Bp, small = self.pack(stacks)
-        self.set_packed(AW, Bp, len(stacks), small)
+        AW, BT, small = self.pack(stacks)
+        self.set_packed(AW, BT, len(stacks), small)
 
     def pack(self, stacks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None,
                                                                      tuple[torch.Tensor, torch.Tensor] | None]:
-        """The packed (AW, Bp, small) of `stacks`, built to the side: the layer's live tensors are not touched, so a
+        """The packed (AW, BT, small) of `stacks`, built to the side: the layer's live tensors are not touched, so a
         hot reload can build every layer first and swap them in only once all succeeded (set_packed). `small` is the
         float32 copy for small calls, or None (see needs_small_copy)."""
         if not stacks:
@@ -115,15 +116,20 @@ class StackedLinear(nn.Module):
         A = torch.cat([s["A"].reshape(E * r, self.in_features) for s in stacks])  # (S*E*r, d_in)
         W = torch.cat([s["W"] for s in stacks])  # (S*E, d_in)
         AW = torch.cat([A, W]).contiguous()
-        Bp = torch.cat([s["B"].permute(1, 0, 2).reshape(self.out_features, E * r) for s in stacks], 1).contiguous()
-        small = (AW.float(), Bp.float()) if needs_small_copy(AW.dtype, AW.device) else None
-        return AW, Bp, small
+        BT = torch.cat([s["B"].permute(0, 2, 1).reshape(E * r, self.out_features) for s in stacks]).contiguous()
+        small = (AW.float(), BT.float()) if needs_small_copy(AW.dtype, AW.device) else None
+        return AW, BT, small
 
-    def set_packed(self, AW: torch.Tensor | None, Bp: torch.Tensor | None, num_stacks: int,
+    @property
+    def Bp(self) -> torch.Tensor | None:
+        """The packed B as (d_out, S·E·r): a view of BT."""
+        return None if self.BT is None else self.BT.t()
+
+    def set_packed(self, AW: torch.Tensor | None, BT: torch.Tensor | None, num_stacks: int,
                    small: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Install tensors from `pack`: pointer assignments only (cannot fail half-way)."""
         self._subsets = OrderedDict()
-        self.AW, self.Bp, self.small = AW, Bp, small
+        self.AW, self.BT, self.small = AW, BT, small
         if self.group is not None:
             self.group.reset()
         self.num_stacks = num_stacks
@@ -134,8 +140,8 @@ class StackedLinear(nn.Module):
         n = E * r
         A = self.AW[i * n : (i + 1) * n].reshape(E, r, self.in_features)
         W = self.AW[S * n + i * E : S * n + (i + 1) * E]
-        B = self.Bp[:, i * n : (i + 1) * n].reshape(self.out_features, E, r).permute(1, 0, 2)
-        return {"A": A.clone(), "B": B.contiguous(), "W": W.clone()}
+        B = self.BT[i * n : (i + 1) * n].reshape(E, r, self.out_features).permute(0, 2, 1)
+        return {"A": A.clone(), "B": B.clone(memory_format=torch.contiguous_format), "W": W.clone()}
 
     def _packed(self, sel: tuple[int, ...] | None, small: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(AW, Bp, m) of the selected stacks: the float32 copy when `small` and the layer keeps one."""
@@ -151,14 +157,14 @@ class StackedLinear(nn.Module):
         key = (None if sel is None or len(sel) == S else sel, small)
         hit = self._subsets.get(key)
         if hit is None:
-            AW, Bp = self.small if small else (self.AW, self.Bp)
+            AW, BT = self.small if small else (self.AW, self.BT)
             if key[0] is not None:
                 E, r = self.config.experts, self.config.rank
                 idx = torch.tensor(sel, device=AW.device)
                 a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=idx.device)).flatten()
                 w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=idx.device)).flatten()
-                AW, Bp = AW[torch.cat([a_rows, w_rows])].contiguous(), Bp[:, a_rows].contiguous()
-            hit = (AW, Bp, AW.t(), Bp.t(), S if key[0] is None else len(sel))
+                AW, BT = AW[torch.cat([a_rows, w_rows])].contiguous(), BT[a_rows].contiguous()
+            hit = (AW, BT.t(), AW.t(), BT, S if key[0] is None else len(sel))
             self._subsets[key] = hit
             if len(self._subsets) > SUBSET_CACHE_SIZE:
                 self._subsets.popitem(last=False)

@@ -66,7 +66,7 @@ class PreparedStacks:
     domains: list[str]
     stacks: list[tuple[str, int]]  # packed order
     storage_dtype: torch.dtype | None
-    packed: dict[str, tuple]  # layer path -> (AW, Bp, small) from StackedLinear.pack
+    packed: dict[str, tuple]  # layer path -> (AW, BT, small) from StackedLinear.pack
 
 
 class StackedModel:
@@ -272,8 +272,8 @@ class StackedModel:
         if self._active is not None:
             raise StackFormatError(f"a stack for {self._active!r} is being trained; freeze or discard it first")
         for path, lay in self.layers.items():
-            AW, Bp, small = prepared.packed[path]
-            lay.set_packed(AW, Bp, len(prepared.stacks), small)
+            AW, BT, small = prepared.packed[path]
+            lay.set_packed(AW, BT, len(prepared.stacks), small)
         self._domains = list(prepared.domains)
         self._stacks = list(prepared.stacks)
         self._storage_dtype = prepared.storage_dtype

@@ -164,7 +164,7 @@ def test_bf16_packing_on_a_fast_bf16_cpu_keeps_a_float32_copy_for_small_calls(ba
     add_random_stacks(sm, {"a": 1, "b": 2}, dtype="bfloat16")
     layer = next(iter(sm.layers.values()))
     assert layer.AW.dtype == torch.bfloat16 and layer.small[0].dtype == torch.float32
-    assert torch.equal(layer.small[0], layer.AW.float()) and torch.equal(layer.small[1], layer.Bp.float())
+    assert torch.equal(layer.small[0], layer.AW.float()) and torch.equal(layer.small[1], layer.BT.float())
     w = torch.tensor([[0.0, 0.8], [0.0, 0.3]])  # domain b only: a subset of the packing
     calls = []
     real = layer._packing
