@@ -71,7 +71,7 @@ def build_tiny_bundle(out: Path, seed: int = 0) -> Path:
 def publish_manifest(bundle: Path, manifest: dict, version: int) -> int:
     """Write `manifest` as `version` of the bundle atomically (temp + rename, as docs/DESIGN.md §4 requires of
     writers); returns the version."""
-    from brainstacks.bundle import write_json
+    from brainstacks.files import write_json
 
     write_json(Path(bundle) / "manifest.json", {**manifest, "version": version})
     return version

@@ -117,7 +117,7 @@ def print_targets(targets: Sequence[Target]) -> None:
 
 def report_dict(benchmark: str, results: list, targets: Sequence[Target], machine: dict | None = None) -> dict:
     """The docs/DESIGN.md §7 JSON object (plus `passed` per target, an addition readers may ignore)."""
-    from brainstacks.bundle import json_safe  # lazy: a load generator using these helpers needs no torch
+    from brainstacks.files import json_safe  # lazy: a load generator using these helpers needs no torch
 
     return json_safe({
         "benchmark": benchmark,
@@ -130,7 +130,7 @@ def report_dict(benchmark: str, results: list, targets: Sequence[Target], machin
 def write_report(path: str | Path, benchmark: str, results: list, targets: Sequence[Target],
                  machine: dict | None = None) -> dict:
     """Write the §7 JSON (strict: NaN becomes null) and return it."""
-    from brainstacks.bundle import write_json
+    from brainstacks.files import write_json
 
     data = report_dict(benchmark, results, targets, machine)
     write_json(path, data)

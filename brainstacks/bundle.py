@@ -15,22 +15,18 @@ fingerprint mismatch, tensor shape mismatch. Nothing is ever unpickled: safetens
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from brainstacks.base import LoadedBase, fingerprint_mismatches, load_base
 from brainstacks.config import RouterConfig, StackConfig, dtype_name, parse_dtype
 from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
+from brainstacks.files import atomic_write, read_json, read_tensors, sha256_file, write_json
 from brainstacks.gguf import is_package_ref
 from brainstacks.moe_lora import stack_tensor_problem, stack_tensor_shapes
 from brainstacks.router import MetaRouter
@@ -117,70 +113,13 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     path = Path(bundle_dir) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: no manifest (not a bundle directory?)")
-    m = Manifest.from_dict(_read_json(path), str(path))
+    m = Manifest.from_dict(read_json(path), str(path))
     for d in m.domains:
         for rel in d.stacks:
             safe_path(bundle_dir, rel)
     if m.router is not None:
         safe_path(bundle_dir, m.router)
     return m
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes files
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _umask_mode() -> int:
-    """The permissions a plain new file gets under the process umask (0644 under the usual 022)."""
-    return 0o666 & ~_UMASK
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temp file, fsync, rename. The file ends with the umask's permissions, not mkstemp's 0600, so
-    a server running as another user (a container, a service account) can read the bundle."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _umask_mode())  # after writing: safetensors' save_file leaves its file 0600 too
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def json_safe(obj: Any) -> Any:
-    """`obj` with every NaN/±Infinity (which JSON lacks) as None and every dict key as a string."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Strict JSON (json_safe, indent 2), written atomically (atomic_write); the one JSON writer of bundles, training
-    reports and benchmark reports. Returns the path."""
-    path = Path(path)
-    text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, w)
-    return path
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
@@ -199,14 +138,6 @@ def next_version(bundle_dir: str | os.PathLike) -> int:
         return read_manifest(bundle_dir).version + 1
     except BundleError:
         return 1
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- stacks -----------------------------------------------------------------------------------------------------
@@ -230,33 +161,6 @@ def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict
     return rel
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise BundleError(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: corrupt JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise BundleError(f"{path}: must hold a JSON object")
-    return data
-
-
-def _read_tensors(path: Path, expected_sha: Any) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise BundleError(f"{path}: missing")
-    if not isinstance(expected_sha, str):
-        raise BundleError(f"{path}: its metadata JSON has no sha256")
-    actual = sha256_file(path)
-    if actual != expected_sha:
-        raise BundleError(f"{path}: corrupt or truncated (sha256 {actual[:12]}… != recorded {expected_sha[:12]}…)")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {n: f.get_tensor(n) for n in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for bad headers and short files
-        raise BundleError(f"{path}: not a readable safetensors file: {e}") from e
-
-
 def expected_stack_shapes(fingerprint: dict[str, Any], config: StackConfig) -> dict[str, tuple[int, ...]]:
     """Tensor name → shape a stack must have for this base (from the fingerprint's target shapes)."""
     targets = {p: tuple(s) for p, s in fingerprint.get("targets", {}).items() if p.rsplit(".", 1)[-1] in config.targets}
@@ -269,8 +173,8 @@ def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, A
     stack_config.frozen_dtype: frozen stacks share one) and finite values (a NaN would silently empty every
     composition that uses the stack)."""
     d = safe_path(bundle_dir, rel)
-    meta = _read_json(d / STACK_META)
-    tensors = _read_tensors(d / STACK_TENSORS, meta.get("sha256"))
+    meta = read_json(d / STACK_META)
+    tensors = read_tensors(d / STACK_TENSORS, meta.get("sha256"))
     want = expected_stack_shapes(fingerprint, config)
     f = d / STACK_TENSORS
     problem = stack_tensor_problem(tensors, want)
@@ -309,8 +213,8 @@ def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = N
     """Read and validate the router; with `domains` (the manifest's), it must score exactly those, in that order: a
     router missing a domain would give it weight 0 forever, so it is refused, naming the missing domains."""
     d = safe_path(bundle_dir, rel)
-    meta = _read_json(d / ROUTER_META)
-    tensors = _read_tensors(d / ROUTER_TENSORS, meta.get("sha256"))
+    meta = read_json(d / ROUTER_META)
+    tensors = read_tensors(d / ROUTER_TENSORS, meta.get("sha256"))
     r_domains = meta.get("domains")
     if not isinstance(r_domains, list) or not r_domains or not all(isinstance(x, str) for x in r_domains):
         raise BundleError(f"{d / ROUTER_META}: 'domains' must be a non-empty list of names")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from brainstacks.errors import BaseModelError
+from brainstacks.files import sha256_file
 
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "BRAINSTACKS_CACHE"
@@ -48,12 +49,6 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "brainstacks"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    from brainstacks.bundle import sha256_file  # lazy: bundle imports base, which imports this
-
-    return sha256_file(path)
-
-
 def _check_header(path: Path) -> None:
     if not path.is_file():
         raise BaseModelError(f"{path}: GGUF file not found")
@@ -65,7 +60,7 @@ def _check_header(path: Path) -> None:
 
 def conversion_dir(path: str | os.PathLike, sha: str | None = None) -> Path:
     """The cache directory that holds (or will hold) the conversion of this GGUF file."""
-    return cache_root() / "gguf" / (sha or file_sha256(path))
+    return cache_root() / "gguf" / (sha or sha256_file(path))
 
 
 def ensure_converted(path: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
@@ -76,7 +71,7 @@ def ensure_converted(path: str | os.PathLike, log: Callable[[str], None] | None 
     """
     src = Path(path).expanduser().resolve()
     _check_header(src)
-    sha = file_sha256(src)
+    sha = sha256_file(src)
     dst = conversion_dir(src, sha)
     if (dst / STAMP).is_file() and (dst / "config.json").is_file():
         return dst

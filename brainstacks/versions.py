@@ -31,11 +31,11 @@ from brainstacks.bundle import (
     ROUTER_TENSORS,
     STACK_META,
     STACK_TENSORS,
-    atomic_write,
     read_manifest,
     safe_path,
 )
 from brainstacks.errors import BundleError
+from brainstacks.files import atomic_write
 
 POINTER = "CURRENT"
 VERSIONS = "versions"

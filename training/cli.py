@@ -52,7 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from brainstacks.bundle import load_bundle, write_json
+    from brainstacks.bundle import load_bundle
+    from brainstacks.files import write_json
     from training.eval_command import evaluate_bundle, format_eval
     from training.recipe import load_recipe
 

@@ -58,11 +58,10 @@ from brainstacks.bundle import (
     safe_path,
     save_router,
     save_stack,
-    sha256_file,
-    write_json,
     write_manifest,
 )
 from brainstacks.errors import BundleError
+from brainstacks.files import sha256_file, write_json
 from brainstacks.stacks import StackedModel
 from training.boosting import DomainResult, validation_loss
 from training.config import DomainSpec

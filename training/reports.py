@@ -1,8 +1,8 @@
 """Reports written to BUNDLE/reports/: loss curves (PNG), the forgetting matrix (JSON + PNG), routing tables (JSON).
 
-JSON goes through brainstacks.bundle.write_json (NaN as null). Plots use matplotlib's Agg backend (no display
+JSON goes through brainstacks.files.write_json (NaN as null). Plots use matplotlib's Agg backend (no display
 needed). Every writer also returns the path it wrote. Every file is written atomically (temp file, fsync, rename,
-umask permissions: brainstacks.bundle.atomic_write), so a run killed while writing reports leaves each report
+umask permissions: brainstacks.files.atomic_write), so a run killed while writing reports leaves each report
 either as it was or complete, never half-written.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brainstacks.bundle import atomic_write, write_json
+from brainstacks.files import atomic_write, write_json
 
 REPORTS = "reports"  # BUNDLE/reports/
 

@@ -62,9 +62,9 @@ def test_round_trip(base_dirs, tmp_path):
 def test_bundle_files_get_the_umask_permissions(base_dirs, tmp_path, monkeypatch, umask, mode):
     """Not mkstemp's 0600: a server running as another user must be able to read a bundle written under umask 022.
     (The umask is read once at import, before threads write files; the test sets that reading.)"""
-    import brainstacks.bundle as bundle_mod
+    import brainstacks.files as files_mod
 
-    monkeypatch.setattr(bundle_mod, "_UMASK", umask)
+    monkeypatch.setattr(files_mod, "_UMASK", umask)
     build_bundle(base_dirs["llama"], tmp_path)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 7 and {p.stat().st_mode & 0o777 for p in files} == {mode}
@@ -153,7 +153,7 @@ def test_shape_mismatch_and_wrong_base(base_dirs, tmp_path):
     # a stack whose tensors are the wrong shape, with a matching checksum (so only the shape check can catch it)
     from safetensors.torch import load_file, save_file
 
-    from brainstacks.bundle import sha256_file
+    from brainstacks.files import sha256_file
 
     f = tmp_path / "b/stacks/math/0/stack.safetensors"
     t = load_file(f)

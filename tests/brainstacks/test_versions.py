@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from brainstacks.bundle import MANIFEST, DomainEntry, Manifest, atomic_write, write_manifest
+from brainstacks.bundle import MANIFEST, DomainEntry, Manifest, write_manifest
 from brainstacks.errors import BundleError
+from brainstacks.files import atomic_write
 from brainstacks.versions import (
     POINTER,
     current_version,

@@ -152,7 +152,7 @@ def test_bundle_files_get_the_umask_permissions(one_domain):
 
 
 def test_reports_are_written_atomically(tmp_path, monkeypatch):
-    from brainstacks.bundle import write_json
+    from brainstacks.files import write_json
     from training.reports import plot_matrix
 
     path = write_json(tmp_path / "r" / "a.json", {"x": 1.0})

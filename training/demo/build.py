@@ -178,7 +178,7 @@ ROUTER_STAMP = "router_inputs.json"  # what WORK/bundle's router was trained fro
 def router_inputs(recipe, router_examples: int) -> dict[str, Any]:
     """Everything the router's training reads besides the stacks and the domains' data (which the stacks already
     pin by sha256): the [router] settings, the router-only prompt files' hashes and the examples per domain."""
-    from brainstacks.bundle import sha256_file
+    from brainstacks.files import sha256_file
 
     cfg = dataclasses.asdict(recipe.router_train)
     cfg["examples_per_domain"] = router_examples

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from brainstacks.bundle import LoadedBundle, write_json
+from brainstacks.bundle import LoadedBundle
+from brainstacks.files import write_json
 from brainstacks.text import encode_prompt, eos_token_ids, pad_batch, render_chat
 from training.data_files import read_jsonl
 from training.demo.answers import check_answer

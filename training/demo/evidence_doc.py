@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brainstacks.bundle import write_json
+from brainstacks.files import write_json
 from training.eval_command import COLUMNS
 
 

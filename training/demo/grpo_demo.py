@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from brainstacks.base import load_base
-from brainstacks.bundle import read_manifest, read_stacks, write_json
+from brainstacks.bundle import read_manifest, read_stacks
 from brainstacks.config import StackConfig
+from brainstacks.files import write_json
 from brainstacks.stacks import StackedModel
 from brainstacks.text import eos_token_ids
 from training.config import GRPOConfig, TrainConfig
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     after = accuracy(sm, tok, held_out, a.max_new_tokens)
     print(f"after: {after['accuracy']:.1%} (exact_answer {after['exact_answer']:.1%})", flush=True)
     report = {
-        "command": "python -m training.demo.grpo_demo " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m training.demo.grpo_demo "
+                   + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "bundle_version": manifest.version, "config": {**g.to_dict(), "lr": a.lr, "threads": a.threads,
                                                        "device": a.device, "train_prompts": a.train_prompts},
         "before": before, "after": after,
