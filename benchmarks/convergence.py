@@ -52,7 +52,8 @@ def domain_data(name: str, tokenizer, n_train: int, n_valid: int, seq_len: int) 
 
     tr, va = recs("train", n_train), recs("valid", n_valid)
     fmt = "messages"  # every demo domain is chat exchanges
-    return DomainData(name, fmt, tokenize_records(tokenizer, tr, fmt, seq_len), tokenize_records(tokenizer, va, fmt, seq_len),
+    return DomainData(name, fmt, tokenize_records(tokenizer, tr, fmt, seq_len),
+                      tokenize_records(tokenizer, va, fmt, seq_len),
                       tr, va)
 
 
@@ -122,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     lora_final = lora["curve"][-1][1]
     reach = steps_to_reach(moe["curve"], lora_final)
     t_moe, t_lora = statistics.median(moe["times"]), statistics.median(lora["times"])
-    rows = [{"run": name, "params": r["params"], "final_val": r["curve"][-1][1], "best_val": min(v for _, v in r["curve"]),
+    rows = [{"run": name, "params": r["params"], "final_val": r["curve"][-1][1],
+             "best_val": min(v for _, v in r["curve"]),
              "ms_per_step": statistics.median(r["times"]) * 1e3} for name, r in runs.items()]
     print_table(rows, title=f"MoE-LoRA vs single LoRA on math ({base_kind}, {steps} steps, lockstep)")
-    curve_rows = [{"step": s, "moe_val": v, "lora_val": lv} for (s, v), (_, lv) in zip(moe["curve"], lora["curve"], strict=True)]
+    curve_rows = [{"step": s, "moe_val": v, "lora_val": lv}
+                  for (s, v), (_, lv) in zip(moe["curve"], lora["curve"], strict=True)]
     print_table(curve_rows, title="validation curves")
 
     # 2. residual boosting: a second round on top of the first MoE stack
@@ -150,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             s2.attach_stack(d, t)
         before = validation_loss(s2, math_data, cfg, pad_id_of(tok), "sft")
         V = collect_directions(s2, nullspace_batches([math_data], 64, 8, pad_id_of(tok)), 64, 16) if ns else None
-        train_domain(s2, med_data, TrainConfig(**{**cfg.__dict__, "max_rounds": 1}), V, progress=False, log=lambda _: None)
+        train_domain(s2, med_data, TrainConfig(**{**cfg.__dict__, "max_rounds": 1}), V, progress=False,
+                     log=lambda _: None)
         after = validation_loss(s2, math_data, cfg, pad_id_of(tok), "sft")
-        forgetting["on" if ns else "off"] = {"math_before": before, "math_after_medical": after, "forgetting": after - before}
+        forgetting["on" if ns else "off"] = {"math_before": before, "math_after_medical": after,
+                                             "forgetting": after - before}
     f_rows = [{"null_space": k, **v} for k, v in forgetting.items()]
     print_table([{"stacks": 1, "val": one_stack}, {"stacks": 2, "val": two_stacks}], title="residual boosting (math)")
     print_table(f_rows, title="ungated forgetting of math after training medical")

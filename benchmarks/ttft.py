@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, ["prompt_tokens", "case", "ttft_ms", "vs_forced", "reps"],
                 title="time to first token, engine in-process, 1 request at a time (medians)")
     print_table(options, ["option", "route_ms_256_prompt", "route_ms_32_prompt", "alone_ms", "handwritten_top1",
-                          "engine_path_top1", "long_top1", "long_prompts"], title="options: the router pass alone, and hand-written top-1")
+                          "engine_path_top1", "long_top1", "long_prompts"],
+                title="options: the router pass alone, and hand-written top-1")
     served = next(o for o in options if o["option"] == f"router_tokens {runner.router_tokens} (served)")
     own = next(o for o in options if o["option"].startswith(f"router_tokens {runner.router.config.router_tokens}"))
     acc = served["handwritten_top1"]

@@ -154,6 +154,7 @@ def train_round(
     sm.model.train()
     for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
+        step_tokens = 0  # answer tokens this rank's loss averaged over, summed over the accumulation
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             if stage == "dpo":
@@ -163,12 +164,15 @@ def train_round(
                 sums, counts = answer_ce(sm.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
                                          batch["labels"].to(dev))
                 loss = sums.sum() / counts.sum().clamp_min(1)
+                step_tokens += int(counts.sum())
             total = loss + aux_coef * sm.aux_loss()
             (total / cfg.grad_accum).backward()
             tokens += int(batch["attention_mask"].sum())
             window_loss += float(loss.detach())
             window_n += 1
-        average_gradients(params)
+        # SFT: each rank weighted by its share of the answer tokens, so ranks holding answers of different lengths
+        # give one process's token mean; DPO: pairs, one per row, plain average
+        average_gradients(params, tokens=None if stage == "dpo" else step_tokens)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

@@ -82,7 +82,8 @@ def line_error(obj: Any, fmt: str) -> str | None:
         if reason:
             return reason
         if "answer" in obj:
-            return None if isinstance(obj["answer"], str) and obj["answer"].strip() else "'answer' must be a non-empty string"
+            ok = isinstance(obj["answer"], str) and obj["answer"].strip()
+            return None if ok else "'answer' must be a non-empty string"
         tests = obj.get("tests")
         if tests is None:
             return "missing key 'answer' or 'tests' (format 'prompt_answer')"

@@ -119,7 +119,7 @@ def _targets(v: Any) -> tuple[str, ...]:
 # The contract key set (docs/DESIGN.md §5) with each key's checker, derived from the config fields' declarations.
 _BASE_KEYS = {"model": _str, **_declared(BaseSpec, "quantize", "dtype")}
 _STACK_KEYS = {
-    **_declared(StackConfig, "experts", "top_k", "rank", "alpha", "rslora", "aux_loss_coef"),
+    **_declared(StackConfig, "experts", "top_k", "rank", "alpha", "rslora", "aux_loss_coef", "frozen_dtype"),
     "targets": _targets,
 }
 _TRAIN_KEYS = _declared(TrainConfig, "steps_per_round", "max_rounds", "min_improvement", "lr", "batch_size",

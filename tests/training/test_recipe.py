@@ -25,6 +25,7 @@ alpha = 8
 rslora = false
 targets = ["q_proj", "v_proj"]
 aux_loss_coef = 0.02
+frozen_dtype = "float32"
 
 [train]
 steps_per_round = 10
@@ -94,7 +95,8 @@ def test_full_recipe_parses_with_paths_relative_to_the_recipe(tree: Path):
     r = load_recipe(write(tree, FULL))
     assert r.base.model == (tree / "base").resolve() and r.base.quantize == "none"
     assert r.stack == StackConfig(
-        experts=2, top_k=1, rank=4, alpha=8.0, rslora=False, targets=("q_proj", "v_proj"), aux_loss_coef=0.02
+        experts=2, top_k=1, rank=4, alpha=8.0, rslora=False, targets=("q_proj", "v_proj"), aux_loss_coef=0.02,
+        frozen_dtype="float32",
     )
     assert (r.train.steps_per_round, r.train.grad_accum, r.train.seed, r.train.lr) == (10, 2, 7, 1e-3)
     assert r.nullspace == NullspaceConfig(enabled=False, samples=20, directions=4)
@@ -121,6 +123,7 @@ def test_defaults_come_from_the_config_dataclasses(tree: Path):
     [
         ("steps_per_round = 10", "stpes = 10", "[train] unknown key 'stpes'"),
         ("rank = 4", "rnak = 4", "[stack] unknown key 'rnak'"),
+        ('frozen_dtype = "float32"', 'frozen_dtype = "int8"', "[stack] frozen_dtype must be one of"),
         ('format = "messages"', 'format = "messages"\nweight = 2', "unknown key 'weight'"),
         ("[nullspace]", "[nulspace]", "unknown section or key 'nulspace'"),
         ("rank = 4", "rank = 0", "[stack] rank must be >= 1, got 0"),

@@ -40,7 +40,9 @@ def write_stage_data(root: Path) -> list[dict]:
 
 def recipe_with(root: Path, base: Path, *stages: str, router: bool = True) -> Path:
     rec = write_toy_recipe(root, base, ["math"], steps_per_round=12, max_rounds=1)
-    text = rec.read_text() if router else rec.read_text().replace("[router]\nenabled = true", "[router]\nenabled = false")
+    text = rec.read_text()
+    if not router:
+        text = text.replace("[router]\nenabled = true", "[router]\nenabled = false")
     rec.write_text(text + "".join(stages) + GRPO_SECTION)
     return rec
 
