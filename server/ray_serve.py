@@ -246,8 +246,8 @@ class BrainstacksReplica:
 def replica_settings(settings: ServerSettings) -> dict[str, Any]:
     """The settings each replica builds its app from: torch threads sized to the replica's CPUs unless set."""
     d = settings.model_dump()
-    if not d["threads"]:
-        d["threads"] = max(1, int(settings.ray_num_cpus))
+    if "threads" not in settings.model_fields_set:  # neither --threads nor BRAINSTACKS_THREADS: the replica's
+        d["threads"] = max(1, int(settings.ray_num_cpus))  # reserved CPUs are its own, so one thread per CPU
     d["watch"] = settings.watch  # each replica follows the pointer itself
     return d
 

@@ -299,6 +299,8 @@ def test_serve_flags_reach_the_settings_and_deployment():
     assert opts["num_replicas"] == 3 and "autoscaling_config" not in opts
     assert opts["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5}
     assert replica_settings(s)["threads"] == 2  # torch threads follow the CPUs reserved, unless --threads says
+    pinned = settings_from_args(parser.parse_args(["serve", "--ray", "--ray-num-cpus", "2", "--threads", "1"]))
+    assert replica_settings(pinned)["threads"] == 1
     auto = settings_from_args(parser.parse_args(["serve", "--ray", "--replicas", "2", "--ray-max-replicas", "6"]))
     assert deployment_options(auto)["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 6,
                                                               "initial_replicas": 2, "target_ongoing_requests": 8.0}
