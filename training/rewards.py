@@ -114,6 +114,17 @@ def leading_number(s: str) -> Decimal | None:
     return number(m.group(1)) if m else None
 
 
+def number_matches(got: str | None, completion: str, expected: Decimal) -> bool:
+    """Whether the number on the answer line `got` (or, with no answer line, the completion's last number) equals
+    `expected` by value."""
+    if got is not None:
+        value = leading_number(got)
+    else:
+        numbers = ANY_NUMBER.findall(completion)
+        value = number(numbers[-1]) if numbers else None
+    return value is not None and value == expected
+
+
 def normalise_text(s: str) -> str:
     s = " ".join(s.casefold().split())
     return s.strip(" .\"'`*")
@@ -127,12 +138,7 @@ def exact_answer(completion: str, record: dict[str, Any]) -> float:
     got = lines[-1] if lines else None
     expected = leading_number(answer)
     if expected is not None:
-        if got is not None:
-            value = leading_number(got)
-        else:
-            numbers = ANY_NUMBER.findall(completion)
-            value = number(numbers[-1]) if numbers else None
-        return float(value is not None and value == expected)
+        return float(number_matches(got, completion, expected))
     return float(got is not None and normalise_text(got) == normalise_text(answer))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from brainstacks.errors import ConfigError
-from training.rewards import ANSWER_LINE, ANY_NUMBER, leading_number, normalise_text, number
+from training.rewards import ANSWER_LINE, leading_number, normalise_text, number_matches
 
 
 def extract_answer(text: str) -> str | None:
@@ -38,12 +38,7 @@ def check_answer(domain: str, completion: str, answer: str) -> bool:
     got = extract_answer(completion)
     expected = leading_number(answer)
     if expected is not None:
-        if got is not None:
-            value = leading_number(got)
-        else:
-            numbers = ANY_NUMBER.findall(completion)
-            value = number(numbers[-1]) if numbers else None
-        return value is not None and value == expected
+        return number_matches(got, completion, expected)
     if got is not None:
         return normalise_text(got) == normalise_text(answer)
     pattern = r"(?<!\w)" + re.escape(normalise_text(answer)) + r"(?!\w)"
