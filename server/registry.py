@@ -16,8 +16,9 @@ A versioned bundle (BUNDLE/CURRENT -> versions/<n>, brainstacks/versions.py) is 
 names, at start and on every reload, so a server given BUNDLE follows the pointer.
 
 --watch compares a content hash (manifest.json plus the stack.json and router.json files it names, which record
-their tensors' sha256; snapshot taken when the served version was read, before warm-up), so it notices any rewrite,
-and a refused version is tried again as soon as that content changes again.
+their tensors' sha256; snapshot taken when the served version was read, before warm-up), so it notices any rewrite.
+A change is reloaded once it has settled (the same content on two checks in a row), and a refused version is tried
+again as soon as that content changes again.
 """
 
 from __future__ import annotations
@@ -325,9 +326,13 @@ class Registry:
 
 
 async def watch(registry: Registry, interval: float, stop: asyncio.Event) -> None:
-    """--watch: reload whenever manifest.json's content changes (writers replace it atomically). The starting point
-    is the content the served version was read from; a refused version is retried when the manifest changes again."""
+    """--watch: reload whenever the bundle's content (manifest_sha256) changes. The starting point is the content the
+    served version was read from. A change is acted on once it has settled, i.e. the same new content is seen on two
+    checks in a row (one interval apart): a writer that rewrites several named files in place (a stack, then the
+    router, then the manifest) is not caught half-way and refused for a state it never meant to publish. A refused
+    version is retried when the content changes again."""
     last = registry.seen_manifest
+    pending = None  # a new content seen once, waiting to be seen again unchanged
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
@@ -335,11 +340,14 @@ async def watch(registry: Registry, interval: float, stop: asyncio.Event) -> Non
         except asyncio.TimeoutError:
             pass
         stamp = await asyncio.to_thread(registry.manifest_stamp)
-        if stamp is not None and stamp != last:
-            last = stamp
-            try:
-                await registry.reload()
-            except Exception:  # keep watching whatever happened
-                log.exception("watch reload failed")
-
-
+        if stamp is None or stamp == last:
+            pending = None
+            continue
+        if stamp != pending:
+            pending = stamp  # changed since the last check: wait one more interval for the writer to finish
+            continue
+        last, pending = stamp, None
+        try:
+            await registry.reload()
+        except Exception:  # keep watching whatever happened
+            log.exception("watch reload failed")

@@ -28,7 +28,9 @@ class ServerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "Device for the model (auto: cuda when available)."))
     watch: bool = Field(False, description="Reload the bundle when its manifest.json changes.")
-    watch_interval: float = Field(1.0, description="Seconds between manifest checks with --watch.", gt=0.05, le=3600)
+    watch_interval: float = Field(1.0, description=(
+        "Seconds between bundle content checks with --watch; a change is reloaded once it has been seen "
+        "unchanged on two checks in a row (settled)."), gt=0.05, le=3600)
 
     api_key: str | None = Field(None, description="Bearer token required on /v1 and /metrics (None: open).",
                                 min_length=1)

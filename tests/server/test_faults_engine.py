@@ -505,3 +505,36 @@ def test_the_openai_client_raises_on_a_stream_that_ends_with_an_error_event(tmp_
             client.completions.create(model="brainstacks", prompt="x", max_tokens=8)
     finally:
         gate.set()
+
+
+def test_watch_acts_on_a_change_only_once_it_has_settled():
+    """A writer caught half-way (content b, then c a moment later) is not reloaded at b: the watcher waits for the
+    same content on two checks in a row, then reloads once; unchanged content is never reloaded again."""
+    import asyncio
+
+    from server.registry import watch
+
+    class Scripted:  # the two things watch() asks of a registry, driven by a script of content stamps
+        seen_manifest = "a"
+
+        def __init__(self):
+            self.script = iter(["a", "b", "c", "c", "c", None, "c", "d", "d"])
+            self.reloads = []
+            self.stop = asyncio.Event()
+
+        def manifest_stamp(self):
+            try:
+                self.current = next(self.script)
+            except StopIteration:
+                self.stop.set()
+            return self.current
+
+        async def reload(self):
+            self.reloads.append(self.current)
+
+    async def go():
+        reg = Scripted()
+        await asyncio.wait_for(watch(reg, 0.001, reg.stop), 10)
+        return reg.reloads
+
+    assert asyncio.run(go()) == ["c", "d"]
