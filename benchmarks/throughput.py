@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated phases to run (default: all four)")
     parser.add_argument("--busy", type=int, default=0,
                         help="busy-loop processes competing for the CPU during the measured phases (a shared machine)")
+    parser.add_argument("--dense-prefill", default="auto", choices=["auto", "on", "off"],
+                        help="the server's dense_prefill setting (brainstacks/dense_base.py; the naive server never "
+                             "keeps the copies)")
     parser.add_argument("--rounds", type=int, default=None, help="override the number of interleaved rounds")
     parser.add_argument("--workdir", default=None, help="keep the scratch bundle and server logs here")
     args = parser.parse_args(argv)
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     admin_key = "bench-admin"
     env = {"OMP_NUM_THREADS": str(args.threads), "BRAINSTACKS_THREADS": str(args.threads),
            "BRAINSTACKS_LOG_LEVEL": "warning", "BRAINSTACKS_ADMIN_KEY": admin_key, "TOKENIZERS_PARALLELISM": "false",
-           "BRAINSTACKS_DEVICE": args.device}
+           "BRAINSTACKS_DEVICE": args.device, "BRAINSTACKS_DENSE_PREFILL": args.dense_prefill}
     port = free_port()
     real = ServerProcess("brainstacks", [sys.executable, "-m", "brainstacks_cli", "serve", "--bundle", str(bundle),
                                          "--host", "127.0.0.1", "--port", str(port), "--quantize", args.quantize],
@@ -289,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                    for r, pr in zip(rows, [[x.summary()["tokens_per_s"] for x in slices[n]] for n in phases],
                                     strict=True)]
         results += [{**b, "phase": f"step breakdown: {b['phase']}"} for b in breakdown_rows]
-        machine = {**machine_info(), "server_threads": args.threads, "quantize": args.quantize, "bundle": source,
+        machine = {**machine_info(), "server_threads": args.threads, "quantize": args.quantize,
+                   "dense_prefill": args.dense_prefill, "bundle": source,
                    "busy_processes": args.busy, "phases": list(phases),
                    "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__}, "elapsed_s": elapsed,
                    "loadavg_before": load_before, "loadavg_after": load_after}

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="serving device")
     p.add_argument("--router-tokens", type=int, default=0,
                    help="the server's router_tokens setting (0: the router's own, as served by default)")
+    p.add_argument("--dense-prefill", default="auto", choices=["auto", "on", "off"],
+                   help="the server's dense_prefill setting (brainstacks/dense_base.py)")
     args = p.parse_args(argv)
     reps = 3 if args.quick else 8
     from brainstacks.router import route_prompts
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.settings import ServerSettings
 
     settings = ServerSettings(bundle=args.bundle, threads=args.threads, device=args.device, warmup=False,
-                              router_tokens=args.router_tokens)
+                              router_tokens=args.router_tokens, dense_prefill=args.dense_prefill)
     if args.threads:
         torch.set_num_threads(args.threads)
     runner = load_runner(settings)
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print_targets(targets)
     if args.json:
         write_report(args.json, "ttft", rows + options, targets,
-                     {**machine_info(), "threads": args.threads, "device": str(runner.device),
+                     {**machine_info(), "threads": args.threads, "dense_prefill": args.dense_prefill,
+                      "dense_mib": round(runner.dense_bytes / 2**20, 1), "device": str(runner.device),
                       "router_tokens": runner.router_tokens})
         print(f"wrote {args.json}")
     return 0

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from brainstacks.config import StackConfig
+from brainstacks.dense_base import dense_forward, takes_dense
 from brainstacks.errors import RoutingError
 from brainstacks.moe_lora import MoELoRA, topk_gates
 
@@ -97,6 +98,7 @@ class StackedLinear(nn.Module):
         self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, BT) for small calls, or None
         self.group = None  # the SharedInputGroup this projection belongs to (brainstacks/shared_input.py), if any
         self.group_index = 0
+        self.dense: tuple | None = None  # (W^T, bias, every_call): a 4-bit base's dense copy (dense_base.py)
         self._subsets: OrderedDict[tuple, tuple] = OrderedDict()  # (selection, small) -> _packing()
 
     # ---- packing ---------------------------------------------------------------------------------------------
@@ -174,7 +176,10 @@ class StackedLinear(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+        if takes_dense(x, self.dense):  # prefill / router pass on a 4-bit base (dense_base.py)
+            out = dense_forward(x, self.dense)
+        else:
+            out = self.base_layer(x)
         st = self.state
         if not st.enabled:
             return out

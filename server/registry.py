@@ -57,6 +57,21 @@ def serve_dtype(settings: ServerSettings) -> str:
     return "bfloat16" if _device(settings) == "cuda" else "float32"
 
 
+def _dense_prefill(settings: ServerSettings, sm) -> int:
+    """--dense-prefill: dense copies of the 4-bit base projections for multi-token calls; the bytes they take."""
+    from brainstacks.dense_base import attach_dense_copies
+    from brainstacks.stacks import cpu_has_fast_bf16
+
+    on = settings.dense_prefill == "on" or (settings.dense_prefill == "auto" and sm.device.type == "cpu"
+                                            and cpu_has_fast_bf16())
+    if not on:
+        return 0
+    n = attach_dense_copies(sm)
+    if n:
+        log.info("dense prefill copies of the 4-bit base: %.0f MiB", n / 2**20)
+    return n
+
+
 def load_runner(settings: ServerSettings) -> ModelRunner:
     """Build the runner the settings describe: a bundle (default: the embedded demo), or a bare base with --base
     only."""
@@ -86,6 +101,7 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
                        bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
                        fingerprint=b.base.fingerprint)
     runner.stack_meta = b.stack_meta
+    runner.dense_bytes = _dense_prefill(settings, b.stacked)
     runner.route_tokens = settings.router_tokens
     runner.router_meta = _router_meta(b.bundle_dir, b.manifest)
     runner.manifest_sha256 = seen

@@ -56,6 +56,7 @@ class ModelRunner:
         self.stack_meta: dict[str, list[dict]] = {}  # per domain, each stack's verified stack.json (sha256, bytes)
         self.router_meta: dict | None = None
         self.route_tokens = 0  # ServerSettings.router_tokens: 0 = the router's own router_tokens
+        self.dense_bytes = 0  # bytes of the dense prefill copies (settings.dense_prefill; brainstacks/dense_base.py)
         self.device = next(model.parameters()).device
         # sizes live in the text config (a multimodal config, e.g. Gemma3Config, nests them in text_config)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

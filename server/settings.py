@@ -75,6 +75,10 @@ class ServerSettings(BaseSettings):
         "Prompt tokens the router reads (0: the router's own router_tokens, as trained; more than that is capped "
         "to it). Fewer is cheaper: on the demo, 64 instead of 128 halves the routing pass of a long prompt at the "
         "same hand-written top-1 (docs/BENCHMARKS.md, TTFT)."), ge=0, le=1 << 20)
+    dense_prefill: Literal["auto", "on", "off"] = Field("auto", description=(
+        "Keep a dense copy of a 4-bit base's projections for multi-token calls (prefill, the router's pass), never "
+        "decode steps: auto = on for a 4-bit base on a CPU with native bf16 (where it makes a 128-token prefill "
+        "~2.5x faster for 2 bytes per base weight; brainstacks/dense_base.py), off elsewhere."))
     debug_history: int = Field(256, description="Completed requests kept for /debug/requests/{id}.", ge=1, le=1_000_000)
     warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
     threads: int = Field(1, description=(

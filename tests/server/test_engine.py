@@ -147,8 +147,11 @@ def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle, quantiz
     from server.registry import load_runner
     from server.settings import ServerSettings
 
-    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize=quantize))
+    # nf4: with the dense prefill copies (brainstacks/dense_base.py): prefill takes them, decode the 4-bit kernel
+    runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize=quantize,
+                                        dense_prefill="on" if quantize == "nf4" else "off"))
     assert runner.domains == ["math", "code"]
+    assert (runner.dense_bytes > 0) == (quantize == "nf4")
     ws = [{"math": 1.0, "code": 0.0}, {"math": 0.0, "code": 1.0}, {"math": 0.0, "code": 0.0},
           {"math": 0.5, "code": 0.9}]
     prompt = [5, 17, 33, 40, 41]
