@@ -11,6 +11,8 @@ So `attach_dense_copies(sm)` keeps, next to each NF4/FP4 base layer, its dequant
 a CPU without native bf16), and StackedLinear routes a call through it when its sequences carry more than one token
 (`takes_dense`): every prefill and router pass, never a decode step. The rule looks at the tokens per sequence, not
 the rows, so a request's decode takes the same kernel whether it runs alone or in a batch of 16 (batched = solo).
+(One edge: a one-token prompt prefilled alone takes the kernel, and in a left-padded prefill with longer prompts the
+copy.)
 The copy is the weight the kernel serves with (dequantized_weight) rounded to bf16; the kernel itself computes in
 bf16 on these CPUs, so prefill logits move by about as much as the kernel's own rounding: on the demo (two 64-token
 prompts of random ids, routed) the largest logit difference from the 4-bit path was 0.61 with the bf16 copy and 0.59
