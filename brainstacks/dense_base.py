@@ -48,7 +48,8 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     from bitsandbytes import functional as F
 
     data, qs = layer.weight.data, layer.weight.quant_state
-    if getattr(qs, "packing_format_for_cpu", False):
+    packed = getattr(qs, "packing_format_for_cpu", False)
+    if packed:
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
         absmax = qs.absmax.float().T.reshape(-1)  # the packed state holds it dequantized, bf16, (blocks/row, rows)
@@ -59,19 +60,11 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
         absmax = F.dequantize_blockwise(qs.absmax, qs.state2).float() + qs.offset
     else:
         absmax = qs.absmax.float()
-    if getattr(qs, "packing_format_for_cpu", False) or (
-            getattr(layer, "support_avx512bf16_for_cpu", False) and data.device.type == "cpu"):
+    if packed or (getattr(layer, "support_avx512bf16_for_cpu", False) and data.device.type == "cpu"):
         absmax = absmax.to(torch.bfloat16).float()
-    codes = data.reshape(-1).view(torch.uint8)
-    nibbles = torch.stack([codes >> 4, codes & 0xF], dim=-1).reshape(-1).long()  # high nibble first
-    values = qs.code.float().to(nibbles.device)[nibbles].view(-1, qs.blocksize) * absmax.view(-1, 1)
-    return values.reshape(layer.out_features, layer.in_features)
-
-
-def dense_dtype(device: torch.device | str) -> torch.dtype:
-    from brainstacks.stacks import cpu_has_fast_bf16
-
-    return torch.bfloat16 if torch.device(device).type != "cpu" or cpu_has_fast_bf16() else torch.float32
+    plain = F.QuantState(absmax=absmax, shape=qs.shape, code=qs.code, blocksize=qs.blocksize,
+                         quant_type=qs.quant_type, dtype=torch.float32)  # float32 absmax, not nested
+    return F.dequantize_4bit(data, plain).float().reshape(layer.out_features, layer.in_features)
 
 
 def attach_dense_copies(sm, dtype: torch.dtype | None = None, every_call: bool = False) -> int:
@@ -82,12 +75,14 @@ def attach_dense_copies(sm, dtype: torch.dtype | None = None, every_call: bool =
     autograd-safe path, which dequantizes the whole weight in every call and again in the backward; a float32 copy
     is the same weight (the same dequantization, done once), so the math is unchanged, and the frozen copy passes
     gradients to the input like the 4-bit layer does."""
+    from brainstacks.stacks import packed_dtype  # bf16, or float32 on a CPU without native bf16
+
     total = 0
     for lay in sm.layers.values():
         base = lay.base_layer
         if not is_4bit(base):
             continue
-        dt = dtype or dense_dtype(base.weight.device)
+        dt = dtype or packed_dtype(torch.bfloat16, base.weight.device)
         w_t = dequantized_weight(base).to(dt).t().contiguous()  # (d_in, d_out): torch.mm(x, w_t)
         bias = None if base.bias is None else base.bias.detach().float()
         lay.dense = (w_t, bias, every_call)
