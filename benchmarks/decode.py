@@ -11,10 +11,13 @@ side by side in one process:
   routed        the router's weights for the prompt (as served: min_weight applied), one row per prompt; the
                 demo's router activates each domain with the domains its stacks were trained on top of
   all           every stack at weight 1
+and the same on the fused decode path (brainstacks/fastpath.py, what `brainstacks serve` runs by default):
+  fused base / fused 2 domains / fused routed   prefill + greedy decode steps through FusedDecoder
 at batch 1 and batch 16 (batch 8 with --quick). Cases are interleaved repetition by repetition, so load from other
 processes falls on all of them alike. Reported: decode tokens/s (new tokens over wall time, prefill included) and
-each case's time per token over the base's. Targets (issue 11): 2 domains / base <= 1.3 at batch 1 and <= 1.2 at
-the larger batch.
+each case's time per token over the base's (the eager base for eager cases, the fused base for fused ones).
+Targets: issue 11's eager 2 domains / base <= 1.3 at batch 1 and <= 1.2 at the larger batch; issue 18's fused
+2 domains / fused base <= 1.2 at both, and eager 2 domains / fused 2 domains (the step's speed-up) >= 4 at both.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ def run(bundle: str | None, new_tokens: int, reps: int, batches: tuple[int, ...]
     """One row per (batch, case) and the targets."""
     from brainstacks.bundle import load_bundle
     from brainstacks.demo import DEMO_BUNDLE
+    from brainstacks.fastpath import FusedDecoder
     from brainstacks.router import route_prompts, weights_for_model
     from brainstacks.text import encode_prompt, pad_batch, render_chat
 
     lb = load_bundle(bundle or DEMO_BUNDLE, quantize="nf4")
     sm, tok, model = lb.stacked, lb.base.tokenizer, lb.base.model
+    fused = FusedDecoder(model, sm)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     results: list[dict] = []
     per_token: dict[tuple[int, str], float] = {}
@@ -58,9 +63,13 @@ def run(bundle: str | None, new_tokens: int, reps: int, batches: tuple[int, ...]
         two = torch.zeros(batch, len(sm.domains))
         two[:, 0], two[:, 1] = 0.7, 0.5
         cases = {"base": None, "2 domains": two, "2 dom, no grp": two, "routed": routed,
-                 "all": torch.ones(batch, len(sm.domains))}
+                 "all": torch.ones(batch, len(sm.domains)), "fused base": None, "fused 2 domains": two,
+                 "fused routed": routed}
+        prompts = [encode_prompt(tok, t) for t in texts]
 
-        def once(name: str, w, ids=ids, mask=mask) -> float:
+        def once(name: str, w, ids=ids, mask=mask, prompts=prompts) -> float:
+            if name.startswith("fused"):
+                return fused_once(fused, prompts, w, new_tokens)
             sm.share_inputs(name != "2 dom, no grp")
             ctx = sm.base_only() if w is None else sm.routing(w)
             t0 = time.perf_counter()
@@ -80,15 +89,33 @@ def run(bundle: str | None, new_tokens: int, reps: int, batches: tuple[int, ...]
             sec = statistics.median(times[name])
             per_token[(batch, name)] = sec / new_tokens
             active = 0.0 if w is None else float((w > 0).float().sum(-1).mean())
-            results.append({"batch": batch, "case": name, "new_tokens": new_tokens, "seconds": round(sec, 3),
+            results.append({"batch": batch, "case": name, "kernel": fused.kernel if name.startswith("fused") else
+                            "bitsandbytes", "new_tokens": new_tokens, "seconds": round(sec, 3),
                             "tokens_per_s": round(batch * new_tokens / sec, 1), "mean_active_domains": active})
         for r in results:
             if r["batch"] == batch:
-                r["vs_base"] = round(per_token[(batch, r["case"])] / per_token[(batch, "base")], 3)
+                base = "fused base" if r["case"].startswith("fused") else "base"
+                r["vs_base"] = round(per_token[(batch, r["case"])] / per_token[(batch, base)], 3)
     targets = [Target(f"2 of {len(sm.domains)} domains / base time per token, batch {b} (issue 11)",
                       round(per_token[(b, "2 domains")] / per_token[(b, "base")], 3), "<=", goal, "x")
                for b, goal in zip(batches, (1.3, 1.2), strict=True)]
+    targets += [Target(f"fused: 2 domains / base time per token, batch {b} (issue 18)",
+                       round(per_token[(b, "fused 2 domains")] / per_token[(b, "fused base")], 3), "<=", 1.2, "x")
+                for b in batches]
+    targets += [Target(f"eager / fused time per token, 2 domains, batch {b} (issue 18)",
+                       round(per_token[(b, "2 domains")] / per_token[(b, "fused 2 domains")], 3), ">=", 4.0, "x")
+                for b in batches]
     return results, targets
+
+
+def fused_once(dec, prompts: list[list[int]], w, new_tokens: int) -> float:
+    """Seconds for a prefill and new_tokens - 1 greedy decode steps through the fused decoder."""
+    t0 = time.perf_counter()
+    R = dec.routing(w)
+    kv, logits = dec.prefill(prompts, R)
+    for _ in range(new_tokens - 1):
+        logits = dec.decode(logits.argmax(-1), kv, R)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     new_tokens, reps, batches = (16, 2, (1, 8)) if args.quick else (32, 3, (1, 16))
     results, targets = run(args.bundle, new_tokens, reps, batches)
-    print_table(results, ["batch", "case", "new_tokens", "seconds", "tokens_per_s", "vs_base", "mean_active_domains"],
+    print_table(results, ["batch", "case", "kernel", "new_tokens", "seconds", "tokens_per_s", "vs_base",
+                          "mean_active_domains"],
                 title="greedy decode on the demo bundle (NF4 base)")
     print_targets(targets)
     if args.json:

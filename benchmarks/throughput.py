@@ -7,9 +7,11 @@ One run, on whatever cores this process may use (2 on the CPU machines here):
   1. the bundle: `--bundle`, else the embedded demo bundle when the package ships one, else a tiny bundle built
      through the library (random Llama base, two domains with random frozen stacks, a random router); it is copied
      into a scratch directory because the hot-reload phase rewrites its manifest;
-  2. two servers in subprocesses on 127.0.0.1 (free ports), both up for the whole run (an idle one waits on a
-     condition and costs no CPU): the real one (`brainstacks serve`) and a naive one (below, in this file:
-     FastAPI /v1/completions that routes the prompt and runs `model.generate` under a lock, one request at a time);
+  2. three servers in subprocesses on 127.0.0.1 (free ports), all up for the whole run (an idle one waits on a
+     condition and costs no CPU): the real one (`brainstacks serve`, its default decode path: fused), the same with
+     `--decode-path eager` (the eager path, measured side by side: "eager 1 client", "eager 16 clients"), and a
+     naive one (benchmarks/servers.py: FastAPI /v1/completions that routes the prompt and runs `model.generate`
+     under a lock, one request at a time);
   3. rounds of four time-bounded phases, driven with loadtest's code: real server streaming at 1 client, at 16
      clients, at 16 clients with `POST /admin/reload` every 10 s (each reload first publishes a new manifest
      version, same files with version + 1, so every reload validates and swaps), and the naive server at 16
@@ -35,8 +37,8 @@ and tokens/s compares like with like. On the tiny random base the special tokens
 request generates exactly max_tokens (a random model otherwise stops at arbitrary points) and every generated token
 is visible text (so streamed chunks, and the time to first token, are per token).
 
-Targets: 16-client tok/s >= 6x 1-client; >= 4x the naive server; 0 errors; under hot reload 0 failed requests and
-p99 latency <= 1.5x the same load without reloads.
+Targets: 16-client tok/s >= 6x 1-client; >= 4x the naive server; fused / eager decode path >= 4x at 1 and at 16
+clients; 0 errors; under hot reload 0 failed requests and p99 latency <= 1.5x the same load without reloads.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ FULL = Plan(rounds=5, max_tokens=64, single_s=20, multi_s=25, naive_s=20)  # two
 # ---------------------------------------------------------------------------------------------------------------
 
 
-PHASES = ("server 1 client", "server 16 clients", "server 16 clients + reload", "naive 16 clients")
+PHASES = ("server 1 client", "server 16 clients", "server 16 clients + reload", "naive 16 clients",
+          "eager 1 client", "eager 16 clients")
 BREAKDOWN_COLUMNS = ("phase", "decode_steps", "tok/step", "step ms", "decode_forward ms", "prefill_forward ms",
                      "route ms", "sampling ms", "host_sync ms", "emit ms", "batch_ops ms", "tasks ms", "other ms",
                      "detokenize ms", "sse_encode ms", "wakeup ms", "wakeups/step", "model share")
@@ -178,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                                          "--host", "127.0.0.1", "--port", str(port), "--quantize", args.quantize],
                          port, scratch / "server.log", env)
     port = free_port()
+    eager = ServerProcess("eager", [sys.executable, "-m", "brainstacks_cli", "serve", "--bundle", str(bundle),
+                                    "--host", "127.0.0.1", "--port", str(port), "--quantize", args.quantize],
+                          port, scratch / "eager.log", {**env, "BRAINSTACKS_DECODE_PATH": "eager"})
+    port = free_port()
     naive = ServerProcess("naive", [sys.executable, "-m", "benchmarks.servers", "--bundle",
                                     str(bundle), "--port", str(port), "--quantize", args.quantize, "--threads",
                                     str(args.threads), "--device", args.device], port, scratch / "naive.log", env)
-    for srv in (real, naive):  # the load runs without an API key
+    for srv in (real, naive, eager):  # the load runs without an API key
         srv.env.pop("BRAINSTACKS_API_KEY", None)
         if not args.threads:
             srv.env.pop("OMP_NUM_THREADS", None)
@@ -198,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         load(real.url, plan.clients, 3.0, plan.max_tokens, stream=True)  # warm-ups, not reported
         if "naive 16 clients" in phases:
             load(naive.url, 1, 2.0, plan.max_tokens, stream=False)
+        if any(p.startswith("eager") for p in phases):
+            eager.start()
+            print(f"eager-path server ready in {eager.ready_s:.1f} s at {eager.url}", flush=True)
+            load(eager.url, plan.clients, 3.0, plan.max_tokens, stream=True)
         busy = busy_loops(args.busy)
 
         def measure(phase: str) -> LoadReport:
@@ -209,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                 return load(real.url, plan.clients, plan.multi_s, plan.max_tokens, stream=True,
                             reload_every=plan.reload_every, before_reload=lambda: bump_manifest(bundle),
                             admin_key=admin_key)
+            if phase == "eager 1 client":
+                return load(eager.url, 1, plan.single_s, plan.max_tokens, stream=True)
+            if phase == "eager 16 clients":
+                return load(eager.url, plan.clients, plan.multi_s, plan.max_tokens, stream=True)
             return load(naive.url, plan.clients, plan.naive_s, plan.max_tokens, stream=False)
 
         for rnd in range(plan.rounds):
@@ -226,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_busy(busy)
         real.stop()
         naive.stop()
+        eager.stop()
 
     reports = {name: merge(reps) for name, reps in slices.items()}
     rows = [row(name, reports[name]) for name in phases]
@@ -235,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     s = {k: v.summary() for k, v in reports.items()}
     one, many, rel = s.get("server 1 client"), s.get("server 16 clients"), s.get("server 16 clients + reload")
     naive_s = s.get("naive 16 clients")
-    server_errors = sum(x["errors"] for k, x in s.items() if k.startswith("server"))
+    server_errors = sum(x["errors"] for k, x in s.items() if k.startswith(("server", "eager")))
     # Ratio targets take the median over rounds of the ratio within each round: the phases of a round run back to back,
     # so a burst of load from other processes inflates both sides of that round's ratio instead of skewing one pool.
     def tok(name: str, i: int) -> float | None:
@@ -251,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     ratio_1 = [ratio(tok("server 16 clients", i), tok("server 1 client", i)) for i in rounds]
     ratio_naive = [ratio(tok("server 16 clients", i), tok("naive 16 clients", i)) for i in rounds]
     ratio_p99 = [ratio(p99("server 16 clients + reload", i), p99("server 16 clients", i)) for i in rounds]
+    fused_1 = [ratio(tok("server 1 client", i), tok("eager 1 client", i)) for i in rounds]
+    fused_16 = [ratio(tok("server 16 clients", i), tok("eager 16 clients", i)) for i in rounds]
     targets = [
         Target("16-client tok/s / 1-client tok/s", median(ratio_1), ">=", 6.0, "x"),
         Target("16-client tok/s / naive server tok/s", median(ratio_naive), ">=", 4.0, "x"),
         Target("errors (all server phases)", float(server_errors), "<=", 0.0, "requests"),
+        Target("fused / eager decode path, 1-client tok/s", median(fused_1), ">=", 4.0, "x"),
+        Target("fused / eager decode path, 16-client tok/s", median(fused_16), ">=", 4.0, "x"),
     ]
     if rel is not None:
         targets += [
@@ -264,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             Target("p99 latency with reload / without", median(ratio_p99), "<=", 1.5, "x"),
         ]
     ratios = {
-        "per_round": {"16c/1c tok/s": ratio_1, "16c/naive tok/s": ratio_naive, "reload/no-reload p99": ratio_p99},
+        "per_round": {"16c/1c tok/s": ratio_1, "16c/naive tok/s": ratio_naive, "reload/no-reload p99": ratio_p99,
+                      "fused/eager 1c tok/s": fused_1, "fused/eager 16c tok/s": fused_16},
         "pooled": {"16c/1c tok/s": pooled(many, one), "16c/naive tok/s": pooled(many, naive_s),
                    "reload/no-reload p99": pooled(rel, many, lambda x: x["latency_s"]["p99"])},
     }

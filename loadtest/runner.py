@@ -200,6 +200,8 @@ def build_body(cfg: LoadConfig, index: int) -> tuple[str, dict]:
         else:
             body["prompt"] = item["prompt"] if isinstance(item, dict) else item
         path = "/v1/completions"
+    if isinstance(item, dict) and isinstance(item.get("body"), dict):
+        body.update(item["body"])  # per-prompt request fields (e.g. one request's `weights`, or a peer's `lora`)
     if cfg.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

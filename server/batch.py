@@ -1,9 +1,6 @@
-"""The running batch's tensors (server/engine.py schedules it): the rows, their left-padded KV cache, attention mask
-and positions; joining, leaving and trimming; and the per-row helpers the engine runs on them (building the
-newcomers' batch after a prefill, sampling every row with a failing row isolated, sending the tokens).
-
-Masked columns get exactly zero attention, so a row's tokens do not depend on its batch mates (up to float summation
-order).
+"""The running batch (server/engine.py schedules it): the rows, their KV cache and routing weights; joining and
+leaving; and the per-row helpers the engine runs on them (building the newcomers' batch after a prefill, sampling
+every row with a failing row isolated, sending the tokens). The cache's layout is brainstacks/kvcache.py's alone.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from typing import Any
 
 import torch
 
-from brainstacks.text import pad_batch
 from server.genrequest import Event, GenRequest
 from server.sampling import Logprob, make_generator, sample_batch
 
@@ -31,66 +27,58 @@ class Row:
 
 
 class Batch:
-    """The running rows and their left-padded KV cache."""
+    """The running rows, their KV cache (brainstacks/kvcache.py: SlotKV on the fused path, EagerKV on the eager
+    one), the token each row feeds next and the rows' routing weights as one (B, D) host tensor, turned into what
+    the layers need (runner.routing) once per change of the batch, never per step."""
 
-    def __init__(self, cache, rows: list[Row], mask: torch.Tensor, pos: torch.Tensor, last: torch.Tensor):
-        self.cache = cache  # layers[i].keys/values: (B, H, L, Dh)
+    def __init__(self, kv, rows: list[Row], last: torch.Tensor, weights: torch.Tensor | None, domains: list[str]):
+        self.kv = kv
         self.rows = rows
-        self.mask = mask  # (B, L) long, 1 = real token
-        self.pos = pos  # (B,) next position of each row
         self.last = last  # (B,) token each row feeds next
+        self.weights = weights  # (B, D) float32 on the host, columns in `domains` order; None without domains
+        self.domains = domains
+        self._routing: tuple[int, Any] | None = None  # (runner.stacks_version, runner.routing(weights))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def select(self, keep: list[int]) -> None:
-        """Keep only rows `keep` (indices into the batch), then trim all-padding columns."""
-        idx = torch.tensor(keep, dtype=torch.long)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx.to(layer.keys.device))
-            layer.values = layer.values.index_select(0, idx.to(layer.values.device))
-        self.rows = [self.rows[i] for i in keep]
-        self.mask = self.mask.index_select(0, idx)
-        self.pos = self.pos.index_select(0, idx)
+        """Keep only rows `keep` (indices into the batch). The cache may reorder them (SlotKV fills holes with the
+        last rows); every per-row field follows its order."""
+        order = self.kv.select(keep)
+        idx = torch.tensor(order, dtype=torch.long)
+        self.rows = [self.rows[i] for i in order]
         self.last = self.last.index_select(0, idx)
-        self._trim()
-
-    def _trim(self) -> None:
-        used = self.mask.any(dim=0).nonzero()
-        start = int(used[0]) if used.numel() else self.mask.shape[1]
-        if start > 0:
-            for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, start:, :]
-                layer.values = layer.values[:, :, start:, :]
-            self.mask = self.mask[:, start:]
+        self.weights = None if self.weights is None else self.weights.index_select(0, idx)
+        self._routing = None
 
     def extend(self, other: Batch) -> None:
-        """Append other's rows, left-padding whichever side is shorter. Every new tensor is built before any is
-        assigned, so a failure part-way (e.g. out of memory) leaves this batch exactly as it was."""
-        a, b = self.mask.shape[1], other.mask.shape[1]
-        width = max(a, b)
-        if len(self.cache.layers) != len(other.cache.layers):
-            raise ValueError(f"cannot merge caches of {len(self.cache.layers)} and {len(other.cache.layers)} layers")
-        kv = [(torch.cat([lpad(la.keys, width), lpad(lb.keys, width)], dim=0),
-               torch.cat([lpad(la.values, width), lpad(lb.values, width)], dim=0))
-              for la, lb in zip(self.cache.layers, other.cache.layers, strict=True)]
-        mask = torch.cat([lpad(self.mask, width), lpad(other.mask, width)], dim=0)
-        pos = torch.cat([self.pos, other.pos])
+        """Append other's rows. Every new tensor is built before any is assigned (the cache's extend is
+        all-or-nothing too), so a failure part-way leaves this batch exactly as it was."""
         last = torch.cat([self.last, other.last])
-        for la, (k, v) in zip(self.cache.layers, kv, strict=True):  # from here on: assignments only
-            la.keys, la.values = k, v
-        self.mask, self.pos, self.last = mask, pos, last
+        if self.weights is None or other.weights is None or self.domains != other.domains:
+            weights = _weights([row.req.weights for row in self.rows + other.rows], other.domains)
+        else:
+            weights = torch.cat([self.weights, other.weights])
+        self.kv.extend(other.kv)  # from here on: assignments only
+        self.last, self.weights, self.domains = last, weights, list(other.domains)
         self.rows = self.rows + other.rows
+        self._routing = None
+
+    def routing(self, runner: Any):
+        """runner.routing of this batch's weights, recomputed only after a change of rows or of the stacks (a hot
+        reload: the weights are rebuilt from each row's {domain: w} when the domains changed)."""
+        if self._routing is None or self._routing[0] != runner.stacks_version:
+            if self.domains != runner.domains:
+                self.domains = runner.domains
+                self.weights = _weights([row.req.weights for row in self.rows], self.domains)
+            self._routing = (runner.stacks_version, runner.routing(self.weights))
+        return self._routing[1]
 
     def decode(self, runner: Any) -> torch.Tensor:
         """One decode step for every row (each its last token, at its next position, with its own weights): the
         (B, V) logits; the cache grows by one column."""
-        B = len(self)
-        self.mask = torch.cat([self.mask, torch.ones((B, 1), dtype=torch.long)], dim=1)  # (B, L+1)
-        weights = runner.weights_tensor([row.req.weights for row in self.rows])
-        logits = runner.forward(self.last.unsqueeze(1), self.mask, self.pos.unsqueeze(1), self.cache, weights)
-        self.pos = self.pos + 1
-        return logits
+        return runner.decode(self.last, self.kv, self.routing(runner))
 
     @property
     def reserved_width(self) -> int:
@@ -98,39 +86,29 @@ class Batch:
         return max((row.req.reserved_tokens for row in self.rows), default=0)
 
 
-def lpad(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Left-pad the sequence axis (-2 for (B, H, L, Dh) caches, -1 for (B, L) masks) with zeros to `width`."""
-    axis = -1 if x.dim() == 2 else -2
-    short = width - x.shape[axis]
-    if short == 0:
-        return x
-    shape = list(x.shape)
-    shape[axis] = short
-    return torch.cat([x.new_zeros(shape), x], dim=axis)
-
+def _weights(rows: list[dict[str, float]], domains: list[str]) -> torch.Tensor | None:
+    """(B, D) host weights in `domains` order; a domain a row does not name gets 0 (e.g. added by a hot reload)."""
+    if not domains:
+        return None
+    return torch.tensor([[r.get(d, 0.0) for d in domains] for r in rows], dtype=torch.float32)
 
 
 def prefill(runner: Any, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
-    """One left-padded forward over every newcomer's prompt, each row with its own weights: the newcomers' batch and
-    its (rows, V) logits. The n samples of a request share its prefill: its cache row, mask row and logits are
-    repeated n times, each sample with its own generator (seeded seed + j)."""
-    ids, mask = pad_batch([q.prompt_ids for q in reqs], 0, left=True)  # (k, width) each; pad id 0 is masked out
-    pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (k, width)
-    cache = runner.new_cache()
-    logits = runner.forward(ids, mask, pos_ids, cache, runner.weights_tensor([q.weights for q in reqs]))  # (k, V)
+    """One forward over every newcomer's prompt, each row with its own weights: the newcomers' batch and its
+    (rows, V) logits. The n samples of a request share its prefill: its cache row and logits are repeated n times,
+    each sample with its own generator (seeded seed + j)."""
+    doms = runner.domains
+    weights = _weights([q.weights for q in reqs], doms)
+    kv, logits = runner.prefill([q.prompt_ids for q in reqs], runner.routing(weights))  # (k, V)
     src = [i for i, q in enumerate(reqs) for _ in range(q.n)]
     dev = getattr(runner, "device", "cpu")  # generators live with the logits (sampling stays on the device)
     rows = [Row(q, j, make_generator(None if q.params.seed is None else q.params.seed + j, dev))
             for q in reqs for j in range(q.n)]
     if len(src) != len(reqs):
-        idx = torch.tensor(src, dtype=torch.long)
-        for layer in cache.layers:
-            layer.keys = layer.keys.index_select(0, idx.to(layer.keys.device))
-            layer.values = layer.values.index_select(0, idx.to(layer.values.device))
-        mask = mask.index_select(0, idx)
-        logits = logits.index_select(0, idx.to(logits.device))
-    lengths = torch.tensor([len(reqs[i].prompt_ids) for i in src], dtype=torch.long)
-    return Batch(cache, rows, mask, lengths.clone(), torch.zeros(len(rows), dtype=torch.long)), logits
+        kv = kv.take(src)
+        logits = logits.index_select(0, torch.tensor(src, device=logits.device))
+        weights = None if weights is None else weights.index_select(0, torch.tensor(src))
+    return Batch(kv, rows, torch.zeros(len(rows), dtype=torch.long), weights, doms), logits
 
 
 def sample_rows(b: Batch, logits: torch.Tensor) -> tuple[list[int | None], list[Logprob | None]]:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
 
         lb = load_base(settings.base, quantize=settings.quantize, dtype=serve_dtype(settings),
                        device=_device(settings))
-        return ModelRunner(lb.model, lb.tokenizer)
+        return _decode_path(settings, ModelRunner(lb.model, lb.tokenizer))
     from brainstacks.bundle import load_bundle
     from brainstacks.demo import DEMO_BUNDLE
 
@@ -106,6 +107,41 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
     runner.router_meta = _router_meta(b.bundle_dir, b.manifest)
     runner.manifest_sha256 = seen
     runner.bundle_root = str(Path(root).resolve())  # where reloads look for the next version (following CURRENT)
+    return _decode_path(settings, runner)
+
+
+def _decode_path(settings: ServerSettings, runner: ModelRunner) -> ModelRunner:
+    """--decode-path: build the fused decoder (brainstacks/fastpath.py) unless eager is asked for or the family
+    needs it (auto: one warning line, then eager). Build and warm-up happen here, at start-up, and are logged."""
+    if settings.decode_path == "eager":
+        return runner
+    import torch
+
+    from brainstacks.fastpath import FusedDecoder, unsupported_reason
+
+    why = unsupported_reason(runner.model)
+    if why is not None:
+        if settings.decode_path == "fused":
+            from brainstacks.errors import ConfigError
+
+            raise ConfigError(f"--decode-path fused: the fused decoder does not serve {why}; use eager or auto")
+        log.warning("decode path: eager (the fused decoder does not serve %s)", why)
+        return runner
+    t0 = time.perf_counter()
+    try:
+        dec = FusedDecoder(runner.model, runner.stacked)
+    except Exception as e:  # noqa: BLE001 - an unexpected layout: serve eagerly rather than not at all
+        if settings.decode_path == "fused":
+            raise
+        log.warning("decode path: eager (building the fused decoder failed: %s: %s)", type(e).__name__, e)
+        return runner
+    built = time.perf_counter() - t0
+    runner.use_fused(dec)
+    t1 = time.perf_counter()
+    kv, _ = runner.prefill([[0, 0]], runner.routing(None))
+    runner.decode(torch.zeros(1, dtype=torch.long), kv, runner.routing(None))
+    log.info("decode path: fused (%s kernel, %.0f MiB of dense weights; built in %.2f s, warmed up in %.2f s)",
+             dec.kernel, dec.nbytes / 2**20, built, time.perf_counter() - t1)
     return runner
 
 
@@ -295,6 +331,7 @@ class Registry:
             r.bundle_dir = str(bdir)  # a versioned bundle: the version directory now served
         before = set(r.domains)
         r.stacked.commit(prepared)
+        r.stacks_changed()  # the fused decoder re-reads the packed stacks; batches rebuild their routing
         r.router = router
         r.manifest = m
         r.stack_meta = {name: [meta for _, meta in items] for name, items in stacks.items()}

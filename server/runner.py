@@ -1,15 +1,19 @@
 """The model side of the engine: one object that owns the model, its tokenizer and (with a bundle) the stacks and
 router.
 
-The engine (server/engine.py) never touches transformers or brainstacks directly: it calls
+The engine (server/engine.py, through server/batch.py) never touches transformers or brainstacks directly: it calls
 
-    runner.forward(input_ids, attention_mask, position_ids, cache, weights)   -> last-position logits (B, V)
-    runner.route(prompts)                                                      -> [{domain: w}, ...]
-    runner.new_cache()                                                         -> an empty KV cache
+    runner.route(prompts)                        -> [{domain: w}, ...]
+    runner.routing(weights)                      -> what the layers need for (B, D) weights (once per batch change)
+    runner.prefill(prompts, routing)             -> (kv cache, last-position logits (k, V))
+    runner.decode(last_tokens, kv, routing)      -> logits (B, V); the cache grows by one column
 
-and reads `runner.domains` (the column order of every weights tensor) and `runner.bundle_version`.
-`weights` is a (B, D) float tensor in `runner.domains` order, or None when there are no domains. Routing weights are
-applied through the stacked model's `set_weights` before every forward, so every row of a batch carries its own.
+and reads `runner.domains` (the column order of every weights tensor), `runner.bundle_version` and
+`runner.stacks_version` (bumped by `stacks_changed` after a hot reload swapped the stacks).
+
+Two decode paths (`--decode-path`): *fused* (brainstacks/fastpath.py: merged dense projections, fused stack groups,
+brainstacks/kvcache.py's in-place SlotKV) and *eager* (transformers' modules over a left-padded DynamicCache, the
+stacked model's `set_weights` before every forward). Both give every row of a batch its own weights.
 
 Everything here runs on the engine's single model thread; nothing is thread-safe on purpose.
 """
@@ -22,11 +26,12 @@ from typing import Any
 
 import torch
 
-from brainstacks.text import eos_token_ids
+from brainstacks.text import eos_token_ids, pad_batch
 
 # routed weights depend only on the router and the first router_tokens prompt tokens: repeated prompts (shared system
 # prompts, retries) skip the router pass. Cleared whenever the router is swapped, so a reload never serves stale ones.
 ROUTE_CACHE_SIZE = 4096
+PREFILL_HEADROOM = 128  # decode columns a fused prefill preallocates per row (SlotKV doubles when they run out)
 
 
 class ModelRunner:
@@ -66,19 +71,30 @@ class ModelRunner:
         params = inspect.signature(model.forward).parameters
         # transformers 5.x renamed past_key_values -> cache (the old name is deprecated, not gone)
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.fused = None  # a brainstacks.fastpath.FusedDecoder when the fused path serves (use_fused)
+        self.stacks_version = 0
+
+    # ------------------------------------------------------------------ decode path
+    @property
+    def decode_path(self) -> str:
+        return "fused" if self.fused is not None else "eager"
+
+    def use_fused(self, decoder) -> None:
+        """Serve prefill and decode through `decoder` (a FusedDecoder over this runner's model), or None: eager."""
+        self.fused = decoder
+        self.stacks_version += 1
+
+    def stacks_changed(self) -> None:
+        """The stacked model's frozen stacks were swapped (StackedModel.commit): re-read them, and make every
+        batch rebuild its routing."""
+        if self.fused is not None:
+            self.fused.refresh_stacks()
+        self.stacks_version += 1
 
     # ------------------------------------------------------------------ domains
     @property
     def domains(self) -> list[str]:
         return list(self.stacked.domains) if self.stacked is not None else []
-
-    def weights_tensor(self, rows: list[dict[str, float]]) -> torch.Tensor | None:
-        """(B, D) weights in domain order; a domain a row does not name gets 0 (e.g. added by a hot reload)."""
-        doms = self.domains
-        if not doms:
-            return None
-        w = torch.tensor([[r.get(d, 0.0) for d in doms] for r in rows], dtype=torch.float32)
-        return w.to(self.device)
 
     # ------------------------------------------------------------------ model calls
     def new_cache(self):
@@ -110,6 +126,34 @@ class ModelRunner:
             **{self._cache_kw: cache},
         )
         return out.logits[:, -1, :].float()
+
+    def routing(self, weights: torch.Tensor | None):
+        """What prefill/decode take for (B, D) host weights: the fused decoder's Routing (selected stacks and their
+        multipliers, on the device), or the weights on the device for the eager path."""
+        if self.fused is not None:
+            return self.fused.routing(weights)
+        return None if weights is None else weights.to(self.device)
+
+    def prefill(self, prompts: list[list[int]], routing):
+        """One forward over the prompts, each row with its own weights: (kv, last-position logits (k, V))."""
+        if self.fused is not None:
+            return self.fused.prefill(prompts, routing, capacity=max(map(len, prompts)) + PREFILL_HEADROOM)
+        from brainstacks.kvcache import EagerKV
+
+        ids, mask = pad_batch(prompts, 0, left=True)  # (k, width) each; pad id 0 is masked out
+        pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self.new_cache()
+        logits = self.forward(ids, mask, pos_ids, cache, routing)
+        return EagerKV(cache, mask, torch.tensor([len(p) for p in prompts], dtype=torch.long)), logits
+
+    def decode(self, last: torch.Tensor, kv, routing) -> torch.Tensor:
+        """One step: every row's last token at its next position; (B, V) logits."""
+        if self.fused is not None:
+            return self.fused.decode(last, kv, routing)
+        mask, pos = kv.step_inputs()
+        logits = self.forward(last.unsqueeze(1), mask, pos, kv.cache, routing)
+        kv.advance()
+        return logits
 
     @torch.inference_mode()
     def route(self, prompts: list[list[int]]) -> list[dict[str, float]]:

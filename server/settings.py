@@ -79,6 +79,10 @@ class ServerSettings(BaseSettings):
         "Keep a dense copy of a 4-bit base's projections for multi-token calls (prefill, the router's pass), never "
         "decode steps: auto = on for a 4-bit base on a CPU with native bf16 (where it makes a 128-token prefill "
         "~2.5x faster for 2 bytes per base weight; brainstacks/dense_base.py), off elsewhere."))
+    decode_path: Literal["auto", "fused", "eager"] = Field("auto", description=(
+        "How prefill and decode steps run: fused = brainstacks/fastpath.py (dense merged projections, fused stack "
+        "groups, an in-place slot KV cache; llama, mistral, qwen2, qwen3), eager = transformers' modules over a "
+        "DynamicCache (every family). auto = fused where the family allows it, eager with one warning elsewhere."))
     debug_history: int = Field(256, description="Completed requests kept for /debug/requests/{id}.", ge=1, le=1_000_000)
     warmup: bool = Field(True, description="Run one tiny generation before reporting ready.")
     threads: int = Field(1, description=(

@@ -76,11 +76,16 @@ def tiny_base_dir(tmp_path_factory, tiny_tokenizer):
     return d
 
 
-@pytest.fixture()
-def tiny_runner(tiny_tokenizer):
+@pytest.fixture(params=["eager", "fused"])
+def tiny_runner(request, tiny_tokenizer):
+    """A runner over the tiny Llama, on each decode path (server/runner.py)."""
+    from brainstacks.fastpath import FusedDecoder
     from server.runner import ModelRunner
 
-    return ModelRunner(build_model(vocab_size=320), tiny_tokenizer)
+    r = ModelRunner(build_model(vocab_size=320), tiny_tokenizer)
+    if request.param == "fused":
+        r.use_fused(FusedDecoder(r.model))
+    return r
 
 
 class LiveServer:

@@ -202,10 +202,10 @@ def test_non_finite_logprobs_are_sent_as_null(tmp_path, core_base_dir, live_serv
 
     def poisoned_runner(settings):
         runner = load_runner(settings)
-        real = runner.forward
+        real_prefill, real_decode = runner.prefill, runner.decode
 
-        def forward(*args, **kwargs):
-            out = real(*args, **kwargs).clone()  # (B, V)
+        def poison(out):
+            out = out.clone()  # (B, V)
             if mode["kind"] == "inf":  # only tokens 40..42 possible: the other alternatives have logprob -inf
                 keep = out[:, 40:43].clone()
                 out[:] = float("-inf")
@@ -214,7 +214,12 @@ def test_non_finite_logprobs_are_sent_as_null(tmp_path, core_base_dir, live_serv
                 out[:] = float("nan")
             return out
 
-        runner.forward = forward
+        def prefill(*args):
+            kv, logits = real_prefill(*args)
+            return kv, poison(logits)
+
+        runner.prefill = prefill
+        runner.decode = lambda *args: poison(real_decode(*args))
         return runner
 
     bundle = build_bundle(tmp_path / "b", core_base_dir)

@@ -63,6 +63,7 @@ def test_first_serve_converts_the_base_and_says_so(demo_server):
     text = log_path.read_text()
     assert "converting GGUF base SmolLM2-135M-Instruct.Q4_1.gguf once" in text
     assert "convert SmolLM2-135M-Instruct.Q4_1.gguf" in text  # the progress bar
+    assert "decode path: fused" in text and "warmed up in" in text  # the default path, built at start-up
 
 
 def test_serve_without_arguments_answers_a_chat_sensibly(demo_server):

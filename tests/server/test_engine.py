@@ -224,16 +224,16 @@ def test_a_failing_step_fails_its_rows_and_the_engine_keeps_serving(tiny_runner)
     try:
         import threading
 
-        real = tiny_runner.forward
+        real = tiny_runner.decode
         calls = {"n": 0}
 
         def flaky(*a, **k):
             calls["n"] += 1
-            if calls["n"] == 2:  # the first decode step
+            if calls["n"] == 1:  # the first decode step
                 raise RuntimeError("boom")
             return real(*a, **k)
 
-        tiny_runner.forward = flaky
+        tiny_runner.decode = flaky
         done = threading.Event()
         c = Collector()
 
@@ -244,7 +244,7 @@ def test_a_failing_step_fails_its_rows_and_the_engine_keeps_serving(tiny_runner)
 
         eng.submit(GenRequest("a", PROMPTS[0], SamplingParams(max_tokens=5, temperature=0.0), sink, weights={}))
         assert done.wait(30) and [e.kind for e in c.events][-1] == "error"
-        tiny_runner.forward = real
+        tiny_runner.decode = real
         done.clear()
         c2 = Collector()
 
