@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainstacks.kvcache import SlotKV
+from brainstacks.layer import stack_rows
 from brainstacks.moe_lora import topk_gates
 
 log = logging.getLogger("brainstacks.fastpath")
@@ -122,9 +123,7 @@ def pack_group(members: list[tuple[torch.Tensor, torch.Tensor]], sel: tuple[int,
                ) -> GroupPack:
     """Gather stacks `sel` of each member's packed (AW, BT) (StackedLinear's layout) into one GroupPack."""
     dev = members[0][0].device
-    idx = torch.tensor(sel, device=dev)
-    a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=dev)).flatten()
-    w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=dev)).flatten()
+    a_rows, w_rows = stack_rows(sel, S, E, r, dev)
     A = [AW.index_select(0, a_rows).float() for AW, _ in members]
     W = [AW.index_select(0, w_rows).float() for AW, _ in members]
     Bs = [BT.index_select(0, a_rows).float() for _, BT in members]

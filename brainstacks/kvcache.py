@@ -41,6 +41,7 @@ class SlotKV:
         self.rows = rows
         self.host_lengths: list[int] = [0] * rows  # the lengths on the host: capacity checks never sync
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self._ar: torch.Tensor | None = None  # arange(rows), the row index of write_step
 
     # ---- sizes ---------------------------------------------------------------------------------------------------
     @property
@@ -95,7 +96,7 @@ class SlotKV:
             self._grow(self.slots, max(columns, 2 * self.capacity))
 
     def _arange(self) -> torch.Tensor:
-        a = getattr(self, "_ar", None)
+        a = self._ar
         if a is None or a.shape[0] != self.rows:
             a = self._ar = torch.arange(self.rows, device=self.K.device)
         return a
@@ -165,7 +166,7 @@ class SlotKV:
         idx = torch.tensor(src, device=self.K.device)
         out = SlotKV.__new__(SlotKV)
         out.K, out.V = self.K.index_select(1, idx), self.V.index_select(1, idx)
-        out.rows = len(src)
+        out.rows, out._ar = len(src), None
         out.set_lengths([self.host_lengths[i] for i in src])
         return out
 

@@ -162,9 +162,7 @@ class StackedLinear(nn.Module):
             AW, BT = self.small if small else (self.AW, self.BT)
             if key[0] is not None:
                 E, r = self.config.experts, self.config.rank
-                idx = torch.tensor(sel, device=AW.device)
-                a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=idx.device)).flatten()
-                w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=idx.device)).flatten()
+                a_rows, w_rows = stack_rows(sel, S, E, r, AW.device)
                 AW, BT = AW[torch.cat([a_rows, w_rows])].contiguous(), BT[a_rows].contiguous()
             hit = (AW, BT.t(), AW.t(), BT, S if key[0] is None else len(sel))
             self._subsets[key] = hit
@@ -235,6 +233,14 @@ class StackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.path}: {self.in_features}->{self.out_features}, frozen_stacks={self.num_stacks}"
+
+
+def stack_rows(sel: tuple[int, ...], S: int, E: int, r: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of stacks `sel` in a packed AW of S stacks: their A rows (also their BT rows) and their gate rows W."""
+    idx = torch.tensor(sel, device=device)
+    a_rows = (idx[:, None] * (E * r) + torch.arange(E * r, device=device)).flatten()
+    w_rows = S * E * r + (idx[:, None] * E + torch.arange(E, device=device)).flatten()
+    return a_rows, w_rows
 
 
 def _rows(mult: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
