@@ -41,6 +41,7 @@ import torch
 
 from server.batch import Batch, emit_tokens, prefill, sample_rows
 from server.genrequest import EngineStoppedError, EngineTimeoutError, Event, GenRequest
+from server.memory import Trimmer
 from server.metrics import Metrics
 from server.runner import ModelRunner
 from server.sampling import HOST_SYNC
@@ -51,7 +52,7 @@ from server.waiting import WaitingQueue
 _SETTINGS = ServerSettings.model_fields  # the Engine's defaults are the server's (declared once, in settings.py)
 # the settings an Engine takes (Engine.from_settings)
 LIMITS = ("max_batch", "max_waiting", "max_prefill_tokens", "kv_token_budget", "max_queue_wait", "ready_failed_steps",
-          "ready_stuck_seconds")
+          "ready_stuck_seconds", "malloc_trim_interval")
 
 log = logging.getLogger("brainstacks.engine")
 
@@ -65,7 +66,8 @@ class Engine:
                  metrics: Metrics | None = None, kv_token_budget: int = _SETTINGS["kv_token_budget"].default,
                  max_queue_wait: float = _SETTINGS["max_queue_wait"].default,
                  ready_failed_steps: int = _SETTINGS["ready_failed_steps"].default,
-                 ready_stuck_seconds: float = _SETTINGS["ready_stuck_seconds"].default):
+                 ready_stuck_seconds: float = _SETTINGS["ready_stuck_seconds"].default,
+                 malloc_trim_interval: float = _SETTINGS["malloc_trim_interval"].default):
         self.runner = runner
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
@@ -87,6 +89,7 @@ class Engine:
         self._stop = False
         self.steps = 0
         self.timer = StepTimer(metrics)  # seconds per step phase (server/steptimer.py), also in /metrics
+        self.trimmer = Trimmer(malloc_trim_interval)  # gives freed C heap back to the OS now and then (memory.py)
 
     @classmethod
     def from_settings(cls, runner: ModelRunner, settings: ServerSettings, metrics: Metrics | None = None) -> Engine:
@@ -205,6 +208,7 @@ class Engine:
                 try:
                     self.step()
                     self.failed_steps = 0
+                    self.trimmer.maybe()
                 except Exception as e:  # a bug must not kill the server: fail the rows in flight, keep serving
                     log.exception("engine step failed")
                     self.failed_steps += 1

@@ -89,6 +89,12 @@ class ServerSettings(BaseSettings):
         "torch intra-op threads. 1 (the default) holds up when other processes share the CPU; 0: torch's default "
         "(one per core: on a dedicated machine it can be faster, but its spinning threads stall whenever one is "
         "descheduled; docs/BENCHMARKS.md measured 3.8x fewer tokens/s on a shared 2-core machine)."), ge=0, le=1024)
+    malloc_arena_max: int = Field(2, description=(
+        "Most glibc malloc arenas (0: glibc's default, 8 per core). Few arenas keep RSS from creeping under traffic "
+        "spread over many threads (server/memory.py)."), ge=0, le=1024)
+    malloc_trim_interval: float = Field(60.0, description=(
+        "Seconds between malloc_trim calls on the model thread, between steps (0: never); returns freed pages to "
+        "the OS (server/memory.py)."), ge=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
         "Log level of the server loggers."))
 

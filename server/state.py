@@ -18,6 +18,7 @@ from server.engine import Engine
 from server.generation import Generation
 from server.genrequest import Event, GenRequest
 from server.history import History, record
+from server.memory import tune_allocator
 from server.metrics import Metrics
 from server.registry import Registry, ReloadResult
 from server.runner import ModelRunner
@@ -60,6 +61,7 @@ class ServerState:
         try:
             t0 = time.perf_counter()
             s = self.settings
+            tune_allocator(s.malloc_arena_max)  # before the worker threads that tokenize exist
             if s.threads:
                 import torch
 
