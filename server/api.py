@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from brainstacks.text import encode_prompt
+from brainstacks.text import encode_prompt, render_chat
 from server.errors import aborted, invalid, not_found, not_ready, queue_full
 from server.generation import Generation, Prepared, pump
 from server.genrequest import EngineStoppedError, Event, GenRequest, QueueFullError
@@ -28,7 +28,7 @@ from server.sampling import SamplingParams
 from server.schemas import ChatCompletionRequest, CompletionRequest
 from server.state import ServerState
 from server.steptimer import clock
-from server.textstream import ChoiceText, render_chat
+from server.textstream import ChoiceText
 
 log = logging.getLogger("brainstacks.server")
 
@@ -85,6 +85,49 @@ def check_messages_chars(limit: int, messages: list) -> None:
                 check_chars(limit, [part.text], f"messages.{i}.content.{j}.text")
 
 
+def chat_text(state: ServerState, messages: list, add_generation_prompt: bool = True) -> str:
+    """Chat messages as prompt text, through the tokenizer's chat template, after the character caps: what
+    /v1/chat/completions, /debug/route and /tokenize all feed the model."""
+    check_messages_chars(state.settings.max_prompt_chars, messages)
+    msgs = [{"role": m.role, "content": m.text()} for m in messages]
+    try:
+        return render_chat(state.runner.tokenizer, msgs, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # a template error is the conversation's fault (e.g. roles out of order)
+        raise invalid(f"messages: cannot render the conversation: {e}", "messages") from e
+
+
+def one_prompt_text(state: ServerState, prompt: str | None, messages: list | None,
+                    add_generation_prompt: bool = True) -> str:
+    """The text of a body with exactly one of prompt or messages (/debug/route, /tokenize), after the caps."""
+    if (prompt is None) == (messages is None):
+        raise invalid("give exactly one of prompt or messages.", "prompt")
+    if messages is not None:
+        return chat_text(state, messages, add_generation_prompt)
+    check_chars(state.settings.max_prompt_chars, [prompt], "prompt")
+    return prompt
+
+
+def check_prompt_tokens(state: ServerState, ids: list[int]) -> None:
+    limit = min(state.settings.max_prompt_tokens, state.runner.max_model_len)
+    if len(ids) > limit:
+        raise invalid(f"The prompt has {len(ids)} tokens; the limit is {limit}.", "prompt", "context_length_exceeded")
+
+
+def logit_bias(body: CompletionRequest | ChatCompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """The request's logit_bias as (token id, bias) pairs, every id inside the vocabulary."""
+    if not body.logit_bias:
+        return ()
+    out = []
+    for key, bias in body.logit_bias.items():
+        tid = int(key)
+        if tid >= vocab_size:
+            raise invalid(f"logit_bias: token id {key} is outside the vocabulary (size {vocab_size}).",
+                          f"logit_bias.{key}")
+        if bias:
+            out.append((tid, float(bias)))
+    return tuple(sorted(out))
+
+
 def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest) -> Prepared:
     s = state.settings
     runner = state.runner
@@ -117,12 +160,7 @@ def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest)
         raise invalid(f"logprobs may ask for at most {s.max_logprobs} alternatives.", "logprobs")
 
     if chat:
-        check_messages_chars(s.max_prompt_chars, body.messages)
-        msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            text = render_chat(tok, msgs)
-        except Exception as e:  # a template error is the conversation's fault (e.g. roles out of order)
-            raise invalid(f"messages: cannot render the conversation: {e}", "messages") from e
+        text = chat_text(state, body.messages)
         texts = [text]
         prompts = [encode_prompt(tok, text)]
     elif isinstance(body.prompt, str) or (isinstance(body.prompt, list) and body.prompt
@@ -136,10 +174,7 @@ def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest)
         prompts = [encode_prompt(tok, t) for t in texts]
     else:
         ids = list(body.prompt)
-        limit = min(s.max_prompt_tokens, runner.max_model_len)
-        if len(ids) > limit:
-            raise invalid(f"The prompt has {len(ids)} tokens; the limit is {limit}.", "prompt",
-                          "context_length_exceeded")
+        check_prompt_tokens(state, ids)
         bad = [i for i in ids if i >= runner.vocab_size]
         if bad:
             raise invalid(f"prompt: token id {bad[0]} is outside the vocabulary (size {runner.vocab_size}).", "prompt")
@@ -150,9 +185,7 @@ def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest)
     for p in prompts:
         if not p:
             raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
-        limit = min(s.max_prompt_tokens, runner.max_model_len)
-        if len(p) > limit:
-            raise invalid(f"The prompt has {len(p)} tokens; the limit is {limit}.", "prompt", "context_length_exceeded")
+        check_prompt_tokens(state, p)
         if len(p) + max_tokens > runner.max_model_len:
             raise invalid(f"The prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
                           f"length of {runner.max_model_len}.", "max_tokens", "context_length_exceeded")
@@ -162,11 +195,13 @@ def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest)
                             top_k=top_k if top_k > 0 else 0, seed=body.seed, logprobs=top,
                             stop_token_ids=runner.eos_token_ids,
                             presence_penalty=_or(body.presence_penalty, 0.0),
-                            frequency_penalty=_or(body.frequency_penalty, 0.0))
+                            frequency_penalty=_or(body.frequency_penalty, 0.0),
+                            logit_bias=logit_bias(body, runner.vocab_size))
+    constraint = state.grammars().compile(body.response_format)
     stream = bool(body.stream)
     include_usage = bool(stream and body.stream_options and body.stream_options.include_usage)
     return Prepared("chat" if chat else "completion", body.model, prompts, texts, n, params, weights,
-                    body.stop_list(), top, stream, include_usage, body.user, echo)
+                    body.stop_list(), top, stream, include_usage, body.user, echo, constraint)
 
 
 def start_generation(state: ServerState, prep: Prepared, request_id: str) -> Generation:
@@ -208,7 +243,7 @@ def start_generation(state: ServerState, prep: Prepared, request_id: str) -> Gen
                     pass
 
         q = GenRequest(f"{g.id}-{p}", ids, prep.params, sink, n=prep.n,
-                       weights=dict(prep.weights) if prep.weights is not None else None)
+                       weights=dict(prep.weights) if prep.weights is not None else None, constraint=prep.constraint)
         g.reqs.append(q)
         g.weights.append(prep.weights)
         for _ in range(prep.n):

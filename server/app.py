@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from brainstacks.text import encode_prompt
-from server import api
+from server import api, tokenizing
 from server.errors import (
     ERROR_RESPONSES,
     RELOAD_RESPONSES,
@@ -59,7 +59,6 @@ from server.schemas import (
 )
 from server.settings import ServerSettings
 from server.state import ServerState
-from server.textstream import render_chat
 
 log = logging.getLogger("brainstacks.server")
 # GET / (the playground): a public page with no data in it; it may load only its own files and call this origin
@@ -213,21 +212,11 @@ def create_app(settings: ServerSettings | None = None,
         r = state.runner
 
         def tokenize() -> list[int]:
-            if (body.prompt is None) == (body.messages is None):
-                raise invalid("give exactly one of prompt or messages.", "prompt")
-            if body.messages is not None:
-                api.check_messages_chars(settings.max_prompt_chars, body.messages)
-                text = render_chat(r.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
-            else:
-                api.check_chars(settings.max_prompt_chars, [body.prompt], "prompt")
-                text = body.prompt
+            text = api.one_prompt_text(state, body.prompt, body.messages)
             ids = encode_prompt(r.tokenizer, text) if text else []
             if not ids:
                 raise invalid("prompt must not be empty.", "prompt", "empty_prompt")
-            limit = min(settings.max_prompt_tokens, r.max_model_len)
-            if len(ids) > limit:
-                raise invalid(f"The prompt has {len(ids)} tokens; the limit is {limit}.", "prompt",
-                              "context_length_exceeded")
+            api.check_prompt_tokens(state, ids)
             return ids
 
         t0 = time.perf_counter()
@@ -265,6 +254,8 @@ def create_app(settings: ServerSettings | None = None,
         if res.result == "refused":
             raise bundle_refused(res.reasons, res.bundle_version, replicas)
         return JSONResponse(body)
+
+    app.include_router(tokenizing.router)
 
     openapi_cache: dict[tuple, dict] = {}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from server.constraints import constrain_rows
 from server.genrequest import Event, GenRequest
 from server.sampling import Logprob, make_generator, sample_batch
 
@@ -24,6 +25,7 @@ class Row:
     gen: torch.Generator
     n_out: int = 0
     history: list[int] = field(default_factory=list)  # tokens generated so far (presence/frequency penalties)
+    matcher: Any = None  # response_format: this row's grammar state (server/constraints.py), None = free
 
 
 class Batch:
@@ -102,7 +104,8 @@ def prefill(runner: Any, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
     kv, logits = runner.prefill([q.prompt_ids for q in reqs], runner.routing(weights))  # (k, V)
     src = [i for i, q in enumerate(reqs) for _ in range(q.n)]
     dev = getattr(runner, "device", "cpu")  # generators live with the logits (sampling stays on the device)
-    rows = [Row(q, j, make_generator(None if q.params.seed is None else q.params.seed + j, dev))
+    rows = [Row(q, j, make_generator(None if q.params.seed is None else q.params.seed + j, dev),
+                matcher=q.constraint() if q.constraint is not None else None)
             for q in reqs for j in range(q.n)]
     if len(src) != len(reqs):
         kv = kv.take(src)
@@ -112,26 +115,40 @@ def prefill(runner: Any, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
 
 
 def sample_rows(b: Batch, logits: torch.Tensor) -> tuple[list[int | None], list[Logprob | None]]:
-    """Tokens for every row and their (logprob, top) (None where that row's sampling or logprobs failed: only that
-    row fails)."""
+    """Tokens for every row and their (logprob, top) (None where that row's sampling, logprobs or grammar failed:
+    only that row fails). Rows with a response_format grammar choose from their masked logits; the others' logits
+    are not copied or touched."""
     params, gens = [row.req.params for row in b.rows], [row.gen for row in b.rows]
     hist = [row.history for row in b.rows]
+    matchers = [row.matcher for row in b.rows]
+    select, failed = None, {}
+    if any(m is not None for m in matchers):
+        try:
+            select = logits.float().clone()
+            failed = constrain_rows(matchers, select)
+        except Exception as e:  # noqa: BLE001 - the grammar engine failed: the constrained rows fail, not the batch
+            log.exception("computing the grammar masks failed")
+            failed = {i: f"{type(e).__name__}: {e}" for i, m in enumerate(matchers) if m is not None}
+        for i, why in failed.items():
+            log.warning("response_format failed for %s: %s", b.rows[i].req.id, why)
     try:
-        tokens, lps = sample_batch(logits, params, gens, hist)
-        return list(tokens), list(lps)
+        tokens, lps = sample_batch(logits, params, gens, hist, select)
+        out, lps_out = list(tokens), list(lps)
     except Exception:
         log.exception("batched sampling failed; sampling row by row to isolate the failing row")
-    out: list[int | None] = []
-    lps_out: list[Logprob | None] = []
-    for i in range(len(b.rows)):
-        try:
-            toks, lp = sample_batch(logits[i : i + 1], params[i : i + 1], gens[i : i + 1], hist[i : i + 1])
-            out.append(toks[0])
-            lps_out.append(lp[0])
-        except Exception as e:
-            log.warning("sampling failed for %s: %s", b.rows[i].req.id, e)
-            out.append(None)
-            lps_out.append(None)
+        out, lps_out = [], []
+        for i in range(len(b.rows)):
+            try:
+                one = None if select is None else select[i : i + 1]
+                toks, lp = sample_batch(logits[i : i + 1], params[i : i + 1], gens[i : i + 1], hist[i : i + 1], one)
+                out.append(toks[0])
+                lps_out.append(lp[0])
+            except Exception as e:
+                log.warning("sampling failed for %s: %s", b.rows[i].req.id, e)
+                out.append(None)
+                lps_out.append(None)
+    for i in failed:
+        out[i] = lps_out[i] = None
     return out, lps_out
 
 
@@ -156,6 +173,10 @@ def emit_tokens(b: Batch, tokens: list[int | None], lps: list[Logprob | None], n
         q.sink(Event("token", index=row.index, token_id=tok, logprob=lp, top=top))
         if tok in p.stop_token_ids:
             q.finish(row.index, "stop")
+        elif row.matcher is not None and not row.matcher.consume_token(tok):
+            q.fail_row(row.index, f"internal engine error: the grammar refused token {tok}")
+        elif row.matcher is not None and row.matcher.is_stopped():
+            q.finish(row.index, "stop")  # the output is complete: nothing but EOS could follow
         elif row.n_out >= p.max_tokens:
             q.finish(row.index, "length")
         else:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class Prepared:
     include_usage: bool
     user: str | None = None
     echo: bool = False
+    constraint: Callable[[], Any] | None = None  # response_format: a factory of per-row grammar matchers
 
 
 @dataclass

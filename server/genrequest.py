@@ -51,6 +51,7 @@ class GenRequest:
     sink: Callable[[Event], None]
     n: int = 1
     weights: dict[str, float] | None = None
+    constraint: Callable[[], Any] | None = None  # response_format: makes each row's grammar matcher (constraints.py)
     arrival: float = field(default_factory=time.monotonic)
     # set by the engine
     admitted_at: float | None = None

@@ -75,7 +75,8 @@ class AccessMiddleware:
     """Pure ASGI (streams pass through untouched): request id, X-Request-Id header, JSON access log, request metrics."""
 
     ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/debug/route",
-                 "/debug/requests", "/admin/stacks", "/admin/reload", "/", "/health/live", "/health/ready")
+                 "/debug/requests", "/admin/stacks", "/admin/reload", "/", "/health/live", "/health/ready",
+                 "/tokenize", "/detokenize")
 
     def __init__(self, app, metrics: Metrics):
         self.app = app

@@ -4,6 +4,10 @@ A row's generator is seeded from the request's seed (or a random one), so a seed
 tokens whatever its batch mates are. Logprobs are those of the model's distribution (the raw logits, before
 penalties, temperature and truncation), as OpenAI reports them.
 
+`logit_bias` (token id, bias) pairs are added to the row's logits before selection (OpenAI's definition), for every
+row at once in one scatter; the rows of a `response_format` request are masked to their grammar (server/
+constraints.py) the same way, in the selection logits only.
+
 Presence and frequency penalties follow OpenAI's definition over the tokens this row has generated so far (c[j] times
 token j was sampled): `logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty`, before greedy or
 sampled selection.
@@ -40,6 +44,7 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = frozenset()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids inside the vocabulary
 
     @property
     def penalized(self) -> bool:
@@ -101,9 +106,23 @@ def apply_penalties(logits: torch.Tensor, p: SamplingParams, history: list[int])
 Logprob = tuple[float, "list[tuple[int, float]] | None"]  # the chosen token's logprob, its top alternatives
 
 
+def bias_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The (B, V) logits with every row's logit_bias added (one scatter for the batch); `logits` itself when no row
+    has a bias."""
+    rows = [i for i, p in enumerate(params) if p.logit_bias]
+    if not rows:
+        return logits
+    r = [i for i in rows for _ in params[i].logit_bias]
+    c = [t for i in rows for t, _ in params[i].logit_bias]
+    v = [b for i in rows for _, b in params[i].logit_bias]
+    dev = logits.device
+    return logits.index_put((torch.tensor(r, device=dev), torch.tensor(c, device=dev)),
+                            torch.tensor(v, dtype=logits.dtype, device=dev), accumulate=True)
+
+
 def sample_batch(
     logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator],
-    histories: list[list[int]] | None = None,
+    histories: list[list[int]] | None = None, select: torch.Tensor | None = None,
 ) -> tuple[list[int], list[Logprob]]:
     """Sample every row of (B, V) logits on their device; returns the tokens and each row's (logprob, top) of the
     raw logits (0.0 and None when that row asked for no logprobs). `histories[i]`: the tokens row i generated so
@@ -111,14 +130,18 @@ def sample_batch(
 
     The logits stay where they are (the GPU when serving on one): greedy rows take one batched argmax, only the
     rows that sample or are penalized are handled one by one, the log-softmax is computed only for the rows that
-    asked for logprobs, and what comes to the host is the B token ids and those logprobs (one copy each)."""
+    asked for logprobs, and what comes to the host is the B token ids and those logprobs (one copy each).
+
+    `select`: the (B, V) logits to choose from when they differ from the model's (grammar masks: -inf outside);
+    each row's logit_bias is added to them here."""
     logits = logits.float()
-    tokens = torch.argmax(logits, dim=-1)  # (B,): every greedy row at once
+    sel = bias_logits(logits if select is None else select.float(), params)
+    tokens = torch.argmax(sel, dim=-1)  # (B,): every greedy row at once
     for i, p in enumerate(params):
         penalized = histories is not None and p.penalized and histories[i]
         if p.temperature < GREEDY_BELOW and not penalized:
             continue
-        row = apply_penalties(logits[i], p, histories[i]) if penalized else logits[i]
+        row = apply_penalties(sel[i], p, histories[i]) if penalized else sel[i]
         tokens[i : i + 1] = _sample_tensor(row, p, gens[i])
     ids = to_host(tokens)  # the one host sync for the tokens
     return ids, batch_logprobs(logits, tokens, [p.logprobs for p in params])

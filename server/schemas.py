@@ -39,11 +39,43 @@ Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+MAX_LOGIT_BIAS = 1024  # entries in one request's logit_bias
+TokenKey = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,9})$")]  # a token id, as OpenAI sends it
+Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 
 
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool | None = Field(None, description="Send a final chunk with usage (choices empty).")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = Field(
+        ..., description="The schema's name (OpenAI: a-z, A-Z, 0-9, _ and -, at most 64).")
+    description: str | None = Field(None, max_length=4096)
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description=(
+        "The JSON Schema the output must validate against (default: any JSON object)."))
+    strict: bool | None = Field(None, description="Accepted; the output is always constrained to the schema.")
+
+
+class TextFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
 
 
 class _Common(BaseModel):
@@ -68,6 +100,11 @@ class _Common(BaseModel):
         "Subtracted from the logit of every token already generated in this choice (OpenAI's definition)."))
     frequency_penalty: Penalty | None = Field(None, description=(
         "Subtracted from a token's logit once per time it was already generated in this choice."))
+    logit_bias: dict[TokenKey, Bias] | None = Field(None, max_length=MAX_LOGIT_BIAS, description=(
+        "Token id (as a string) to a bias in [-100, 100], added to that token's logit before sampling."))
+    response_format: ResponseFormat | None = Field(None, description=(
+        "text (default), json_object (the output is one JSON object) or json_schema (the output validates against "
+        "json_schema.schema): constrained decoding, so the output parses unless finish_reason is length."))
     weights: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Weight] | None = Field(
         None, max_length=256, description="Extension: {domain: weight in [0, 1]} overriding the router.")
 
@@ -124,6 +161,29 @@ class RouteRequest(BaseModel):
     model_config = _STRICT
     prompt: PromptStr = Field(None, description="Raw prompt text.")
     messages: list[ChatMessage] = Field(None, min_length=1, max_length=1024, description="Or chat messages.")
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's shape): exactly one of prompt or messages."""
+
+    model_config = _STRICT
+    model: str | None = Field(None, max_length=256, description="Accepted for vLLM compatibility (one tokenizer).")
+    prompt: Annotated[str, StringConstraints(max_length=MAX_CHARS)] = Field(None, description="Raw prompt text.")
+    messages: list[ChatMessage] = Field(None, min_length=1, max_length=1024, description=(
+        "Or chat messages, rendered with the chat template as /v1/chat/completions renders them."))
+    add_special_tokens: bool | None = Field(None, description=(
+        "Add the tokenizer's special tokens (e.g. BOS) as a completion's prompt gets them (default true)."))
+    add_generation_prompt: bool | None = Field(None, description=(
+        "messages only: end with the assistant turn's opening, as a chat completion does (default true)."))
+    return_token_strs: bool | None = Field(None, description="Also return each token's string (default false).")
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize (vLLM's shape)."""
+
+    model_config = _STRICT
+    model: str | None = Field(None, max_length=256, description="Accepted for vLLM compatibility (one tokenizer).")
+    tokens: list[TokenId] = Field(..., max_length=1_000_000, description="Token ids to turn into text.")
 
 
 # ---------------------------------------------------------------------------------------------------- responses
@@ -210,6 +270,17 @@ class ChatCompletionResponse(BaseModel):
     brainstacks: Extension
 
 
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"]
@@ -239,6 +310,21 @@ def _integral_bounds(node: Any) -> None:
     elif isinstance(node, list):
         for v in node:
             _integral_bounds(v)
+
+
+def below_pattern(n: int) -> str:
+    """A regex of the decimal integers 0 .. n-1 (no leading zeros): a logit_bias key inside the vocabulary."""
+    hi = str(n - 1)
+    alts = ["[0-9]"] if len(hi) > 1 else [f"[0-{hi}]"]
+    alts += [f"[1-9][0-9]{{{k - 1}}}" for k in range(2, len(hi))]  # every shorter length, in full
+    if len(hi) > 1:
+        for i, ch in enumerate(hi):  # same length: the prefix of hi, then a smaller digit, then anything
+            lo = 1 if i == 0 else 0
+            if int(ch) > lo:
+                rest = len(hi) - i - 1
+                alts.append(hi[:i] + f"[{lo}-{int(ch) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+        alts.append(hi)
+    return "^(" + "|".join(alts) + ")$"
 
 
 def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
@@ -278,6 +364,10 @@ def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
                     sub["maximum"] = min(sub.get("maximum", limits[key]), limits[key])
         if "model" in props and limits.get("model_ids"):
             props["model"]["enum"] = list(limits["model_ids"])
+        if "logit_bias" in props and limits.get("vocab_size"):
+            for sub in _subs(props["logit_bias"]):
+                if sub.get("type") == "object":
+                    sub["propertyNames"] = {"pattern": below_pattern(limits["vocab_size"])}
         if "weights" in props and limits.get("domains") is not None:
             for sub in _subs(props["weights"]):
                 if sub.get("type") == "object":
@@ -300,10 +390,14 @@ def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
             for sub in _subs(props.get(prop, {})):
                 if sub.get("type") == "string":
                     sub["maxLength"] = chars
-    route = schemas.get("RouteRequest")
-    if route is not None:
-        route["properties"]["prompt"]["maxLength"] = chars
-        route["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
+    for name in ("RouteRequest", "TokenizeRequest"):
+        one = schemas.get(name)
+        if one is not None:
+            one["properties"]["prompt"]["maxLength"] = chars
+            one["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
+    detok = schemas.get("DetokenizeRequest", {}).get("properties", {}).get("tokens")
+    if detok is not None and limits.get("vocab_size"):
+        detok["items"]["maximum"] = limits["vocab_size"] - 1
     comp = schemas.get("CompletionRequest")
     if comp is not None:  # echo: true cannot be combined with logprobs
         comp["not"] = {"required": ["echo", "logprobs"],

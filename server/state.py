@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from brainstacks.text import encode_prompt
+from server.constraints import Grammars
 from server.engine import Engine
 from server.generation import Generation
 from server.genrequest import Event, GenRequest
@@ -54,6 +55,16 @@ class ServerState:
         self.loaded = threading.Event()
         self.on_load_error: Callable[[str], None] | None = None  # the CLI ends the process
         self.cluster: Cluster | None = None  # set on a Ray Serve replica
+        self._grammars: Grammars | None = None
+
+    def grammars(self) -> Grammars:
+        """response_format's grammar compiler for the served tokenizer (built on first use; a reload keeps the base,
+        so it keeps the tokenizer)."""
+        r = self.runner
+        g = self._grammars
+        if g is None or g.tokenizer is not r.tokenizer:
+            g = self._grammars = Grammars(r.tokenizer, r.vocab_size, r.eos_token_ids)
+        return g
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:

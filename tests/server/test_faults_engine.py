@@ -289,10 +289,10 @@ def test_a_row_whose_sampling_fails_fails_alone(served, monkeypatch):
 
     real = batch.sample_batch
 
-    def sample_batch(logits, params, gens, histories=None):
+    def sample_batch(logits, params, gens, histories=None, select=None):
         if any(p.seed == 13 for p in params):
             raise ValueError("simulated sampling failure")
-        return real(logits, params, gens, histories)
+        return real(logits, params, gens, histories, select)
 
     monkeypatch.setattr(batch, "sample_batch", sample_batch)
     engine = app.state.bs.engine
