@@ -105,6 +105,56 @@ def load(url: str, clients: int, seconds: float, max_tokens: int, items: list[di
     return run(cfg)
 
 
+def _ttft(reports: dict[str, LoadReport], p: str) -> float | None:
+    return (reports[p].summary()["ttft_s"] or {}).get("p50") if p in reports else None
+
+
+def _peer(args, env: dict, scratch: Path) -> tuple[ServerProcess | None, str | None]:
+    """llama.cpp's server with the five LoRAs (not started), or None and why it cannot run."""
+    peer, why_not = None, None
+    try:
+        if not Path(args.llama_server).is_file():
+            raise FileNotFoundError(f"no llama-server at {args.llama_server} (run scripts/build_llama_cpp.sh)")
+        loras = make_peer_loras(PEERS / "loras")
+        port = free_port()
+        cmd = [args.llama_server, "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port), "-t",
+               str(args.threads), "-np", "16", "-c", str(16 * 512), "--lora-init-without-apply"]
+        for f in loras:
+            cmd += ["--lora", str(f)]
+        peer = ServerProcess("llama.cpp", cmd, port, scratch / "peer.log", env)
+    except Exception as e:  # noqa: BLE001 - the benchmark still measures ours, and says why the peer is missing
+        why_not = f"{type(e).__name__}: {e}"
+        print(f"peer unavailable: {why_not}", flush=True)
+    return peer, why_not
+
+
+def _targets(slices: dict[str, list[LoadReport]], reports: dict[str, LoadReport]) -> tuple[list[Target], dict]:
+    """The targets (medians over rounds of each round's ratio) and the other ratios reported."""
+    def per_round(a: str, b: str) -> float | None:
+        if a not in slices or b not in slices:
+            return None
+        return median([ratio(x.summary()["tokens_per_s"], y.summary()["tokens_per_s"])
+                       for x, y in zip(slices[a], slices[b], strict=True)])
+
+    def ttft(p: str) -> float | None:
+        return _ttft(reports, p)
+
+    targets = [
+        Target("(b) mixes, 16 clients: ours / llama.cpp tok/s", per_round("ours mixes 16 clients",
+                                                                           "peer mixes 16 clients"), ">=", 1.5, "x"),
+        Target("(a) base, 1 client: ours / llama.cpp tok/s", per_round("ours base 1 client", "peer base 1 client"),
+               ">=", 0.5, "x"),
+        Target("ours 16 clients / 1 client tok/s (base)", per_round("ours base 16 clients", "ours base 1 client"),
+               ">=", 6.0, "x"),
+    ]
+    ratios = {"(a) base 16 clients: ours / llama.cpp tok/s": per_round("ours base 16 clients", "peer base 16 clients"),
+              "(b) mixes 16 clients: ours / llama.cpp TTFT p50": ratio(ttft("ours mixes 16 clients"),
+                                                                      ttft("peer mixes 16 clients")),
+              "(a) base 1 client: ours / llama.cpp TTFT p50": ratio(ttft("ours base 1 client"),
+                                                                   ttft("peer base 1 client"))}
+    return targets, ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser("peers", __doc__)
     parser.add_argument("--threads", type=int, default=2, help="threads for both servers (same count)")
@@ -120,20 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = ServerProcess("brainstacks", [sys.executable, "-m", "brainstacks_cli", "serve", "--host", "127.0.0.1",
                                          "--port", str(port)], port, scratch / "ours.log", env)
     ours.env.pop("BRAINSTACKS_API_KEY", None)
-    peer, why_not = None, None
-    try:
-        if not Path(args.llama_server).is_file():
-            raise FileNotFoundError(f"no llama-server at {args.llama_server} (run scripts/build_llama_cpp.sh)")
-        loras = make_peer_loras(PEERS / "loras")
-        port = free_port()
-        cmd = [args.llama_server, "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port), "-t",
-               str(args.threads), "-np", "16", "-c", str(16 * 512), "--lora-init-without-apply"]
-        for f in loras:
-            cmd += ["--lora", str(f)]
-        peer = ServerProcess("llama.cpp", cmd, port, scratch / "peer.log", env)
-    except Exception as e:  # noqa: BLE001 - the benchmark still measures ours, and says why the peer is missing
-        why_not = f"{type(e).__name__}: {e}"
-        print(f"peer unavailable: {why_not}", flush=True)
+    peer, why_not = _peer(args, env, scratch)
     phases = [p for p in PHASES if peer is not None or p.startswith("ours")]
     slices: dict[str, list[LoadReport]] = {p: [] for p in phases}
     t0 = time.perf_counter()
@@ -164,29 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = {p: merge(r) for p, r in slices.items()}
     rows = [row(p, reports[p]) for p in phases]
 
-    def per_round(a: str, b: str) -> float | None:
-        if a not in slices or b not in slices:
-            return None
-        return median([ratio(x.summary()["tokens_per_s"], y.summary()["tokens_per_s"])
-                       for x, y in zip(slices[a], slices[b], strict=True)])
-
-    def ttft(p: str) -> float | None:
-        return (reports[p].summary()["ttft_s"] or {}).get("p50") if p in reports else None
-
-    targets = [
-        Target("(b) mixes, 16 clients: ours / llama.cpp tok/s", per_round("ours mixes 16 clients",
-                                                                           "peer mixes 16 clients"), ">=", 1.5, "x"),
-        Target("(a) base, 1 client: ours / llama.cpp tok/s", per_round("ours base 1 client", "peer base 1 client"),
-               ">=", 0.5, "x"),
-        Target("ours 16 clients / 1 client tok/s (base)", per_round("ours base 16 clients", "ours base 1 client"),
-               ">=", 6.0, "x"),
-    ]
-    ratios = {"(a) base 16 clients: ours / llama.cpp tok/s": per_round("ours base 16 clients", "peer base 16 clients"),
-              "(b) mixes 16 clients: ours / llama.cpp TTFT p50": ratio(ttft("ours mixes 16 clients"),
-                                                                      ttft("peer mixes 16 clients")),
-              "(a) base 1 client: ours / llama.cpp TTFT p50": ratio(ttft("ours base 1 client"),
-                                                                   ttft("peer base 1 client"))}
-    ttfts = {p: ttft(p) for p in phases}
+    targets, ratios = _targets(slices, reports)
+    ttfts = {p: _ttft(reports, p) for p in phases}
     print()
     print_table(rows, title=f"peers ({rounds} interleaved rounds, max_tokens={max_tokens}, threads={args.threads}, "
                             f"{time.perf_counter() - t0:.0f} s)")

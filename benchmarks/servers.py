@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -90,6 +91,8 @@ def serve_naive(argv: list[str]) -> int:
     import torch
     import uvicorn
 
+    from brainstacks.dtypes import auto_device
+
     p = argparse.ArgumentParser()
     p.add_argument("--bundle", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -99,8 +102,8 @@ def serve_naive(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    dtype = "bfloat16" if device == "cuda" else "float32"  # the server's --dtype auto (server.registry.serve_dtype)
+    device = auto_device() if a.device == "auto" else a.device
+    dtype = "bfloat16" if device == "cuda" else "float32"  # the server's --dtype auto (server.loading.serve_dtype)
     uvicorn.run(make_naive_app(a.bundle, a.quantize, dtype, device), host="127.0.0.1", port=a.port, log_level="warning")
     return 0
 
@@ -260,3 +263,16 @@ def rows_after(url: str, timeout: float = 10.0) -> float | None:
 
 if __name__ == "__main__":
     sys.exit(serve_naive(sys.argv[1:]))
+
+
+def rss_growth(samples: list[tuple[float, int]], start_s: float, window: float = 30.0) -> tuple[float | None, dict]:
+    """(end mean / mean at start_s) - 1, each a mean over `window` seconds of samples."""
+    if not samples:
+        return None, {}
+    end_t = samples[-1][0]
+    first = [b for t, b in samples if start_s <= t < start_s + window]
+    last = [b for t, b in samples if t > end_t - window]
+    if not first or not last:
+        return None, {}
+    a, b = statistics.mean(first), statistics.mean(last)
+    return b / a - 1.0, {"from_s": start_s, "rss_mib_start": a / 2**20, "rss_mib_end": b / 2**20}

@@ -2,7 +2,7 @@
 
     python -m benchmarks.structured [--quick] [--json PATH] [--threads N]
 
-On the served path (the shipped demo bundle, `server.registry.load_runner`: NF4 base, fused decode), one batch of
+On the served path (the shipped demo bundle, `server.loading.load_runner`: NF4 base, fused decode), one batch of
 16 chat prompts decodes greedily through the engine's own step functions (server/batch.py: the batched forward,
 `sample_rows` with its per-row grammar masks), in two cases interleaved step block by step block:
   free          16 unconstrained rows
@@ -75,7 +75,7 @@ def _steps(runner, b, logits, n: int, shadow, mask_times: list[float]) -> tuple[
 def run(quick: bool) -> tuple[list[dict], list[Target]]:
     from brainstacks.text import encode_prompt, render_chat
     from server.constraints import Grammars
-    from server.registry import load_runner
+    from server.loading import load_runner
     from server.schemas import JsonObjectFormat
     from server.settings import ServerSettings
 

@@ -63,6 +63,7 @@ from benchmarks.common import (
     write_report,
 )
 from benchmarks.servers import ServerProcess, busy_loops, free_port, load, merge, row, step_counters, stop_busy
+from brainstacks.quant import QUANTIZE_CHOICES
 from loadtest import LoadReport
 
 
@@ -129,11 +130,13 @@ def step_breakdown(phase: str, pairs: list[tuple[dict, dict]], report: LoadRepor
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+ADMIN_KEY = "bench-admin"
+
+
+def _parser():
     parser = benchmark_parser("throughput", __doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None, help="bundle to serve (default: demo bundle, else a tiny one)")
-    parser.add_argument("--quantize", default="nf4", choices=["nf4", "fp4", "none"], help="base quantization")
+    parser.add_argument("--quantize", default="nf4", choices=QUANTIZE_CHOICES, help="base quantization")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads in each server (default 1: see the module docstring; 0: torch's "
                              "own default, OMP_NUM_THREADS unset)")
@@ -148,33 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                              "keeps the copies)")
     parser.add_argument("--rounds", type=int, default=None, help="override the number of interleaved rounds")
     parser.add_argument("--workdir", default=None, help="keep the scratch bundle and server logs here")
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
-    if unknown := set(phases) - set(PHASES):
-        parser.error(f"unknown phases {sorted(unknown)}; known: {list(PHASES)}")
-    if args.rounds:
-        plan.rounds = args.rounds
+    return parser
 
-    scratch = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_throughput_"))
-    scratch.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    src = Path(args.bundle) if args.bundle else demo_bundle_dir()
-    bundle = scratch / "bundle"
-    if bundle.exists():
-        shutil.rmtree(bundle)
-    if src is not None:
-        shutil.copytree(src, bundle)
-        source = str(src)
-    else:
-        build_tiny_bundle(bundle)
-        source = "tiny bundle built through the library (no demo bundle in this install)"
-    print(f"bundle: {source} -> {bundle} (quantize={args.quantize}, threads={args.threads})", flush=True)
 
-    admin_key = "bench-admin"
+def _servers(args, bundle: Path, scratch: Path) -> tuple[ServerProcess, ServerProcess, ServerProcess]:
+    """The served path, the eager path and the naive server, over the same bundle copy (not started)."""
     env = {"OMP_NUM_THREADS": str(args.threads), "BRAINSTACKS_THREADS": str(args.threads),
-           "BRAINSTACKS_LOG_LEVEL": "warning", "BRAINSTACKS_ADMIN_KEY": admin_key, "TOKENIZERS_PARALLELISM": "false",
+           "BRAINSTACKS_LOG_LEVEL": "warning", "BRAINSTACKS_ADMIN_KEY": ADMIN_KEY, "TOKENIZERS_PARALLELISM": "false",
            "BRAINSTACKS_DEVICE": args.device, "BRAINSTACKS_DENSE_PREFILL": args.dense_prefill}
     port = free_port()
     real = ServerProcess("brainstacks", [sys.executable, "-m", "brainstacks_cli", "serve", "--bundle", str(bundle),
@@ -192,6 +175,73 @@ def main(argv: list[str] | None = None) -> int:
         srv.env.pop("BRAINSTACKS_API_KEY", None)
         if not args.threads:
             srv.env.pop("OMP_NUM_THREADS", None)
+    return real, eager, naive
+
+
+def _targets(slices: dict[str, list[LoadReport]], s: dict[str, dict], rounds: int) -> tuple[list[Target], dict]:
+    """The targets and the ratios behind them."""
+    one, many, rel = s.get("server 1 client"), s.get("server 16 clients"), s.get("server 16 clients + reload")
+    naive_s = s.get("naive 16 clients")
+    server_errors = sum(x["errors"] for k, x in s.items() if k.startswith(("server", "eager")))
+    # Ratio targets take the median over rounds of the ratio within each round: the phases of a round run back to back,
+    # so a burst of load from other processes inflates both sides of that round's ratio instead of skewing one pool.
+    def tok(name: str, i: int) -> float | None:
+        return slices[name][i].summary()["tokens_per_s"] if name in slices else None
+
+    def p99(name: str, i: int) -> float | None:
+        return slices[name][i].summary()["latency_s"]["p99"] if name in slices else None
+
+    def pooled(a: dict | None, b: dict | None, key=lambda x: x["tokens_per_s"]) -> float | None:
+        return ratio(key(a), key(b)) if a is not None and b is not None else None
+
+    rounds = range(rounds)
+    ratio_1 = [ratio(tok("server 16 clients", i), tok("server 1 client", i)) for i in rounds]
+    ratio_naive = [ratio(tok("server 16 clients", i), tok("naive 16 clients", i)) for i in rounds]
+    ratio_p99 = [ratio(p99("server 16 clients + reload", i), p99("server 16 clients", i)) for i in rounds]
+    fused_1 = [ratio(tok("server 1 client", i), tok("eager 1 client", i)) for i in rounds]
+    fused_16 = [ratio(tok("server 16 clients", i), tok("eager 16 clients", i)) for i in rounds]
+    targets = [
+        Target("16-client tok/s / 1-client tok/s", median(ratio_1), ">=", 6.0, "x"),
+        Target("16-client tok/s / naive server tok/s", median(ratio_naive), ">=", 4.0, "x"),
+        Target("errors (all server phases)", float(server_errors), "<=", 0.0, "requests"),
+        Target("fused / eager decode path, 1-client tok/s", median(fused_1), ">=", 4.0, "x"),
+        Target("fused / eager decode path, 16-client tok/s", median(fused_16), ">=", 4.0, "x"),
+    ]
+    if rel is not None:
+        targets += [
+            Target("failed requests under hot reload", float(rel["errors"]), "<=", 0.0, "requests"),
+            Target("failed reloads", float(rel["reloads"]["failed"]) if rel["reloads"]["attempted"] else None, "<=",
+                   0.0, "reloads"),
+            Target("p99 latency with reload / without", median(ratio_p99), "<=", 1.5, "x"),
+        ]
+    ratios = {
+        "per_round": {"16c/1c tok/s": ratio_1, "16c/naive tok/s": ratio_naive, "reload/no-reload p99": ratio_p99,
+                      "fused/eager 1c tok/s": fused_1, "fused/eager 16c tok/s": fused_16},
+        "pooled": {"16c/1c tok/s": pooled(many, one), "16c/naive tok/s": pooled(many, naive_s),
+                   "reload/no-reload p99": pooled(rel, many, lambda x: x["latency_s"]["p99"])},
+    }
+    return targets, ratios
+
+
+def _scratch_bundle(args, scratch: Path) -> tuple[Path, str]:
+    """A copy of the bundle to serve (the demo, --bundle, or a tiny one built here) and what it came from."""
+    src = Path(args.bundle) if args.bundle else demo_bundle_dir()
+    bundle = scratch / "bundle"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    if src is not None:
+        shutil.copytree(src, bundle)
+        source = str(src)
+    else:
+        build_tiny_bundle(bundle)
+        source = "tiny bundle built through the library (no demo bundle in this install)"
+    return bundle, source
+
+
+def _run(args, plan, phases: tuple[str, ...], bundle: Path, real: ServerProcess, eager: ServerProcess,
+         naive: ServerProcess) -> tuple[dict[str, list[LoadReport]], dict[str, list[tuple[dict, dict]]]]:
+    """Start the servers the phases need, warm them up, run the interleaved rounds, stop everything: the load
+    reports per phase and round, and the step counters around each server phase."""
     slices: dict[str, list[LoadReport]] = {name: [] for name in phases}
     steps: dict[str, list[tuple[dict, dict]]] = {name: [] for name in phases if name.startswith("server")}
     busy: list = []
@@ -219,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             if phase == "server 16 clients + reload":
                 return load(real.url, plan.clients, plan.multi_s, plan.max_tokens, stream=True,
                             reload_every=plan.reload_every, before_reload=lambda: bump_manifest(bundle),
-                            admin_key=admin_key)
+                            admin_key=ADMIN_KEY)
             if phase == "eager 1 client":
                 return load(eager.url, 1, plan.single_s, plan.max_tokens, stream=True)
             if phase == "eager 16 clients":
@@ -243,52 +293,36 @@ def main(argv: list[str] | None = None) -> int:
         naive.stop()
         eager.stop()
 
+    return slices, steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; known: {list(PHASES)}")
+    if args.rounds:
+        plan.rounds = args.rounds
+
+    scratch = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_throughput_"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    bundle, source = _scratch_bundle(args, scratch)
+    print(f"bundle: {source} -> {bundle} (quantize={args.quantize}, threads={args.threads})", flush=True)
+
+    real, eager, naive = _servers(args, bundle, scratch)
+    slices, steps = _run(args, plan, phases, bundle, real, eager, naive)
     reports = {name: merge(reps) for name, reps in slices.items()}
     rows = [row(name, reports[name]) for name in phases]
     breakdown_rows = [step_breakdown(name, pairs, reports[name]) for name, pairs in steps.items()]
     per_round = [{"phase": name, **{f"round {i + 1}": r.summary()["tokens_per_s"] for i, r in enumerate(reps)}}
                  for name, reps in slices.items()]
     s = {k: v.summary() for k, v in reports.items()}
-    one, many, rel = s.get("server 1 client"), s.get("server 16 clients"), s.get("server 16 clients + reload")
-    naive_s = s.get("naive 16 clients")
-    server_errors = sum(x["errors"] for k, x in s.items() if k.startswith(("server", "eager")))
-    # Ratio targets take the median over rounds of the ratio within each round: the phases of a round run back to back,
-    # so a burst of load from other processes inflates both sides of that round's ratio instead of skewing one pool.
-    def tok(name: str, i: int) -> float | None:
-        return slices[name][i].summary()["tokens_per_s"] if name in slices else None
-
-    def p99(name: str, i: int) -> float | None:
-        return slices[name][i].summary()["latency_s"]["p99"] if name in slices else None
-
-    def pooled(a: dict | None, b: dict | None, key=lambda x: x["tokens_per_s"]) -> float | None:
-        return ratio(key(a), key(b)) if a is not None and b is not None else None
-
-    rounds = range(plan.rounds)
-    ratio_1 = [ratio(tok("server 16 clients", i), tok("server 1 client", i)) for i in rounds]
-    ratio_naive = [ratio(tok("server 16 clients", i), tok("naive 16 clients", i)) for i in rounds]
-    ratio_p99 = [ratio(p99("server 16 clients + reload", i), p99("server 16 clients", i)) for i in rounds]
-    fused_1 = [ratio(tok("server 1 client", i), tok("eager 1 client", i)) for i in rounds]
-    fused_16 = [ratio(tok("server 16 clients", i), tok("eager 16 clients", i)) for i in rounds]
-    targets = [
-        Target("16-client tok/s / 1-client tok/s", median(ratio_1), ">=", 6.0, "x"),
-        Target("16-client tok/s / naive server tok/s", median(ratio_naive), ">=", 4.0, "x"),
-        Target("errors (all server phases)", float(server_errors), "<=", 0.0, "requests"),
-        Target("fused / eager decode path, 1-client tok/s", median(fused_1), ">=", 4.0, "x"),
-        Target("fused / eager decode path, 16-client tok/s", median(fused_16), ">=", 4.0, "x"),
-    ]
-    if rel is not None:
-        targets += [
-            Target("failed requests under hot reload", float(rel["errors"]), "<=", 0.0, "requests"),
-            Target("failed reloads", float(rel["reloads"]["failed"]) if rel["reloads"]["attempted"] else None, "<=",
-                   0.0, "reloads"),
-            Target("p99 latency with reload / without", median(ratio_p99), "<=", 1.5, "x"),
-        ]
-    ratios = {
-        "per_round": {"16c/1c tok/s": ratio_1, "16c/naive tok/s": ratio_naive, "reload/no-reload p99": ratio_p99,
-                      "fused/eager 1c tok/s": fused_1, "fused/eager 16c tok/s": fused_16},
-        "pooled": {"16c/1c tok/s": pooled(many, one), "16c/naive tok/s": pooled(many, naive_s),
-                   "reload/no-reload p99": pooled(rel, many, lambda x: x["latency_s"]["p99"])},
-    }
+    targets, ratios = _targets(slices, s, plan.rounds)
     elapsed = time.perf_counter() - t_start
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     print()

@@ -3,7 +3,7 @@
     python -m benchmarks.ttft [--quick] [--json PATH] [--bundle DIR] [--threads N] [--device cpu|cuda]
                               [--router-tokens N]
 
-In one process: the server's own runner (server.registry.load_runner, NF4 base) and Engine (model thread), no HTTP.
+In one process: the server's own runner (server.loading.load_runner, NF4 base) and Engine (model thread), no HTTP.
 Each request asks for 1 token, alone on an idle engine; TTFT is submit -> first token event. For prompts of 32 and
 256 tokens (windows of the hand-written prompts' chat renderings, a distinct window per repetition, so the router's
 prompt cache misses), side by side, repetition by repetition:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from brainstacks.router import route_prompts
     from brainstacks.text import encode_prompt, render_chat
     from server.engine import Engine
-    from server.registry import load_runner
+    from server.loading import load_runner
     from server.settings import ServerSettings
 
     settings = ServerSettings(bundle=args.bundle, threads=args.threads, device=args.device, warmup=False,
@@ -194,8 +194,8 @@ def _options(runner, route_prompts, stream: list[int], chats: list[str], hand: l
             row["engine_path_top1"] = round(sum(a == b for a, b in zip(top, truth, strict=True)) / len(truth), 4)
         out.append(row)
     four = [stream[i * 40 : i * 40 + 32] for i in range(4)]
-    one = _timed(lambda: runner._route_uncached(four[:1]), reps)
-    batched = _timed(lambda: runner._route_uncached(four), reps) / 4
+    one = _timed(lambda: runner.route_uncached(four[:1]), reps)
+    batched = _timed(lambda: runner.route_uncached(four), reps) / 4
     hit = _timed(lambda: runner.route(four[:1]), reps)
     out.append({"option": "batching: 4 prompts of 32 tokens in one pass, per prompt", "route_ms_32_prompt":
                 round(batched * 1000, 1), "alone_ms": round(one * 1000, 1)})

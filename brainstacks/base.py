@@ -41,8 +41,8 @@ from torch import nn
 from brainstacks.config import TARGETS, dtype_name, parse_dtype
 from brainstacks.errors import BaseModelError, ConfigError, UnsupportedArchitecture
 from brainstacks.gguf import ensure_converted, is_gguf, is_package_ref, package_file
+from brainstacks.quant import QUANTIZE_CHOICES, is_4bit, make_backward_safe, quantize_linear
 
-QUANTIZE_CHOICES = ("nf4", "fp4", "none")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("brainstacks.base")
 # the fingerprint keys the digest covers (as written by every release); later keys are descriptive only
@@ -200,19 +200,10 @@ def check_quantizable(mods: dict[str, nn.Module], quant_type: str) -> None:
 def quantize_targets(model: nn.Module, quant_type: str, compute_dtype: torch.dtype, device: str,
                      targets: tuple[str, ...] = TARGETS) -> int:
     """Replace every target nn.Linear with a bitsandbytes Linear4bit (double quantisation). Returns the count."""
-    import bitsandbytes as bnb
-
     mods = {p: m for p, m in target_modules(model, targets).items() if isinstance(m, nn.Linear)}
     check_quantizable(mods, quant_type)
     for path, lin in mods.items():
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=compute_dtype,
-                              compress_statistics=True, quant_type=quant_type, device="meta")
-        q.weight = bnb.nn.Params4bit(lin.weight.data.to(compute_dtype).contiguous(), requires_grad=False,
-                                     compress_statistics=True, quant_type=quant_type)
-        if lin.bias is not None:
-            q.bias = nn.Parameter(lin.bias.data.to(compute_dtype), requires_grad=False)
-        q = q.to(device)  # quantizes here
-        q.train(lin.training)  # keep the replaced layer's mode (bitsandbytes picks kernels by it)
+        q = quantize_linear(lin, quant_type, compute_dtype, device)
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, name, q)
     return len(mods)
@@ -227,23 +218,7 @@ def prepare_for_backward(model: nn.Module) -> int:
     off by 100% after one validation pass). Training calls this before each new stack: it restores the canonical
     layout and turns the repacking off for that layer. Serving never trains, so it keeps the fast kernel.
     """
-    try:
-        import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-    except ImportError:  # no bitsandbytes: nothing quantized
-        return 0
-    changed = 0
-    for mod in model.modules():
-        if not isinstance(mod, bnb.nn.Linear4bit):
-            continue
-        qs = getattr(mod.weight, "quant_state", None)
-        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-            mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(mod.weight.data, qs)
-            changed += 1
-        if getattr(mod, "support_avx512bf16_for_cpu", False):
-            mod.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
+    return sum(make_backward_safe(mod) for mod in model.modules() if is_4bit(mod))
 
 
 def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch.dtype = "float32",
@@ -326,4 +301,4 @@ def resolve_base_source(path: str | os.PathLike) -> Path:
 
 __all__ = ["LoadedBase", "DecoderLayout", "load_base", "prepare_for_backward", "compute_fingerprint",
            "fingerprint_mismatches", "quantize_targets", "check_quantizable", "check_architecture", "decoder_layers",
-           "target_modules", "QUANTIZE_CHOICES", "TARGETS", "DIGEST_KEYS", "dtype_name", "resolve_base_source"]
+           "target_modules", "TARGETS", "DIGEST_KEYS", "dtype_name", "resolve_base_source"]

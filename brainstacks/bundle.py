@@ -16,6 +16,7 @@ fingerprint mismatch, tensor shape mismatch. Nothing is ever unpickled: safetens
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,45 @@ class LoadedBundle:
     stack_meta: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+# ---------------------------------------------------------------------------------------------------- versions
+# A versioned bundle (docs/DESIGN.md §4): BUNDLE/CURRENT names BUNDLE/versions/<n>; brainstacks/versions.py writes
+# and prunes versions, this reader resolves them.
+POINTER = "CURRENT"
+VERSIONS = "versions"
+_POINTER_RE = re.compile(r"^versions/([1-9][0-9]{0,17})$")
+
+
+def version_dir(root: str | os.PathLike, version: int) -> Path:
+    return Path(root) / VERSIONS / str(int(version))
+
+
+def current_version(root: str | os.PathLike) -> int | None:
+    """The version CURRENT names, or None for a single-directory bundle. A malformed pointer is a BundleError."""
+    p = Path(root) / POINTER
+    if not p.is_file():
+        return None
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{p}: unreadable version pointer: {e}") from e
+    m = _POINTER_RE.match(text)
+    if m is None:
+        raise BundleError(f"{p}: version pointer must read 'versions/<n>', got {text[:80]!r}")
+    return int(m.group(1))
+
+
+def resolve_bundle_dir(path: str | os.PathLike) -> Path:
+    """The directory a reader loads: BUNDLE/versions/<n> when BUNDLE/CURRENT names it, else `path` itself."""
+    root = Path(path)
+    v = current_version(root)
+    if v is None:
+        return root
+    d = safe_path(root, f"{VERSIONS}/{v}")
+    if not (d / MANIFEST).is_file():
+        raise BundleError(f"{root / POINTER}: names versions/{v}, which holds no {MANIFEST}")
+    return d
+
+
 def install_stacks(sm: StackedModel, stacks: dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]],
                    dtype: str | torch.dtype | None = None) -> None:
     """Replace every domain and stack of `sm` by `stacks` (domain order kept), packing once. Validated tensors only.
@@ -313,8 +353,6 @@ def load_bundle(bundle_dir: str | os.PathLike, base: str | os.PathLike | None = 
                 stack_dtype: str | torch.dtype | None = None) -> LoadedBundle:
     """Load base + every stack + router of a bundle, validating all of it first. A versioned bundle
     (brainstacks/versions.py: BUNDLE/CURRENT -> versions/<n>) loads the version its pointer names."""
-    from brainstacks.versions import resolve_bundle_dir
-
     bundle_dir = resolve_bundle_dir(bundle_dir).resolve()
     manifest = read_manifest(bundle_dir)
     lb = load_base(resolve_base_path(bundle_dir, manifest, base), quantize=quantize, dtype=dtype, device=device)

@@ -13,58 +13,20 @@ a CPU without native bf16), and StackedLinear routes a call through it when its 
 the rows, so a request's decode takes the same kernel whether it runs alone or in a batch of 16 (batched = solo).
 (One edge: a one-token prompt prefilled alone takes the kernel, and in a left-padded prefill with longer prompts the
 copy.)
-The copy is the weight the kernel serves with (dequantized_weight) rounded to bf16; the kernel itself computes in
-bf16 on these CPUs, so prefill logits move by about as much as the kernel's own rounding: on the demo (two 64-token
-prompts of random ids, routed) the largest logit difference from the 4-bit path was 0.61 with the bf16 copy and 0.59
-with a float32 one (logits up to 34), and the top-1 token agreed at 97% and 98% of positions. It costs memory: 2
-bytes per base weight (4 without native bf16) on top of the 4-bit ones, reported by the function. The base layers
-themselves are never modified; `detach_dense_copies` drops the copies.
+The copy is the weight the kernel serves with (brainstacks.quant.dequantize) rounded to bf16; the kernel itself
+computes in bf16 on these CPUs, so prefill logits move by about as much as the kernel's own rounding: on the demo
+(two 64-token prompts of random ids, routed) the largest logit difference from the 4-bit path was 0.61 with the bf16
+copy and 0.59 with a float32 one (logits up to 34), and the top-1 token agreed at 97% and 98% of positions. It costs
+memory: 2 bytes per base weight (4 without native bf16) on top of the 4-bit ones, reported by the function. The base
+layers themselves are never modified; `detach_dense_copies` drops the copies.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
-
-def is_4bit(layer: nn.Module) -> bool:
-    """A bitsandbytes Linear4bit (NF4 or FP4)."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return False
-    return isinstance(layer, bnb.nn.Linear4bit)
-
-
-def dequantized_weight(layer: nn.Module) -> torch.Tensor:
-    """The (d_out, d_in) float32 weight a Linear4bit serves with: each 4-bit code's value times its block's absmax.
-
-    On a CPU with AVX512-BF16, bitsandbytes repacks the layer for its inference kernel the first time it runs in eval
-    mode, and the kernel then multiplies with the absmax rounded to bfloat16; so for such a layer (packed already, or
-    to be packed at its first eval call) the absmax is rounded to bfloat16 here too, and prefill (this copy) and
-    decode (the kernel) use the same weights whichever runs first. The layer's own tensors are never changed."""
-    from bitsandbytes import functional as F
-
-    data, qs = layer.weight.data, layer.weight.quant_state
-    packed = getattr(qs, "packing_format_for_cpu", False)
-    if packed:
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        absmax = qs.absmax.float().T.reshape(-1)  # the packed state holds it dequantized, bf16, (blocks/row, rows)
-        # the codes back in canonical order; the inverse rewrites the quant state it is given, so it gets copies
-        # (and the absmax it re-quantizes is not used)
-        data, _ = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(qs))
-    elif qs.nested:
-        absmax = F.dequantize_blockwise(qs.absmax, qs.state2).float() + qs.offset
-    else:
-        absmax = qs.absmax.float()
-    if packed or (getattr(layer, "support_avx512bf16_for_cpu", False) and data.device.type == "cpu"):
-        absmax = absmax.to(torch.bfloat16).float()
-    plain = F.QuantState(absmax=absmax, shape=qs.shape, code=qs.code, blocksize=qs.blocksize,
-                         quant_type=qs.quant_type, dtype=torch.float32)  # float32 absmax, not nested
-    return F.dequantize_4bit(data, plain).float().reshape(layer.out_features, layer.in_features)
+from brainstacks.dtypes import packed_dtype  # bf16, or float32 on a CPU without native bf16
+from brainstacks.quant import dequantize, is_4bit
 
 
 def attach_dense_copies(sm, dtype: torch.dtype | None = None, every_call: bool = False) -> int:
@@ -75,15 +37,13 @@ def attach_dense_copies(sm, dtype: torch.dtype | None = None, every_call: bool =
     autograd-safe path, which dequantizes the whole weight in every call and again in the backward; a float32 copy
     is the same weight (the same dequantization, done once), so the math is unchanged, and the frozen copy passes
     gradients to the input like the 4-bit layer does."""
-    from brainstacks.stacks import packed_dtype  # bf16, or float32 on a CPU without native bf16
-
     total = 0
     for lay in sm.layers.values():
         base = lay.base_layer
         if not is_4bit(base):
             continue
         dt = dtype or packed_dtype(torch.bfloat16, base.weight.device)
-        w_t = dequantized_weight(base).to(dt).t().contiguous()  # (d_in, d_out): torch.mm(x, w_t)
+        w_t = dequantize(base).to(dt).t().contiguous()  # (d_in, d_out): torch.mm(x, w_t)
         bias = None if base.bias is None else base.bias.detach().float()
         lay.dense = (w_t, bias, every_call)
         total += w_t.numel() * w_t.element_size()

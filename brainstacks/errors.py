@@ -33,7 +33,8 @@ class FingerprintMismatch(BundleError):
 
 
 class RoutingError(BrainstacksError, ValueError):
-    """Domain weights are malformed: unknown domain, wrong shape, or a value outside [0, 1]."""
+    """Domain weights are malformed: unknown domain, wrong shape, or a value that is negative or not finite (weights
+    above 1 are accepted: they scale a stack up)."""
 
 
 class UnsupportedArchitecture(BaseModelError):

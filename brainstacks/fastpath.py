@@ -5,7 +5,7 @@ head is read in float32, the cache grows by `cat`, and about 2,000 small ops are
 once from the loaded model (and rebuilt for new stacks at a hot reload, off the model thread):
 
 - per layer, q/k/v are one merged projection and gate/up another, each a dense copy of the 4-bit base weight
-  (bitsandbytes' own dequantization, brainstacks/dense_base.py) in the fastest kernel the device has
+  (bitsandbytes' own dequantization, brainstacks/quant.py) in the fastest kernel the device has
   (LINEAR_KERNELS): oneDNN's prepacked bf16 on a CPU with AMX or AVX512-BF16, float32 on other CPUs, bf16 on CUDA;
 - the frozen stacks of a projection group (q/k/v, o, gate/up, down) are one float32 product for every A and every
   gate logit, one top-k, one multiply by the per-row multipliers, and one `addmm` (block-diagonal B) into the merged
@@ -61,7 +61,7 @@ def pick_kernel(device: torch.device) -> str:
     """The linear kernel for `device` (see the module docstring)."""
     if device.type == "cuda":
         return "bf16"
-    from brainstacks.stacks import cpu_has_fast_bf16
+    from brainstacks.dtypes import cpu_has_fast_bf16
 
     if cpu_has_fast_bf16():
         try:
@@ -100,10 +100,10 @@ class DenseLinear:
 
 def base_weight(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A projection's float32 (d_out, d_in) weight and bias: a StackedLinear's base layer, 4-bit or dense."""
-    from brainstacks.dense_base import dequantized_weight, is_4bit
+    from brainstacks.quant import dequantize, is_4bit
 
     base = getattr(mod, "base_layer", mod)
-    w = dequantized_weight(base) if is_4bit(base) else base.weight.detach().float()
+    w = dequantize(base) if is_4bit(base) else base.weight.detach().float()
     b = getattr(base, "bias", None)
     return w, (None if b is None else b.detach().float())
 

@@ -145,7 +145,7 @@ class StackedLinear(nn.Module):
         B = self.BT[i * n : (i + 1) * n].reshape(E, r, self.out_features).permute(0, 2, 1)
         return {"A": A.clone(), "B": B.clone(memory_format=torch.contiguous_format), "W": W.clone()}
 
-    def _packed(self, sel: tuple[int, ...] | None, small: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def packed(self, sel: tuple[int, ...] | None, small: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(AW, Bp, m) of the selected stacks: the float32 copy when `small` and the layer keeps one."""
         AW, Bp, _, _, m = self._packing(sel, small)
         return AW, Bp, m

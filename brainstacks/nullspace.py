@@ -36,7 +36,7 @@ def collect_directions(
     if not sm.stacks:
         return {}
     st = sm.state
-    prev_weights = sm._weights
+    prev_weights = sm.weights
     sm.set_weights(None)  # ungated: every frozen stack at weight 1, as during training
     st.capture = {}
     seen = 0

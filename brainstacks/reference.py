@@ -46,7 +46,7 @@ def loop_delta(
 @contextmanager
 def reference_forward(sm: StackedModel) -> Iterator[None]:
     """Swap every layer's fused frozen path for the loop; restores the fused forward on exit."""
-    weights = sm._weights
+    weights = sm.weights
     dom_idx = [sm.domains.index(d) for d, _ in sm.stacks]
     row_w = weights[:, dom_idx].to(sm.device) if weights is not None else None
 

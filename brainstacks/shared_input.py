@@ -69,13 +69,13 @@ class SharedInputGroup:
         self._x, self._pending = None, [None] * len(self.members)
         self._packs.clear()
 
-    def _packed(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, int]:
+    def packed(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, int]:
         """The members' A-and-gate rows stacked, transposed for torch.mm: every member's A rows, then every member's
         gate rows, so one matmul gives all h, then all logits, member-major."""
         key = (sel, small)  # a repack of any member resets the group (StackedLinear.set_packed)
         hit = self._packs.get(key)
         if hit is None:
-            parts = [m._packed(sel, small) for m in self.members]
+            parts = [m.packed(sel, small) for m in self.members]
             cfg = self.members[0].config
             n = parts[0][2] * cfg.experts * cfg.rank
             AW = torch.cat([p[0][:n] for p in parts] + [p[0][n:] for p in parts]).contiguous()
@@ -89,7 +89,7 @@ class SharedInputGroup:
 
     def compute(self, x: torch.Tensor, st, small: bool) -> list[torch.Tensor]:
         """Every member's gated h (StackedLinear.gated_h) for x, in one gating pass: (rows·T, m·E·r) each."""
-        AWt, m = self._packed(st.selected, small)
+        AWt, m = self.packed(st.selected, small)
         cfg = self.members[0].config
         E, r, k, G = cfg.experts, cfg.rank, cfg.top_k, len(self.members)
         lead = x.shape[:-1]

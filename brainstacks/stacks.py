@@ -14,44 +14,23 @@ stack at weight 1, as during training). The base model's weights are never modif
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from brainstacks.base import prepare_for_backward, target_modules
 from brainstacks.config import StackConfig, parse_dtype
+from brainstacks.dtypes import packed_dtype
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.layer import RoutingState, StackedLinear
 from brainstacks.moe_lora import MoELoRA, stack_tensor_problem, stack_tensor_shapes
 from brainstacks.shared_input import build_groups
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); without, torch emulates it: measured 40x
-    slower than float32 for a (1000, 576) x (576, 160) product on an AVX2-only EPYC."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def packed_dtype(storage: torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """The dtype frozen stacks are packed and computed in: their storage dtype, except half types on a CPU without
-    native support for them, where they are upcast to float32 (exactly: every bf16/fp16 value is a float32 value).
-    Saving (stack_tensors) always returns the storage dtype, so bundles keep their size."""
-    if storage in (torch.bfloat16, torch.float16) and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
-        return torch.float32
-    return storage
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -326,6 +305,11 @@ class StackedModel:
         for name, v in weights.items():
             w[:, self._require_domain(name)] = float(v)
         return w
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        """The (B, D) routing weights set_weights last took (None: ungated)."""
+        return self._weights
 
     def set_weights(self, weights: torch.Tensor | None) -> None:
         """Per-sequence domain weights (B, D) for the next forwards, or None for ungated (all stacks at 1).

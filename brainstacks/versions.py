@@ -8,7 +8,7 @@ atomically.
 
     root = publish_version("out/bundle")            # snapshot out/bundle (its manifest) as versions/<n>, switch CURRENT
     publish_version("shared/bundle", src="build/")  # publish another directory's bundle into a shared one
-    resolve_bundle_dir("shared/bundle")             # -> shared/bundle/versions/<n>; a plain bundle dir -> itself
+    resolve_bundle_dir("shared/bundle")             # (brainstacks.bundle) -> versions/<n>; a plain bundle: itself
 
 A version directory is filled under a temporary name (`versions/.staging-…`), fsynced, renamed into place in one
 step, and only then does CURRENT move to it; so a reader that follows the pointer (a replica on shared storage, at
@@ -21,58 +21,27 @@ after the switch. Single-directory bundles (no CURRENT), the shipped demo includ
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
-from brainstacks.bundle import (
+from brainstacks.bundle import (  # the layout and its resolution are the bundle reader's
     MANIFEST,
+    POINTER,
     ROUTER_META,
     ROUTER_TENSORS,
     STACK_META,
     STACK_TENSORS,
+    VERSIONS,
+    current_version,
     read_manifest,
     safe_path,
+    version_dir,
 )
 from brainstacks.errors import BundleError
 from brainstacks.files import atomic_write
 
-POINTER = "CURRENT"
-VERSIONS = "versions"
 KEEP_VERSIONS = 3  # default number of version directories kept (the current one among them)
-_POINTER_RE = re.compile(r"^versions/([1-9][0-9]{0,17})$")
 _STAGING = ".staging-"
-
-
-def version_dir(root: str | os.PathLike, version: int) -> Path:
-    return Path(root) / VERSIONS / str(int(version))
-
-
-def current_version(root: str | os.PathLike) -> int | None:
-    """The version CURRENT names, or None for a single-directory bundle. A malformed pointer is a BundleError."""
-    p = Path(root) / POINTER
-    if not p.is_file():
-        return None
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BundleError(f"{p}: unreadable version pointer: {e}") from e
-    m = _POINTER_RE.match(text)
-    if m is None:
-        raise BundleError(f"{p}: version pointer must read 'versions/<n>', got {text[:80]!r}")
-    return int(m.group(1))
-
-
-def resolve_bundle_dir(path: str | os.PathLike) -> Path:
-    """The directory a reader loads: BUNDLE/versions/<n> when BUNDLE/CURRENT names it, else `path` itself."""
-    root = Path(path)
-    v = current_version(root)
-    if v is None:
-        return root
-    d = safe_path(root, f"{VERSIONS}/{v}")
-    if not (d / MANIFEST).is_file():
-        raise BundleError(f"{root / POINTER}: names versions/{v}, which holds no {MANIFEST}")
-    return d
 
 
 def list_versions(root: str | os.PathLike) -> list[int]:

@@ -140,7 +140,7 @@ class Engine:
             if req.n > self.max_batch:
                 raise ValueError(f"n={req.n} exceeds the running batch bound {self.max_batch}")
             self._waiting.push(req)
-            req._engine = self
+            req.withdraw = self._withdraw
 
     def _withdraw(self, req: GenRequest) -> None:
         """A cancelled request leaves the waiting queue wherever it stands (any thread); one already admitted leaves

@@ -61,7 +61,7 @@ class GenRequest:
     _cancelled: set[int] = field(default_factory=set)
     _cancel_all: bool = False
     _failed: bool = False  # an error event was sent (a row failed on its own): sent once per request
-    _engine: Any = None  # set by Engine.submit, so a cancel can take the request out of the waiting queue
+    withdraw: Callable[[GenRequest], None] | None = None  # set by Engine.submit: takes it out of the waiting queue
 
     @property
     def reserved_tokens(self) -> int:
@@ -73,10 +73,14 @@ class GenRequest:
         leaves the queue now (its rows stop counting against the queue bound at once)."""
         if index is None:
             self._cancel_all = True
-            if self._engine is not None:
-                self._engine._withdraw(self)
+            if self.withdraw is not None:
+                self.withdraw(self)
         else:
             self._cancelled.add(index)
+
+    @property
+    def cancelled_all(self) -> bool:
+        return self._cancel_all
 
     def is_cancelled(self, index: int) -> bool:
         return self._cancel_all or index in self._cancelled

@@ -1,4 +1,4 @@
-"""What is being served: loading the bundle (or a bare base) into a runner, describing it, and hot-reloading it.
+"""What is being served: describing it, and hot-reloading it (loading at start-up is server/loading.py's).
 
 Reload (POST /admin/reload, or --watch on manifest change) is transactional, in two phases:
   1. off the serving path (a worker thread): read the manifest, validate the base fingerprint, every stack file
@@ -24,165 +24,21 @@ again as soon as that content changes again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import dataclasses
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from server.engine import Engine
 from server.genrequest import EngineStoppedError, EngineTimeoutError
+from server.loading import content_hash, router_meta
 from server.metrics import Metrics
 from server.runner import ModelRunner
 from server.settings import ServerSettings
 
 log = logging.getLogger("brainstacks.server")
-
-
-def _device(settings: ServerSettings) -> str:
-    if settings.device != "auto":
-        return settings.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def serve_dtype(settings: ServerSettings) -> str:
-    """The compute dtype `--dtype` names; auto: bfloat16 on CUDA (half the bytes per weight read, tensor cores),
-    float32 on CPU (where the fused path's small calls run in float32 anyway)."""
-    if settings.dtype != "auto":
-        return settings.dtype
-    return "bfloat16" if _device(settings) == "cuda" else "float32"
-
-
-def _dense_prefill(settings: ServerSettings, sm) -> int:
-    """--dense-prefill: dense copies of the 4-bit base projections for multi-token calls; the bytes they take."""
-    from brainstacks.dense_base import attach_dense_copies
-    from brainstacks.stacks import cpu_has_fast_bf16
-
-    on = settings.dense_prefill == "on" or (settings.dense_prefill == "auto" and sm.device.type == "cpu"
-                                            and cpu_has_fast_bf16())
-    if not on:
-        return 0
-    n = attach_dense_copies(sm)
-    if n:
-        log.info("dense prefill copies of the 4-bit base: %.0f MiB", n / 2**20)
-    return n
-
-
-def load_runner(settings: ServerSettings) -> ModelRunner:
-    """Build the runner the settings describe: a bundle (default: the embedded demo), or a bare base with --base
-    only."""
-    if settings.bundle is None and settings.base is not None:
-        from brainstacks.base import load_base
-
-        lb = load_base(settings.base, quantize=settings.quantize, dtype=serve_dtype(settings),
-                       device=_device(settings))
-        return _decode_path(settings, ModelRunner(lb.model, lb.tokenizer))
-    from brainstacks.bundle import load_bundle
-    from brainstacks.demo import DEMO_BUNDLE
-
-    bundle = Path(settings.bundle) if settings.bundle is not None else DEMO_BUNDLE
-    if settings.bundle is None and not (bundle / "manifest.json").is_file():
-        from brainstacks.errors import BundleError
-
-        raise BundleError(f"no --bundle given and the embedded demo bundle ({bundle}) is not built: run "
-                          "`brainstacks demo build`, or pass --bundle DIR (or --base DIR for a bare base)")
-    from brainstacks.versions import resolve_bundle_dir
-
-    root = bundle
-    bundle = resolve_bundle_dir(root)  # a versioned bundle: the version BUNDLE/CURRENT names (brainstacks/versions.py)
-    seen = manifest_sha256(bundle)  # before loading: a manifest replaced meanwhile is noticed by --watch
-    b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=serve_dtype(settings),
-                    device=_device(settings))
-    runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router,
-                       bundle_version=b.manifest.version, bundle_dir=str(b.bundle_dir), manifest=b.manifest,
-                       fingerprint=b.base.fingerprint)
-    runner.stack_meta = b.stack_meta
-    runner.dense_bytes = _dense_prefill(settings, b.stacked)
-    runner.route_tokens = settings.router_tokens
-    runner.router_meta = _router_meta(b.bundle_dir, b.manifest)
-    runner.manifest_sha256 = seen
-    runner.bundle_root = str(Path(root).resolve())  # where reloads look for the next version (following CURRENT)
-    return _decode_path(settings, runner)
-
-
-def _decode_path(settings: ServerSettings, runner: ModelRunner) -> ModelRunner:
-    """--decode-path: build the fused decoder (brainstacks/fastpath.py) unless eager is asked for or the family
-    needs it (auto: one warning line, then eager). Build and warm-up happen here, at start-up, and are logged."""
-    if settings.decode_path == "eager":
-        return runner
-    import torch
-
-    from brainstacks.fastpath import FusedDecoder, unsupported_reason
-
-    why = unsupported_reason(runner.model)
-    if why is not None:
-        if settings.decode_path == "fused":
-            from brainstacks.errors import ConfigError
-
-            raise ConfigError(f"--decode-path fused: the fused decoder does not serve {why}; use eager or auto")
-        log.warning("decode path: eager (the fused decoder does not serve %s)", why)
-        return runner
-    t0 = time.perf_counter()
-    try:
-        dec = FusedDecoder(runner.model, runner.stacked)
-    except Exception as e:  # noqa: BLE001 - an unexpected layout: serve eagerly rather than not at all
-        if settings.decode_path == "fused":
-            raise
-        log.warning("decode path: eager (building the fused decoder failed: %s: %s)", type(e).__name__, e)
-        return runner
-    built = time.perf_counter() - t0
-    runner.use_fused(dec)
-    t1 = time.perf_counter()
-    kv, _ = runner.prefill([[0, 0]], runner.routing(None))
-    runner.decode(torch.zeros(1, dtype=torch.long), kv, runner.routing(None))
-    log.info("decode path: fused (%s kernel, %.0f MiB of dense weights; built in %.2f s, warmed up in %.2f s)",
-             dec.kernel, dec.nbytes / 2**20, built, time.perf_counter() - t1)
-    return runner
-
-
-def manifest_sha256(bundle_dir: Path | str | None) -> str | None:
-    """What --watch compares: sha256 over manifest.json's bytes and those of every stack.json and router.json it
-    names (each records the sha256 of its tensors file), so a version repaired in place (same manifest, fixed
-    stack) counts as a change too. None when the manifest cannot be read."""
-    if bundle_dir is None:
-        return None
-    from brainstacks.bundle import ROUTER_META, STACK_META, safe_path
-
-    root = Path(bundle_dir)
-    try:
-        raw = (root / "manifest.json").read_bytes()
-    except OSError:
-        return None
-    h = hashlib.sha256(raw)
-    try:
-        doc = json.loads(raw)
-        rels = [(rel, STACK_META) for d in doc.get("domains", []) for rel in d.get("stacks", [])]
-        if isinstance(doc.get("router"), str):
-            rels.append((doc["router"], ROUTER_META))
-    except (ValueError, AttributeError, TypeError):
-        return h.hexdigest()  # not a valid manifest: its bytes are the content
-    for rel, name in rels:
-        try:
-            h.update(b"\0" + (safe_path(root, rel) / name).read_bytes())
-        except Exception:  # noqa: BLE001 - missing or escaping: the reload names the problem
-            h.update(b"\0missing")
-    return h.hexdigest()
-
-
-def _router_meta(bundle_dir: Path, manifest: Any) -> dict[str, Any] | None:
-    """router.json's recorded sha256 (load_router verified the file against it) and the file size."""
-    if manifest.router is None:
-        return None
-    from brainstacks.bundle import ROUTER_META, ROUTER_TENSORS, safe_path
-
-    d = safe_path(bundle_dir, manifest.router)
-    meta = json.loads((d / ROUTER_META).read_text(encoding="utf-8"))
-    return {"sha256": meta.get("sha256"), "bytes": (d / ROUTER_TENSORS).stat().st_size}
 
 
 @dataclass
@@ -206,8 +62,9 @@ class Registry:
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
         self.last_reload: ReloadResult | None = None
+        self._fp: dict[str, Any] | None = None  # the served model's own fingerprint, when the bundle gave none
         # the manifest content the served version came from (--watch's starting point; taken before warm-up)
-        self.seen_manifest = getattr(runner, "manifest_sha256", None) or manifest_sha256(self.bundle_dir)
+        self.seen_manifest = runner.served.content_hash or content_hash(self.bundle_dir)
 
     @property
     def bundle_dir(self) -> Path | None:
@@ -217,13 +74,13 @@ class Registry:
     def bundle_root(self) -> Path | None:
         """The directory the server was given: a single-directory bundle, or a versioned one whose CURRENT pointer
         names the version to load (brainstacks/versions.py)."""
-        root = getattr(self.runner, "bundle_root", None) or self.runner.bundle_dir
+        root = self.runner.served.root or self.runner.bundle_dir
         return Path(root) if root else None
 
     def source_dir(self) -> Path | None:
         """Where the next version is read: the version CURRENT names (a versioned bundle), else the directory
         itself. Raises BundleError on a malformed pointer."""
-        from brainstacks.versions import resolve_bundle_dir
+        from brainstacks.bundle import resolve_bundle_dir
 
         root = self.bundle_root
         return resolve_bundle_dir(root) if root is not None else None
@@ -241,7 +98,7 @@ class Registry:
                                "bundle_version": r.bundle_version, "domains": [], "router": None, "stacks_loaded": 0}
         if m is None:
             return out
-        metas = getattr(r, "stack_meta", None) or {}
+        metas = r.served.stack_meta
         for d in m.domains:
             stacks = []
             for i, rel in enumerate(d.stacks):
@@ -252,7 +109,7 @@ class Registry:
             out["domains"].append({"name": d.name, "stacks": stacks})
             out["stacks_loaded"] += len(stacks)
         if m.router is not None:
-            out["router"] = {"path": m.router, "domains": r.router_domains, **(getattr(r, "router_meta", None) or {})}
+            out["router"] = {"path": m.router, "domains": r.router_domains, **(r.served.router_meta or {})}
             # the serving policy: weights <= min_weight are cut to 0, then floors
             cfg = getattr(r.router, "config", None)
             if cfg is not None:
@@ -260,12 +117,12 @@ class Registry:
         return out
 
     def manifest_stamp(self) -> str | None:
-        """The bundle's content hash (manifest_sha256), for --watch: content, not size/mtime or version alone. A
+        """The bundle's content hash (content_hash), for --watch: content, not size/mtime or version alone. A
         versioned bundle is hashed at the version its pointer names, so switching CURRENT counts as a change."""
         from brainstacks.errors import BundleError
 
         try:
-            return manifest_sha256(self.source_dir())
+            return content_hash(self.source_dir())
         except BundleError:
             return None
 
@@ -295,7 +152,7 @@ class Registry:
             router, rmeta = None, None
             if m.router is not None:
                 router = load_router(bdir, m.router, fp.get("hidden_size"), m.domain_names)
-                rmeta = _router_meta(bdir, m)
+                rmeta = router_meta(bdir, m)
         except BrainstacksError as e:
             reasons = list(getattr(e, "reasons", None) or [str(e)])
             return ReloadResult("refused", r.bundle_version, reasons)
@@ -315,9 +172,9 @@ class Registry:
     def _fingerprint(self) -> dict[str, Any]:
         from brainstacks.base import compute_fingerprint
 
-        if getattr(self.runner, "fingerprint", None):
-            return self.runner.fingerprint
-        if getattr(self, "_fp", None) is None:
+        if self.runner.served.fingerprint:
+            return self.runner.served.fingerprint
+        if self._fp is None:
             with self._thread_lock:
                 # the served model's own fingerprint (computed once; the stacked wrappers report their base layers)
                 self._fp = compute_fingerprint(self.runner.model)
@@ -327,16 +184,14 @@ class Registry:
                  bdir: Path | None = None) -> ReloadResult:
         """Phase 2 (model thread, between steps): pointer assignments only."""
         r = self.runner
-        if bdir is not None:
-            r.bundle_dir = str(bdir)  # a versioned bundle: the version directory now served
         before = set(r.domains)
+        served = dataclasses.replace(
+            r.served, dir=str(bdir) if bdir is not None else r.served.dir, manifest=m, version=m.version,
+            stack_meta={name: [meta for _, meta in items] for name, items in stacks.items()}, router_meta=rmeta)
         r.stacked.commit(prepared)
         r.stacks_changed()  # the fused decoder re-reads the packed stacks; batches rebuild their routing
         r.router = router
-        r.manifest = m
-        r.stack_meta = {name: [meta for _, meta in items] for name, items in stacks.items()}
-        r.router_meta = rmeta
-        r.bundle_version = m.version
+        r.served = served  # the new version's description, in one assignment
         after = set(r.domains)
         return ReloadResult("ok", m.version, added=sorted(after - before), removed=sorted(before - after))
 
@@ -379,7 +234,7 @@ class Registry:
 
 
 async def watch(registry: Registry, interval: float, stop: asyncio.Event) -> None:
-    """--watch: reload whenever the bundle's content (manifest_sha256) changes. The starting point is the content the
+    """--watch: reload whenever the bundle's content (content_hash) changes. The starting point is the content the
     served version was read from. A change is acted on once it has settled, i.e. the same new content is seen on two
     checks in a row (one interval apart): a writer that rewrites several named files in place (a stack, then the
     router, then the manifest) is not caught half-way and refused for a state it never meant to publish. A refused

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from brainstacks.text import eos_token_ids, pad_batch
+from server.served import ServedBundle
 
 # routed weights depend only on the router and the first router_tokens prompt tokens: repeated prompts (shared system
 # prompts, retries) skip the router pass. Cleared whenever the router is swapped, so a reload never serves stale ones.
@@ -44,24 +45,18 @@ class ModelRunner:
         *,
         stacked: Any = None,
         router: Any = None,
-        bundle_version: int = 0,
-        bundle_dir: str | None = None,
-        manifest: Any = None,
-        fingerprint: dict | None = None,
+        served: ServedBundle | None = None,
+        router_tokens_cap: int = 0,
+        dense_bytes: int = 0,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stacked = stacked
         self._route_cache: collections.OrderedDict[tuple, dict[str, float]] = collections.OrderedDict()
         self.router = router.eval() if router is not None else None
-        self.bundle_version = bundle_version
-        self.bundle_dir = bundle_dir
-        self.manifest = manifest
-        self.fingerprint = fingerprint
-        self.stack_meta: dict[str, list[dict]] = {}  # per domain, each stack's verified stack.json (sha256, bytes)
-        self.router_meta: dict | None = None
-        self.route_tokens = 0  # ServerSettings.router_tokens: 0 = the router's own router_tokens
-        self.dense_bytes = 0  # bytes of the dense prefill copies (settings.dense_prefill; brainstacks/dense_base.py)
+        self.served = served or ServedBundle()  # replaced whole by a reload, never edited (server/served.py)
+        self.router_tokens_cap = router_tokens_cap  # ServerSettings.router_tokens: 0 = the router's own router_tokens
+        self.dense_bytes = dense_bytes  # bytes of the dense prefill copies (settings.dense_prefill; dense_base.py)
         self.device = next(model.parameters()).device
         # sizes live in the text config (a multimodal config, e.g. Gemma3Config, nests them in text_config)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -73,6 +68,19 @@ class ModelRunner:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.fused = None  # a brainstacks.fastpath.FusedDecoder when the fused path serves (use_fused)
         self.stacks_version = 0
+
+    # ------------------------------------------------------------------ what is served (read-only views)
+    @property
+    def bundle_version(self) -> int:
+        return self.served.version
+
+    @property
+    def bundle_dir(self) -> str | None:
+        return self.served.dir
+
+    @property
+    def manifest(self) -> Any:
+        return self.served.manifest
 
     # ------------------------------------------------------------------ decode path
     @property
@@ -169,7 +177,7 @@ class ModelRunner:
         out: list[dict[str, float] | None] = [self._route_cache.get(k) for k in keys]
         todo = [i for i, w in enumerate(out) if w is None]
         if todo:
-            for i, w in zip(todo, self._route_uncached([list(keys[i]) for i in todo]), strict=True):
+            for i, w in zip(todo, self.route_uncached([list(keys[i]) for i in todo]), strict=True):
                 out[i] = w
                 self._route_cache[keys[i]] = w
                 while len(self._route_cache) > ROUTE_CACHE_SIZE:
@@ -178,7 +186,7 @@ class ModelRunner:
             self._route_cache.move_to_end(k)
         return [dict(w) for w in out]
 
-    def _route_uncached(self, cut: list[list[int]]) -> list[dict[str, float]]:
+    def route_uncached(self, cut: list[list[int]]) -> list[dict[str, float]]:
         from brainstacks.router import route_prompts
 
         doms = self.domains
@@ -198,12 +206,12 @@ class ModelRunner:
 
     @property
     def router_tokens(self) -> int:
-        """Prompt tokens routing reads: the router's own router_tokens, or fewer with `route_tokens` (the
+        """Prompt tokens routing reads: the router's own router_tokens, or fewer with `router_tokens_cap` (the
         router_tokens setting; 0 = the router's own)."""
         from brainstacks.config import RouterConfig
 
         own = int(getattr(self.router, "config", RouterConfig()).router_tokens)
-        return min(own, self.route_tokens) if self.route_tokens else own
+        return min(own, self.router_tokens_cap) if self.router_tokens_cap else own
 
     @property
     def router_domains(self) -> list[str]:

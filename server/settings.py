@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from brainstacks.quant import QUANTIZE_CHOICES
+
 
 class ServerSettings(BaseSettings):
     """Everything `brainstacks serve` can be told."""
@@ -22,7 +24,7 @@ class ServerSettings(BaseSettings):
     base: str | None = Field(None, description="Base model directory; overrides the manifest's base path.")
     host: str = Field("127.0.0.1", description="Address to bind.", min_length=1, max_length=255)
     port: int = Field(8000, description="TCP port to bind (0 = any free port).", ge=0, le=65535)
-    quantize: Literal["nf4", "fp4", "none"] = Field("nf4", description="Base model quantization.")
+    quantize: Literal[QUANTIZE_CHOICES] = Field("nf4", description="Base model quantization.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
         "Compute dtype of the base model (auto: bfloat16 on CUDA, float32 on CPU)."))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(

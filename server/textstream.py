@@ -10,13 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from brainstacks.text import render_chat as _render_chat
-
-
-def render_chat(tokenizer, messages: list[dict]) -> str:
-    """A chat request's prompt text (the shared rendering, with the generation prompt)."""
-    return _render_chat(tokenizer, messages, add_generation_prompt=True)
-
 
 @dataclass
 class TokenInfo:

@@ -72,7 +72,7 @@ class WaitingQueue:
         with self._cv:
             while self._q:
                 req = self._q[0]
-                if req._cancel_all:
+                if req.cancelled_all:
                     self._q.popleft()
                     self.rows -= req.n
                     req.finish_all("cancelled")

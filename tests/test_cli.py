@@ -30,3 +30,21 @@ def test_console_script_help_runs():
 def test_shipped_recipes_parse(recipe):
     r = load_recipe(recipe, check_files=False)
     assert r.domains and r.stack.rank >= 1
+
+
+def test_the_torchrun_relaunch_passes_every_train_flag():
+    """`train --nproc N` relaunches under torchrun with the flags as parsed, built from the parser's own actions:
+    a flag added to the parser reaches the workers without a second list to update."""
+    import argparse
+
+    from training.cli import add_train_parser, relaunch_argv
+
+    ap = argparse.ArgumentParser()
+    add_train_parser(ap.add_subparsers())
+    args = ap.parse_args(["train", "--recipe", "r.toml", "--out", "o", "--nproc", "2", "--quiet", "--device", "cpu",
+                          "--keep-versions", "0"])
+    argv = relaunch_argv(args)
+    assert "--nproc" not in argv and argv[argv.index("--recipe") + 1] == "r.toml" and "--quiet" in argv
+    assert argv[argv.index("--device") + 1] == "cpu" and argv[argv.index("--keep-versions") + 1] == "0"
+    assert ap.parse_args(["train", *argv]).out == "o"  # what the workers parse is what was asked
+    assert {a.dest for a in args.train_actions} == {"recipe", "out", "device", "nproc", "quiet", "keep_versions"}

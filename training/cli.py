@@ -16,22 +16,20 @@ import json
 import os
 import sys
 
-from brainstacks.base import QUANTIZE_CHOICES
+from brainstacks.quant import QUANTIZE_CHOICES
 
 
 def _default_device() -> str:
-    import torch
+    from brainstacks.dtypes import auto_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return auto_device()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from training import distributed
 
     if args.nproc > 1 and distributed.env_world_size() == 1:
-        distributed.relaunch(args.nproc, ["train", "--recipe", args.recipe, "--out", args.out, "--keep-versions",
-                                          str(args.keep_versions)]
-                             + (["--device", args.device] if args.device else []) + (["--quiet"] if args.quiet else []))
+        distributed.relaunch(args.nproc, ["train", *relaunch_argv(args)])
         return 0
     from training.curriculum import train_bundle
     from training.recipe import load_recipe
@@ -89,21 +87,38 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def relaunch_argv(args: argparse.Namespace) -> list[str]:
+    """`train`'s flags as parsed, written back from the parser's own actions (all but --nproc), so every flag the
+    parser gains reaches the torchrun workers."""
+    out: list[str] = []
+    for action in args.train_actions:
+        value = getattr(args, action.dest)
+        if action.dest == "nproc" or value is None or value is False:
+            continue
+        out += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return out
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from brainstacks.versions import KEEP_VERSIONS
+
     p = subparsers.add_parser("train", help="train domain stacks and the router into a bundle",
                               description="Train every domain of the recipe missing from --out (residual boosting, "
                                           "null space), then the router; writes a new manifest version each time.")
-    p.add_argument("--recipe", required=True, help="recipe TOML (docs/DESIGN.md §5)")
-    p.add_argument("--out", required=True, help="bundle directory (created, or resumed/extended if it holds one)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (launches torchrun; gloo on CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    from brainstacks.versions import KEEP_VERSIONS
+    actions: list[argparse.Action] = []  # every train flag, for relaunch_argv
 
-    p.add_argument("--keep-versions", type=int, default=KEEP_VERSIONS, metavar="K",
-                   help=f"publish each complete version as OUT/versions/<n> with the OUT/CURRENT pointer and keep the "
-                        f"last K (default {KEEP_VERSIONS}; 0: only the single-directory working copy)")
-    p.set_defaults(func=cmd_train)
+    def flag(*names: str, **kw) -> None:
+        actions.append(p.add_argument(*names, **kw))
+
+    flag("--recipe", required=True, help="recipe TOML (docs/DESIGN.md §5)")
+    flag("--out", required=True, help="bundle directory (created, or resumed/extended if it holds one)")
+    flag("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    flag("--nproc", type=int, default=1, help="data-parallel processes (launches torchrun; gloo on CPU)")
+    flag("--quiet", action="store_true", help="no progress bars")
+    flag("--keep-versions", type=int, default=KEEP_VERSIONS, metavar="K",
+         help=f"publish each complete version as OUT/versions/<n> with the OUT/CURRENT pointer and keep the "
+              f"last K (default {KEEP_VERSIONS}; 0: only the single-directory working copy)")
+    p.set_defaults(func=cmd_train, train_actions=actions)
     return p
 
 

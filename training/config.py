@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainstacks.base import QUANTIZE_CHOICES
 from brainstacks.config import DTYPES, ConfigBase, bounded
+from brainstacks.quant import QUANTIZE_CHOICES
 
 FORMATS = ("prompt_completion", "messages", "text", "preference", "prompt_answer")
 STAGES = ("sft", "dpo", "grpo")

@@ -63,6 +63,7 @@ from brainstacks.bundle import (
 from brainstacks.errors import BundleError
 from brainstacks.files import sha256_file, write_json
 from brainstacks.stacks import StackedModel
+from brainstacks.versions import KEEP_VERSIONS, publish_version
 from training.boosting import DomainResult, validation_loss
 from training.config import DomainSpec
 from training.data_files import Record, read_jsonl_any, validate_recipe_data
@@ -105,7 +106,7 @@ class Run:
     routed: dict | None  # the forgetting report's routed column as the last complete run left it
     outcome: TrainOutcome
     log: Callable[[str], None] = print
-    keep_versions: int = 0
+    keep_versions: int = KEEP_VERSIONS
     rank: int = 0
     datasets: dict[str, DomainData] = field(default_factory=dict)  # each domain's first stage's data
     done: dict[str, int] = field(default_factory=dict)  # stages each resumed domain already holds
@@ -124,9 +125,10 @@ class Run:
 
 
 def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
-                 log: Callable[[str], None] = print, keep_versions: int = 0) -> TrainOutcome:
+                 log: Callable[[str], None] = print, keep_versions: int = KEEP_VERSIONS) -> TrainOutcome:
     """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs. `keep_versions`
-    > 0 also publishes each complete version under OUT/versions/ with the OUT/CURRENT pointer (step 7)."""
+    > 0 (default brainstacks.versions.KEEP_VERSIONS, as the CLI's) also publishes each complete version under
+    OUT/versions/ with the OUT/CURRENT pointer (step 7); 0 keeps OUT a single-directory bundle."""
     rank, _ = world()
     out = Path(out_dir).resolve()
     records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
@@ -291,8 +293,6 @@ def manifest_of(run: Run) -> Manifest:
 def publish(run: Run) -> None:
     """Step 7: OUT's working copy as versions/<n>, CURRENT switched to it (nothing with keep_versions=0)."""
     if run.keep_versions > 0:
-        from brainstacks.versions import publish_version
-
         run.log(f"{run.out}: published {publish_version(run.out, keep=run.keep_versions)} (CURRENT)")
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 import torch
 
+from brainstacks import quant
+
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, min_lr_frac: float = 0.0) -> float:
     """Multiplier of the base lr at optimizer step `step` (0-based): linear warmup to 1, cosine to min_lr_frac."""
@@ -39,11 +41,7 @@ def use_8bit(params: list[torch.nn.Parameter]) -> bool:
         return False
     if not all(p.is_cuda for p in params):
         return False
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return quant.available()
 
 
 def make_optimizer(
@@ -56,7 +54,5 @@ def make_optimizer(
     if eight_bit is None:
         eight_bit = use_8bit(params)
     if eight_bit:
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+        return quant.adamw_8bit(params, lr, weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -9,7 +9,8 @@ from bitsandbytes import functional as F
 
 from brainstacks.base import load_base
 from brainstacks.config import StackConfig
-from brainstacks.dense_base import attach_dense_copies, detach_dense_copies, is_4bit
+from brainstacks.dense_base import attach_dense_copies, detach_dense_copies
+from brainstacks.quant import is_4bit
 from brainstacks.stacks import StackedModel
 from brainstacks.testing import add_random_stacks
 
@@ -36,20 +37,16 @@ def test_multi_token_calls_use_the_dequantized_weight_and_decode_steps_do_not(ba
     ids = torch.randint(4, 200, (2, 7))
     nf4 = logits(model, sm, ids)  # also makes bitsandbytes repack every layer for its CPU kernel
     one = logits(model, sm, ids[:, :1])
-    # the reference: the same quantized weights, dequantized by bitsandbytes from its canonical layout into nn.Linear,
-    # with the absmax in bf16 where bitsandbytes' CPU kernel serves the layer (it multiplies with a bf16 absmax)
-    ref_model, ref_sm = stacked(base_dirs[family], for_training=True)  # for_training: never repacked
+    # the reference: the same quantized weights, dequantized by bitsandbytes' public dequantize_4bit from the
+    # canonical layout into nn.Linear (a base loaded for training is never repacked)
+    ref_model, ref_sm = stacked(base_dirs[family], for_training=True)
+    rounded = False  # a CPU with AVX512-BF16 serves with a bf16 absmax: the copy follows the kernel, not the codes
     for path, lay in ref_sm.layers.items():
         q = lay.base_layer
         assert is_4bit(q)
-        qs = q.weight.quant_state
-        absmax = F.dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
-        if getattr(sm.layers[path].base_layer, "support_avx512bf16_for_cpu", False):
-            absmax = absmax.bfloat16().float()
-        plain = F.QuantState(absmax=absmax, shape=qs.shape, code=qs.code, blocksize=qs.blocksize,
-                             quant_type=qs.quant_type, dtype=torch.float32)
+        rounded |= bool(getattr(sm.layers[path].base_layer, "support_avx512bf16_for_cpu", False))
         lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
-        lin.weight.data = F.dequantize_4bit(q.weight.data, plain).float()
+        lin.weight.data = F.dequantize_4bit(q.weight.data, q.weight.quant_state).float()
         if q.bias is not None:
             lin.bias.data = q.bias.data.float()
         lay.base_layer = lin
@@ -57,7 +54,8 @@ def test_multi_token_calls_use_the_dequantized_weight_and_decode_steps_do_not(ba
 
     n = attach_dense_copies(sm, torch.float32)
     assert n == sum(4 * lay.in_features * lay.out_features for lay in sm.layers.values())
-    torch.testing.assert_close(logits(model, sm, ids), ref, atol=1e-4, rtol=1e-4)
+    tol = 2e-2 if rounded else 1e-4
+    torch.testing.assert_close(logits(model, sm, ids), ref, atol=tol * ref.abs().max().item(), rtol=tol)
     assert torch.equal(logits(model, sm, ids[:, :1]), one), "a single-token call must stay on the 4-bit kernel"
     for lay in sm.layers.values():  # which path a call takes: copies that are visibly wrong
         lay.dense = (torch.zeros_like(lay.dense[0]), *lay.dense[1:])

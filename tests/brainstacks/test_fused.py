@@ -123,7 +123,7 @@ def test_zero_weights_cost_nothing(base_dirs):
         assert sm.state.selected == (2, 3)  # only domain b's two stacks are computed
         layer = next(iter(sm.layers.values()))
         lb.model(ids)
-        AW, Bp, m = layer._packed(sm.state.selected)
+        AW, Bp, m = layer.packed(sm.state.selected)
         assert m == 2 and Bp.shape[1] == 2 * 4 * 4
         assert not torch.equal(lb.model(ids).logits, base)
 

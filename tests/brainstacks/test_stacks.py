@@ -29,7 +29,7 @@ def test_domains_stacks_and_base_untouched(base_dirs):
     domain, k = sm.freeze_active()
     assert (domain, k) == ("math", 0) and sm.active_domain is None
     layer = next(iter(sm.layers.values()))
-    from brainstacks.stacks import packed_dtype
+    from brainstacks.dtypes import packed_dtype
 
     # compact bf16 storage by default; computed in float32 on a CPU without native bf16 (40x faster there)
     assert layer.AW.dtype == packed_dtype(torch.bfloat16, layer.AW.device) and not layer.AW.requires_grad
@@ -130,9 +130,9 @@ def test_attach_many_packs_once_and_clear(base_dirs):
 @pytest.mark.parametrize("fast_bf16", [True, False])
 def test_bf16_stacks_compute_in_fp32_on_cpus_without_bf16(base_dirs, monkeypatch, fast_bf16):
     """Stored (and saved) in bf16 either way; packed in float32 where the CPU would emulate bf16 (40x slower)."""
-    import brainstacks.stacks as stacks_mod
+    import brainstacks.dtypes as dtypes_mod
 
-    monkeypatch.setattr(stacks_mod, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(dtypes_mod, "cpu_has_fast_bf16", lambda: fast_bf16)
     lb = load_base(base_dirs["llama"], quantize="none")
     sm = StackedModel(lb.model, StackConfig(rank=4))
     sm.add_domain("math")
@@ -154,11 +154,11 @@ def test_bf16_packing_on_a_fast_bf16_cpu_keeps_a_float32_copy_for_small_calls(ba
     """Decode-sized calls (<= SMALL_CALL_ROWS rows) compute on the float32 copy (bf16 matmuls of a few rows are
     slower than fp32 even with AMX), larger ones on the bf16 packing; both agree with the loop reference, and the
     copy follows every repack and subset."""
-    import brainstacks.stacks as stacks_mod
+    import brainstacks.dtypes as dtypes_mod
     from brainstacks.layer import SMALL_CALL_ROWS
     from brainstacks.reference import reference_forward
 
-    monkeypatch.setattr(stacks_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(dtypes_mod, "cpu_has_fast_bf16", lambda: True)
     lb = load_base(base_dirs["llama"], quantize="none")
     sm = StackedModel(lb.model, StackConfig(rank=4))
     add_random_stacks(sm, {"a": 1, "b": 2}, dtype="bfloat16")

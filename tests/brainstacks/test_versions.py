@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from brainstacks.bundle import MANIFEST, DomainEntry, Manifest, write_manifest
+from brainstacks.bundle import MANIFEST, DomainEntry, Manifest, resolve_bundle_dir, write_manifest
 from brainstacks.errors import BundleError
 from brainstacks.files import atomic_write
 from brainstacks.versions import (
@@ -17,7 +17,6 @@ from brainstacks.versions import (
     current_version,
     list_versions,
     publish_version,
-    resolve_bundle_dir,
     version_dir,
 )
 

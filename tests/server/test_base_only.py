@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from brainstacks.text import render_chat
 from server.app import create_app
 from server.settings import ServerSettings
-from server.textstream import render_chat
 
 
 def test_bare_base_serves_without_domains(tiny_base_dir, live_server_factory):
@@ -22,10 +22,11 @@ def test_bare_base_serves_without_domains(tiny_base_dir, live_server_factory):
     assert httpx.get(s.url + "/admin/stacks").json()["domains"] == []
 
 
-def test_chat_fallback_matches_training(tiny_tokenizer):
-    from brainstacks.text import render_chat as training_render
-
+def test_chat_fallback_without_a_template(tiny_tokenizer):
+    """A tokenizer with no chat template still renders a conversation (one rendering for training and serving:
+    brainstacks.text.render_chat), ending with the assistant's turn."""
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two plus two"}]
     assert not getattr(tiny_tokenizer, "chat_template", None)
-    assert render_chat(tiny_tokenizer, msgs) == training_render(tiny_tokenizer, msgs, add_generation_prompt=True)
-    assert render_chat(tiny_tokenizer, msgs).endswith("<|assistant|>\n")
+    text = render_chat(tiny_tokenizer, msgs, add_generation_prompt=True)
+    assert "be brief" in text and "two plus two" in text and text.endswith("<|assistant|>\n")
+    assert not render_chat(tiny_tokenizer, msgs).endswith("<|assistant|>\n")

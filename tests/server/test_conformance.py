@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from server.app import create_app
-from server.registry import load_runner
+from server.loading import load_runner
 from server.settings import ServerSettings
 
 from .conftest import LiveServer, build_bundle
@@ -298,7 +298,8 @@ def test_openapi_states_the_rules_the_server_enforces(server):
     model_id = doc["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]["schema"]
     assert model_id["enum"] == comp["model"]["enum"]
     assert sc["RouteRequest"]["oneOf"] == [{"required": ["prompt"]}, {"required": ["messages"]}]
-    assert chat["then"]["properties"]["logprobs"] == {"const": True}
+    assert chat["allOf"][0]["then"]["properties"]["logprobs"] == {"const": True}
+    assert chat["allOf"][1]["then"]["properties"]["tools"]["maxItems"] == 1  # tool_choice required: one tool
     for path in ("/v1/completions", "/v1/chat/completions"):
         ok = doc["paths"][path]["post"]["responses"]["200"]["content"]
         assert {"application/json", "text/event-stream"} <= set(ok)

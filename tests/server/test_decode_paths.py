@@ -10,7 +10,7 @@ import torch
 from brainstacks.demo import DEMO_BUNDLE
 from brainstacks.fastpath import FusedDecoder
 from brainstacks.text import encode_prompt, render_chat
-from server.registry import load_runner
+from server.loading import load_runner
 from server.settings import ServerSettings
 
 README = [  # (chat?, text, max_tokens): the README's examples

@@ -144,7 +144,7 @@ def test_eos_stops_a_row(tiny_runner):
 @pytest.mark.parametrize("quantize", ["none", "nf4"])
 def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle, quantize):
     """Each row carries its own weights through the fused forward: batched == alone, and weights matter."""
-    from server.registry import load_runner
+    from server.loading import load_runner
     from server.settings import ServerSettings
 
     # nf4: with the dense prefill copies (brainstacks/dense_base.py): prefill takes them, decode the 4-bit kernel
@@ -181,7 +181,7 @@ def test_rows_with_different_domain_weights_match_solo_runs(tiny_bundle, quantiz
 
 
 def test_routed_rows_get_router_weights_and_start_event(tiny_bundle):
-    from server.registry import load_runner
+    from server.loading import load_runner
     from server.settings import ServerSettings
 
     runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))
@@ -205,7 +205,7 @@ def test_extreme_sampling_params_sample_valid_tokens(temperature, top_p):
 
 
 def test_route_cache_hits_and_is_cleared_on_router_swap(tiny_bundle):
-    from server.registry import load_runner
+    from server.loading import load_runner
     from server.settings import ServerSettings
 
     runner = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))

@@ -6,12 +6,13 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+import time
 
 import httpx
 import pytest
 
 from server.app import create_app
-from server.registry import load_runner
+from server.loading import load_runner
 from server.settings import ServerSettings
 
 from .conftest import LiveServer, build_bundle
@@ -210,6 +211,13 @@ def test_disconnected_stream_frees_its_slot(tmp_path, core_base_dir, live_server
     s = live_server_factory(app)
     engine = app.state.bs.engine
     gate = threading.Event()
+    runner, decode = app.state.bs.runner, app.state.bs.runner.decode
+
+    def slow_decode(*a, **k):  # 400 steps take >= 2 s, so a loaded machine's client still sees the row running
+        time.sleep(0.005)
+        return decode(*a, **k)
+
+    runner.decode = slow_decode
     # a greedy prompt that runs to max_tokens (no EOS), so only the disconnect can end it early
     prompt = next(p for p in ("two plus two", "the patient", "def add", "what is", "blood", "code", "sum")
                   if httpx.post(s.url + "/v1/completions", timeout=60, json={"prompt": p, "max_tokens": 400,

@@ -200,10 +200,10 @@ def test_prompt_characters_are_capped_before_tokenizing(api_only, monkeypatch):
 
 
 def test_debug_route_is_bounded_like_a_request_and_tokenizes_off_the_loop(api_only, monkeypatch):
-    import server.app as app_module
+    import server.routes.debug as debug_routes
 
     where = []
-    real = app_module.encode_prompt
+    real = debug_routes.encode_prompt
 
     def spy(tok, text):
         try:
@@ -213,7 +213,7 @@ def test_debug_route_is_bounded_like_a_request_and_tokenizes_off_the_loop(api_on
             where.append("worker")
         return real(tok, text)
 
-    monkeypatch.setattr(app_module, "encode_prompt", spy)
+    monkeypatch.setattr(debug_routes, "encode_prompt", spy)
     url, h = api_only.url + "/debug/route", auth()
     assert httpx.post(url, json={"prompt": "two plus two"}, headers=h).status_code == 200
     assert where == ["worker"]

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.app import STATIC_DIR, create_app
+from server.app import create_app
+from server.routes.ops import STATIC_DIR
 from server.settings import ServerSettings
 
 from .conftest import LiveServer, build_bundle

@@ -173,7 +173,8 @@ def test_rollout_under_load_fails_no_request(cluster):
 def test_corrupt_version_is_refused_by_every_replica(cluster):
     import json
 
-    from brainstacks.versions import publish_version, resolve_bundle_dir, write_pointer
+    from brainstacks.bundle import resolve_bundle_dir
+    from brainstacks.versions import publish_version, write_pointer
 
     url, shared = cluster["url"], cluster["shared"]
     bad = cluster["root"] / "bad"

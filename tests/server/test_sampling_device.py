@@ -63,7 +63,7 @@ def test_a_non_finite_row_falls_back_to_its_argmax_without_a_host_check():
 
 
 def test_serve_dtype_is_bf16_on_cuda_and_fp32_on_cpu():
-    from server.registry import serve_dtype
+    from server.loading import serve_dtype
     from server.settings import ServerSettings
 
     assert ServerSettings().dtype == "auto"
@@ -95,7 +95,7 @@ def test_step_timer_counts_phases_into_metrics():
 
 def test_router_tokens_setting_caps_what_routing_reads(tiny_bundle):
     from brainstacks.router import route_prompts
-    from server.registry import load_runner
+    from server.loading import load_runner
     from server.settings import ServerSettings
 
     full = load_runner(ServerSettings(bundle=str(tiny_bundle), quantize="none"))

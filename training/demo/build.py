@@ -272,7 +272,8 @@ def build_demo(b: DemoBuild, log: Callable[[str], None] = print) -> dict[str, An
         return {"stages": dict(times)}
     router_stamp = router_inputs(recipe, b.router_examples)
     retire_stale_router(bundle, work / ROUTER_STAMP, router_stamp, log)
-    stage("train", lambda: train_bundle(recipe, bundle, b.device, b.progress, log))
+    # keep_versions=0: the shipped demo is a single-directory bundle (it ships inside the wheel)
+    stage("train", lambda: train_bundle(recipe, bundle, b.device, b.progress, log, keep_versions=0))
     (work / ROUTER_STAMP).write_text(json.dumps(router_stamp, sort_keys=True) + "\n")
     if b.until == "train":
         return {"stages": dict(times), "bundle": str(bundle)}

@@ -25,11 +25,8 @@ def _fence(text: str) -> str:
     return "```\n" + text.replace("```", "'''").rstrip("\n") + "\n```"
 
 
-def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
-                    router_report: dict[str, Any] | None = None) -> str:
-    """The evidence as Markdown sections (what docs/DEMO.md carries below its introduction); `router_report` is the
-    bundle's reports/routing.json (the router's training report), when there is one."""
-    out: list[str] = []
+def _build_section(out: list[str], ev: dict[str, Any], build: dict[str, Any] | None) -> None:
+    """How the bundle was built: stage minutes, sizes, stacks per domain."""
     if build:
         out.append("## How this bundle was built\n")
         stages = build.get("stages", {})
@@ -40,6 +37,10 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
                    f"{build.get('bundle_mb', 0):.1f} MB (stacks {build.get('stacks_mb', 0):.1f} MB, router "
                    f"{build.get('router_mb', 0):.1f} MB; the base is not in the bundle). Stacks per domain: "
                    + ", ".join(f"{d} {n}" for d, n in ev["stacks"].items()) + ".\n")
+
+
+def _loss_section(out: list[str], ev: dict[str, Any]) -> None:
+    """Held-out loss per domain and composition."""
     out.append("## Held-out loss per domain\n")
     out.append(f"Answer-token cross-entropy (nats/token) on the first {ev['config']['loss_examples']} test examples of "
                "each domain: the base alone, the domain's own stacks, every stack at weight 1 (ungated), the router's "
@@ -49,6 +50,10 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
                "trained in, which is what the oracle (and a router trained on its targets) picks.\n")
     cols = [c for c in COLUMNS if any(c in r for r in ev["losses"].values())]
     out.append(_table(["domain", *cols], [[d, *(f"{r[c]:.3f}" for c in cols)] for d, r in ev["losses"].items()]))
+
+
+def _accuracy_section(out: list[str], ev: dict[str, Any]) -> None:
+    """Accuracy on held-out templates."""
     if ev["accuracy"]:
         out.append("\n## Accuracy on held-out templates\n")
         out.append("Greedy completions (each domain's longest reference reply + 16 new tokens, at most {}) of test "
@@ -66,6 +71,10 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
         out.append("\n'own stack' is the domain's stacks alone. Every domain after the first was trained on top of the "
                    "earlier ones (at weight 1), so alone it is not the composition it learnt in; the router's column "
                    "is what the server answers with.\n")
+
+
+def _routing_section(out: list[str], ev: dict[str, Any], router_report: dict[str, Any] | None) -> None:
+    """Routing on held-out prompts, and what the router was trained towards."""
     r = ev.get("routing")
     if r:
         doms = r["domains"]
@@ -88,6 +97,10 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
                    + "; ".join(f"{d} → {' + '.join(v) or 'base alone'}" for d, v in typical.items()) + "."
                    + "".join(f" Oracle verdicts on the scored pairs: {', '.join(f'{k} ×{n}' for k, n in c.items())}."
                              for c in [router_report.get("scored_oracle_sets")] if c) + "\n")
+
+
+def _prompts_section(out: list[str], ev: dict[str, Any]) -> None:
+    """Hand-written prompts' routing, and the medical borrowing check."""
     h = ev.get("handwritten")
     if h:
         out.append("\n## Routing of hand-written prompts\n")
@@ -113,6 +126,10 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
                    f"**The paper's finding (medical → chat + math) {m['verdict']} here** (the verdict is computed: "
                    "'reproduces' when math or chat is active on at least half of the medical prompts, 'partly' from "
                    "10%).\n")
+
+
+def _samples_section(out: list[str], ev: dict[str, Any]) -> None:
+    """Sample completions."""
     acc_examples = [(d, e) for d, a in (ev.get("accuracy") or {}).items() for e in a.get("examples", [])]
     if ev.get("samples") or acc_examples:
         out.append("\n## Sample completions\n")
@@ -123,6 +140,19 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
         for d, e in acc_examples:
             out.append(f"**{d}, base alone vs routed** (reference: {e['answer']})\n\nuser: {e['prompt']}\n\n"
                        f"base:\n\n{_fence(e['base'])}\n\nrouted:\n\n{_fence(e.get('routed', ''))}\n")
+
+
+def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
+                    router_report: dict[str, Any] | None = None) -> str:
+    """The evidence as Markdown sections (what docs/DEMO.md carries below its introduction); `router_report` is the
+    bundle's reports/routing.json (the router's training report), when there is one."""
+    out: list[str] = []
+    _build_section(out, ev, build)
+    _loss_section(out, ev)
+    _accuracy_section(out, ev)
+    _routing_section(out, ev, router_report)
+    _prompts_section(out, ev)
+    _samples_section(out, ev)
     return "\n".join(out) + "\n"
 
 

@@ -245,6 +245,37 @@ def plot_loss(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _streams(cfg: PretrainConfig, corpus_text: str | Sequence[str] | None):
+    """The documents, the trained tokenizer, and the training and validation token streams."""
+    if corpus_text is None:
+        docs = build_corpus(CorpusConfig(max_chars=cfg.corpus_chars, seed=cfg.seed))
+    elif isinstance(corpus_text, str):
+        docs = list(chunk_text(corpus_text, CorpusConfig.max_doc_chars))
+    else:
+        docs = [d for d in corpus_text if d]
+    if len(docs) < 2:
+        raise ConfigError("pretrain corpus needs at least 2 documents (one is held out for validation)")
+    n_val = max(1, int(len(docs) * cfg.val_fraction))
+    tokenizer = train_tokenizer(docs, cfg.vocab_size, cfg.max_position_embeddings)
+    train_stream = encode_corpus(tokenizer, docs[:-n_val])
+    val_stream = encode_corpus(tokenizer, docs[-n_val:])
+    for name, stream in (("training", train_stream), ("validation", val_stream)):
+        if len(stream) <= cfg.seq_len:
+            raise ConfigError(f"pretrain {name} corpus has {len(stream)} tokens, fewer than seq_len {cfg.seq_len} + 1")
+    return docs, tokenizer, train_stream, val_stream
+
+
+def _save(model, tokenizer, out: Path, save_dtype: str) -> None:
+    """The base as a Hugging Face directory, readable by everyone (it is shipped and shared)."""
+    import torch
+
+    model.to(getattr(torch, save_dtype)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for path in out.iterdir():  # safetensors writes 0600 temp files; the base is shipped and shared, make it readable
+        if path.is_file():
+            path.chmod(0o644)
+
+
 def pretrain(out_dir: str | Path, config: PretrainConfig | None = None,
              corpus_text: str | Sequence[str] | None = None) -> Path:
     """Train the tokenizer and model described by `config` and save them in `out_dir`; returns `out_dir`.
@@ -263,21 +294,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None,
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    if corpus_text is None:
-        docs = build_corpus(CorpusConfig(max_chars=cfg.corpus_chars, seed=cfg.seed))
-    elif isinstance(corpus_text, str):
-        docs = list(chunk_text(corpus_text, CorpusConfig.max_doc_chars))
-    else:
-        docs = [d for d in corpus_text if d]
-    if len(docs) < 2:
-        raise ConfigError("pretrain corpus needs at least 2 documents (one is held out for validation)")
-    n_val = max(1, int(len(docs) * cfg.val_fraction))
-    tokenizer = train_tokenizer(docs, cfg.vocab_size, cfg.max_position_embeddings)
-    train_stream = encode_corpus(tokenizer, docs[:-n_val])
-    val_stream = encode_corpus(tokenizer, docs[-n_val:])
-    for name, stream in (("training", train_stream), ("validation", val_stream)):
-        if len(stream) <= cfg.seq_len:
-            raise ConfigError(f"pretrain {name} corpus has {len(stream)} tokens, fewer than seq_len {cfg.seq_len} + 1")
+    docs, tokenizer, train_stream, val_stream = _streams(cfg, corpus_text)
     prep_s = time.perf_counter() - t0
 
     model = build_model(cfg, tokenizer)
@@ -319,12 +336,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None,
     bar.close()
     train_s = time.perf_counter() - t_train
 
-    save_dtype = getattr(torch, cfg.save_dtype)
-    model.to(save_dtype).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    for path in out.iterdir():  # safetensors writes 0600 temp files; the base is shipped and shared, make it readable
-        if path.is_file():
-            path.chmod(0o644)
+    _save(model, tokenizer, out, cfg.save_dtype)
     report = {
         **history,
         "tokens_per_s": round(cfg.steps * tokens_per_step / train_s, 1),

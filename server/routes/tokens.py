@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from brainstacks.text import encode_prompt
 from server import api
-from server.errors import ERROR_RESPONSES, invalid, not_ready
+from server.errors import ERROR_RESPONSES, invalid
+from server.routes import ready_state
 from server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.state import ServerState
-
-
-def ready_state(request: Request) -> ServerState:
-    """The app's ServerState, once the model is loaded (503 before)."""
-    state: ServerState = request.app.state.bs
-    if not state.ready:
-        raise not_ready(f"The model failed to load: {state.load_error}") if state.load_error else not_ready()
-    return state
-
 
 router = APIRouter(tags=["tokens"])
 
