@@ -128,6 +128,39 @@ def logit_bias(body: CompletionRequest | ChatCompletionRequest, vocab_size: int)
     return tuple(sorted(out))
 
 
+def forced_tool(body: ChatCompletionRequest) -> Any:
+    """The FunctionDef a chat request forces its reply to call (tool_choice naming it, or required with one tool),
+    or None for a text reply (no tool_choice, none, auto: the model is never left to decide on its own)."""
+    choice, tools = body.tool_choice, body.tools or []
+    if choice is None or choice in ("none", "auto"):
+        return None
+    if not tools:
+        raise invalid("tool_choice forces a call, but the request lists no tools.", "tool_choice")
+    if choice == "required":
+        if len(tools) != 1:
+            raise invalid(f"tool_choice 'required' with {len(tools)} tools: name the one to call with "
+                          "{\"type\": \"function\", \"function\": {\"name\": ...}}.", "tool_choice",
+                          "unsupported_parameter")
+        return tools[0].function
+    for t in tools:
+        if t.function.name == choice.function.name:
+            return t.function
+    raise invalid(f"tool_choice names {choice.function.name!r}, which is not among the tools "
+                  f"({', '.join(t.function.name for t in tools)}).", "tool_choice.function.name", "tool_not_found")
+
+
+def output_constraint(state: ServerState, body: CompletionRequest | ChatCompletionRequest) -> tuple[Any, str | None]:
+    """(a factory of per-row grammar matchers or None, the forced tool's name or None)."""
+    tool = forced_tool(body) if isinstance(body, ChatCompletionRequest) else None
+    if tool is None:
+        return state.grammars().compile(body.response_format), None
+    if body.response_format is not None and body.response_format.type != "text":
+        raise invalid("response_format cannot be combined with a forced tool call (the call's arguments follow the "
+                      "function's parameters).", "response_format")
+    schema = tool.parameters if tool.parameters is not None else {"type": "object"}
+    return state.grammars().compile_schema(schema, "tools.function.parameters"), tool.name
+
+
 def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest) -> Prepared:
     s = state.settings
     runner = state.runner
@@ -190,18 +223,19 @@ def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest)
             raise invalid(f"The prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
                           f"length of {runner.max_model_len}.", "max_tokens", "context_length_exceeded")
 
-    top_k = _or(body.top_k, 0)
-    params = SamplingParams(max_tokens=max_tokens, temperature=_or(body.temperature, 1.0), top_p=_or(body.top_p, 1.0),
-                            top_k=top_k if top_k > 0 else 0, seed=body.seed, logprobs=top,
-                            stop_token_ids=runner.eos_token_ids,
-                            presence_penalty=_or(body.presence_penalty, 0.0),
-                            frequency_penalty=_or(body.frequency_penalty, 0.0),
+    d = SamplingParams  # the one place the sampling defaults live
+    top_k = _or(body.top_k, d.top_k)
+    params = SamplingParams(max_tokens=max_tokens, temperature=_or(body.temperature, d.temperature),
+                            top_p=_or(body.top_p, d.top_p), top_k=top_k if top_k > 0 else 0, seed=body.seed,
+                            logprobs=top, stop_token_ids=runner.eos_token_ids,
+                            presence_penalty=_or(body.presence_penalty, d.presence_penalty),
+                            frequency_penalty=_or(body.frequency_penalty, d.frequency_penalty),
                             logit_bias=logit_bias(body, runner.vocab_size))
-    constraint = state.grammars().compile(body.response_format)
+    constraint, tool = output_constraint(state, body)
     stream = bool(body.stream)
     include_usage = bool(stream and body.stream_options and body.stream_options.include_usage)
     return Prepared("chat" if chat else "completion", body.model, prompts, texts, n, params, weights,
-                    body.stop_list(), top, stream, include_usage, body.user, echo, constraint)
+                    body.stop_list(), top, stream, include_usage, body.user, echo, constraint, tool)
 
 
 def start_generation(state: ServerState, prep: Prepared, request_id: str) -> Generation:

@@ -74,15 +74,16 @@ class Grammars:
         unsupported schema is a 400 naming response_format."""
         if response_format is None or response_format.type == "text":
             return None
-        llg = _llguidance()
         if response_format.type == "json_object":
-            schema: Any = OBJECT_SCHEMA
-            param = "response_format"
-        else:
-            schema = response_format.json_schema.schema_
-            param = "response_format.json_schema.schema"
-            if schema is None:
-                schema = OBJECT_SCHEMA  # OpenAI: a json_schema without a schema constrains to an object
+            return self.compile_schema(OBJECT_SCHEMA, "response_format")
+        schema = response_format.json_schema.schema_
+        # OpenAI: a json_schema without a schema constrains to an object
+        return self.compile_schema(OBJECT_SCHEMA if schema is None else schema, "response_format.json_schema.schema")
+
+    def compile_schema(self, schema: Any, param: str) -> Callable[[], Any]:
+        """A factory of matchers for JSON that validates against `schema` (a forced tool call's arguments too);
+        400 invalid_schema naming `param` when llguidance cannot use it."""
+        llg = _llguidance()
         try:
             grammar = llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
         except (ValueError, TypeError) as e:

@@ -41,6 +41,7 @@ class Prepared:
     user: str | None = None
     echo: bool = False
     constraint: Callable[[], Any] | None = None  # response_format: a factory of per-row grammar matchers
+    tool: str | None = None  # chat: the function every choice calls (its text is the call's arguments)
 
 
 @dataclass

@@ -41,6 +41,24 @@ def chat_logprobs(tok: Any, infos: list) -> dict[str, Any]:
             "refusal": None}
 
 
+def call_id(g: Generation, i: int) -> str:
+    """Choice i's tool call id (the same in the JSON answer and in every chunk of a stream)."""
+    return f"call_{g.id.rsplit('-', 1)[-1][:20]}_{i}"
+
+
+def chat_message(g: Generation, i: int, text: str) -> dict[str, Any]:
+    """The assistant message of choice i: its text, or with a forced tool, one call whose arguments are the text."""
+    if g.prep.tool is None:
+        return {"role": "assistant", "content": text, "refusal": None}
+    return {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+        {"id": call_id(g, i), "type": "function", "function": {"name": g.prep.tool, "arguments": text}}]}
+
+
+def finish_reason(g: Generation, reason: str | None) -> str | None:
+    """A forced call that completed its arguments ends with "tool_calls" (OpenAI's reason), else as generated."""
+    return "tool_calls" if g.prep.tool is not None and reason == "stop" else reason
+
+
 def final_response(state: ServerState, g: Generation) -> dict[str, Any]:
     tok = state.runner.tokenizer
     choices = []
@@ -50,8 +68,8 @@ def final_response(state: ServerState, g: Generation) -> dict[str, Any]:
             lp = (chat_logprobs(tok, c.tokens) if g.prep.kind == "chat"
                   else completion_logprobs(tok, c.tokens, g.prep.top_logprobs))
         if g.prep.kind == "chat":
-            choices.append({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                            "logprobs": lp, "finish_reason": c.finish_reason})
+            choices.append({"index": i, "message": chat_message(g, i, c.text), "logprobs": lp,
+                            "finish_reason": finish_reason(g, c.finish_reason)})
         else:
             text = g.prep.prompt_texts[i // g.prep.n] + c.text if g.prep.echo else c.text
             choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": c.finish_reason})
@@ -67,6 +85,22 @@ def _chunk(state: ServerState, g: Generation, choices: list[dict], with_usage: b
     if g.prep.include_usage:
         obj["usage"] = usage(g) if with_usage else None
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _opening(g: Generation, i: int) -> dict[str, Any]:
+    """A chat stream's first delta: the role, and with a forced tool the call's id and name (arguments follow)."""
+    if g.prep.tool is None:
+        return {"role": "assistant", "content": ""}
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": call_id(g, i), "type": "function", "function": {"name": g.prep.tool, "arguments": ""}}]}
+
+
+def _delta(g: Generation, text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    if g.prep.tool is None:
+        return {"content": text}
+    return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
 
 
 async def stream_events(state: ServerState, g: Generation):
@@ -87,7 +121,7 @@ async def stream_events(state: ServerState, g: Generation):
                 break
             if not started and chat and any(w is not None for w in g.weights):
                 started = True
-                yield _chunk(state, g, [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                yield _chunk(state, g, [{"index": i, "delta": _opening(g, i), "logprobs": None,
                                          "finish_reason": None} for i in range(len(g.choices))])
             t0 = clock()
             out = []
@@ -106,8 +140,8 @@ async def stream_events(state: ServerState, g: Generation):
                     finished_sent[i] = True
                 if text or lp or fin:  # one entry per choice per chunk; the last carries finish_reason
                     if chat:
-                        delta = {"content": text} if text else {}
-                        out.append({"index": i, "delta": delta, "logprobs": lp, "finish_reason": fin})
+                        out.append({"index": i, "delta": _delta(g, text), "logprobs": lp,
+                                    "finish_reason": finish_reason(g, fin)})
                     else:
                         out.append({"index": i, "text": text, "logprobs": lp, "finish_reason": fin})
             chunk = _chunk(state, g, out) if out else None

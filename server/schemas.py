@@ -1,12 +1,12 @@
-"""OpenAI request bodies (docs/DESIGN.md §6) as strict pydantic models with bounds; responses are built as plain
-dicts in OpenAI's shapes.
+"""OpenAI request bodies (docs/DESIGN.md §6) as strict pydantic models with bounds; responses are built as plain dicts
+in OpenAI's shapes.
 
-Validation is strict (`"echo": 0`, `"max_tokens": "5"` and `1.0` for an integer are refused, as the JSON types in the
-schema say) and every field OpenAI's spec marks nullable accepts null, meaning "the default". Bounds here are the
-hard schema limits; the configurable ones (max_tokens_limit, max_n, max_prompt_chars, ...) are checked against the
-settings in server/api.py and written into `/openapi.json` by `finish_openapi`, together with the rules JSON Schema
-can state (token-id range, the model ids, exactly one of prompt / messages), so the published schema and the server
-agree. Every refusal answers 400 with `param` naming the field (unknown model: 404).
+Validation is strict (`"echo": 0`, `"max_tokens": "5"` and `1.0` for an integer are refused, as the JSON types in
+the schema say) and every field OpenAI's spec marks nullable accepts null, meaning "the default". Bounds here are
+the hard schema limits; the configurable ones (max_tokens_limit, max_n, max_prompt_chars, ...) are checked against
+the settings in server/api.py and written into `/openapi.json` by server/openapi.py's `finish_openapi`, together
+with the rules JSON Schema can state (token-id range, the model ids, exactly one of prompt / messages), so the
+published schema and the server agree. Every refusal answers 400 with `param` naming the field (unknown model: 404).
 """
 
 from __future__ import annotations
@@ -146,6 +146,34 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
+FunctionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class FunctionDef(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    description: str | None = Field(None, max_length=4096)
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments (default: any object).")
+    strict: bool | None = Field(None, description="Accepted; a forced call's arguments are always constrained.")
+
+
+class ToolDef(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Common):
     """POST /v1/chat/completions."""
 
@@ -153,6 +181,13 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: IntIn(1, 1_000_000) | None = Field(None, description="Alias of max_tokens.")
     logprobs: bool | None = Field(None, description="Return logprobs of the chosen tokens.")
     top_logprobs: IntIn(0, 20) | None = Field(None, description="Alternatives per token (needs logprobs=true).")
+    tools: Annotated[list[ToolDef], Field(max_length=128)] | None = Field(None, description=(
+        "Functions the reply may call. A call is made only when tool_choice forces it (a named function, or "
+        "required with one tool); with auto or none the reply is text."))
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=(
+        "none / auto (default): a text reply; required (one tool) or {type: function, function: {name}}: the reply is "
+        "that call, its arguments decoded under the function's parameters schema."))
+    parallel_tool_calls: bool | None = Field(None, description="Accepted; a forced reply makes exactly one call.")
 
 
 class RouteRequest(BaseModel):
@@ -203,7 +238,7 @@ class Extension(BaseModel):
     prompt_weights: list[dict[str, float | None]] | None = Field(None, description="Per prompt, when several.")
 
 
-FinishReason = Literal["stop", "length", "cancelled"] | None
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"] | None
 
 
 class CompletionLogprobs(BaseModel):
@@ -246,10 +281,22 @@ class ChatLogprobs(BaseModel):
     refusal: None
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
     refusal: None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -291,119 +338,3 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelObject]
-
-
-# ---------------------------------------------------------------------------------------------------- OpenAPI
-def _subs(node: dict) -> list[dict]:
-    return node.get("anyOf", [node])
-
-
-def _integral_bounds(node: Any) -> None:
-    """Integer schemas get integer bounds (`0`, not `0.0`)."""
-    if isinstance(node, dict):
-        if node.get("type") == "integer":
-            for k in ("minimum", "maximum"):
-                if isinstance(node.get(k), float) and node[k].is_integer() and abs(node[k]) < 2**53:
-                    node[k] = int(node[k])
-        for v in node.values():
-            _integral_bounds(v)
-    elif isinstance(node, list):
-        for v in node:
-            _integral_bounds(v)
-
-
-def below_pattern(n: int) -> str:
-    """A regex of the decimal integers 0 .. n-1 (no leading zeros): a logit_bias key inside the vocabulary."""
-    hi = str(n - 1)
-    alts = ["[0-9]"] if len(hi) > 1 else [f"[0-{hi}]"]
-    alts += [f"[1-9][0-9]{{{k - 1}}}" for k in range(2, len(hi))]  # every shorter length, in full
-    if len(hi) > 1:
-        for i, ch in enumerate(hi):  # same length: the prefix of hi, then a smaller digit, then anything
-            lo = 1 if i == 0 else 0
-            if int(ch) > lo:
-                rest = len(hi) - i - 1
-                alts.append(hi[:i] + f"[{lo}-{int(ch) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
-        alts.append(hi)
-    return "^(" + "|".join(alts) + ")$"
-
-
-def finish_openapi(doc: dict, limits: dict[str, Any]) -> dict:
-    """Make the generated OpenAPI document state what the server enforces.
-
-    limits: max_tokens, n, logprobs, prompts (items), prompt_chars; once loaded (else None): prompt_tokens (the
-    token-id prompt's length cap), vocab_size, model_ids, domains.
-    """
-    schemas = doc.get("components", {}).get("schemas", {})
-    # an invalid request answers 400 in OpenAI's envelope, never FastAPI's 422
-    for ops in doc.get("paths", {}).values():
-        for op in ops.values():
-            if isinstance(op, dict) and "422" in op.get("responses", {}):
-                op["responses"].pop("422")
-    for name in ("HTTPValidationError", "ValidationError"):
-        schemas.pop(name, None)
-
-    _integral_bounds(doc)
-    for name in ("CompletionRequest", "ChatCompletionRequest"):  # exact int64 (pydantic writes 2**63 - 1 as a float)
-        for sub in _subs(schemas.get(name, {}).get("properties", {}).get("seed", {})):
-            if sub.get("type") == "integer":
-                sub["minimum"], sub["maximum"] = -INT64, INT64 - 1
-    if limits.get("model_ids"):
-        for prm in doc.get("paths", {}).get("/v1/models/{model_id}", {}).get("get", {}).get("parameters", []):
-            if prm.get("name") == "model_id":
-                prm["schema"]["enum"] = list(limits["model_ids"])  # any other id answers 404 model_not_found
-    chars = limits["prompt_chars"]
-    for name in ("CompletionRequest", "ChatCompletionRequest"):
-        props = schemas.get(name, {}).get("properties", {})
-        for prop in ("max_tokens", "max_completion_tokens"):
-            for sub in _subs(props.get(prop, {})):
-                if sub.get("type") == "integer":
-                    sub["maximum"] = min(sub.get("maximum", limits["max_tokens"]), limits["max_tokens"])
-        for prop, key in (("n", "n"), ("logprobs", "logprobs"), ("top_logprobs", "logprobs")):
-            for sub in _subs(props.get(prop, {})):
-                if sub.get("type") == "integer":
-                    sub["maximum"] = min(sub.get("maximum", limits[key]), limits[key])
-        if "model" in props and limits.get("model_ids"):
-            props["model"]["enum"] = list(limits["model_ids"])
-        if "logit_bias" in props and limits.get("vocab_size"):
-            for sub in _subs(props["logit_bias"]):
-                if sub.get("type") == "object":
-                    sub["propertyNames"] = {"pattern": below_pattern(limits["vocab_size"])}
-        if "weights" in props and limits.get("domains") is not None:
-            for sub in _subs(props["weights"]):
-                if sub.get("type") == "object":
-                    sub["propertyNames"] = {"enum": list(limits["domains"])}
-    prompt = schemas.get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
-    for sub in _subs(prompt):
-        if sub.get("type") == "string":
-            sub["maxLength"] = chars
-        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "string":
-            sub["maxItems"] = min(sub.get("maxItems", limits["prompts"]), limits["prompts"])
-            sub["items"]["maxLength"] = chars
-        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "integer":
-            if limits.get("prompt_tokens"):
-                sub["maxItems"] = min(sub.get("maxItems", limits["prompt_tokens"]), limits["prompt_tokens"])
-            if limits.get("vocab_size"):
-                sub["items"]["maximum"] = limits["vocab_size"] - 1
-    for name in ("ChatMessage", "TextPart"):
-        props = schemas.get(name, {}).get("properties", {})
-        for prop in ("content", "text"):
-            for sub in _subs(props.get(prop, {})):
-                if sub.get("type") == "string":
-                    sub["maxLength"] = chars
-    for name in ("RouteRequest", "TokenizeRequest"):
-        one = schemas.get(name)
-        if one is not None:
-            one["properties"]["prompt"]["maxLength"] = chars
-            one["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
-    detok = schemas.get("DetokenizeRequest", {}).get("properties", {}).get("tokens")
-    if detok is not None and limits.get("vocab_size"):
-        detok["items"]["maximum"] = limits["vocab_size"] - 1
-    comp = schemas.get("CompletionRequest")
-    if comp is not None:  # echo: true cannot be combined with logprobs
-        comp["not"] = {"required": ["echo", "logprobs"],
-                       "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}}}
-    chat = schemas.get("ChatCompletionRequest")
-    if chat is not None:  # top_logprobs needs logprobs: true
-        chat["if"] = {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}}
-        chat["then"] = {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}
-    return doc

@@ -119,3 +119,26 @@ def test_readme_examples_answer_right_and_better_than_the_base(demo_server):
                                             messages=[{"role": "user", "content": "List three fruits as bullets."}])
     lines = [x for x in fruits.choices[0].message.content.splitlines() if x.strip()]
     assert len(lines) == 3 and all(x.startswith("- ") for x in lines), lines
+
+
+def test_structured_output_and_tokenize_on_the_real_model(demo_server):
+    """response_format json_schema through the openai client on SmolLM2 (a real byte-level BPE tokenizer): the
+    reply parses and validates; /tokenize counts what the chat completion was fed."""
+    import json
+
+    import jsonschema
+    from openai import OpenAI
+
+    client = OpenAI(base_url=demo_server[0] + "/v1", api_key="unused")
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    ask = [{"role": "user", "content": "What is 17 + 25? Reply in JSON."}]
+    out = client.chat.completions.create(
+        model="brainstacks", messages=ask, max_tokens=24, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "sum", "schema": schema, "strict": True}})
+    choice = out.choices[0]
+    assert choice.finish_reason == "stop", choice
+    jsonschema.validate(json.loads(choice.message.content), schema)
+    print("json_schema reply:", choice.message.content)
+    counted = httpx.post(demo_server[0] + "/tokenize", json={"messages": ask}, timeout=60).json()
+    assert counted["count"] == out.usage.prompt_tokens and counted["max_model_len"] >= 2048

@@ -8,7 +8,6 @@ from typing import Literal
 
 import httpx
 import jsonschema
-import openai
 import pytest
 import torch
 
@@ -192,11 +191,67 @@ def test_langchain_with_structured_output(server):
                      temperature=0, max_retries=0)
     out = llm.with_structured_output(Verdict, method="json_schema").invoke("Rate this.")
     assert isinstance(out, Verdict)
-    # LangChain's other default, function_calling, sends `tools`, a forced `tool_choice` and
-    # `parallel_tool_calls`: tool calling is not served, so it is refused clearly, naming one of them
-    with pytest.raises(openai.BadRequestError) as e:
-        llm.with_structured_output(Verdict, method="function_calling").invoke("Rate this.")
-    assert e.value.param in {"tools", "tool_choice", "parallel_tool_calls"}
+    # LangChain's other default, function_calling, needs `tools` with a forced `tool_choice` (and sends
+    # parallel_tool_calls=false): the reply is one call whose arguments follow the function's parameters
+    out = llm.with_structured_output(Verdict, method="function_calling").invoke("Rate this.")
+    assert isinstance(out, Verdict)
+
+
+TOOLS = [{"type": "function", "function": {"name": "verdict", "description": "Record a verdict.",
+                                           "parameters": SCHEMA}},
+         {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def test_a_forced_tool_call_is_a_tool_call_with_valid_arguments(client):
+    msgs = [{"role": "user", "content": "rate it"}]
+    force = {"type": "function", "function": {"name": "verdict"}}
+    r = client.chat.completions.create(model="brainstacks", messages=msgs, max_tokens=64, temperature=1.0, seed=2,
+                                       n=4, tools=TOOLS, tool_choice=force)
+    called = 0
+    for ch in r.choices:
+        assert ch.message.content is None and len(ch.message.tool_calls) == 1
+        call = ch.message.tool_calls[0]
+        assert call.type == "function" and call.function.name == "verdict" and call.id.startswith("call_")
+        if ch.finish_reason == "tool_calls":
+            jsonschema.validate(json.loads(call.function.arguments), SCHEMA)
+            called += 1
+        else:
+            assert ch.finish_reason == "length"
+    assert called >= 1
+    # streamed: the id and name first, then the arguments in pieces; together the same call
+    stream = client.chat.completions.create(model="brainstacks", messages=msgs, max_tokens=64, temperature=0,
+                                            tools=TOOLS, tool_choice=force, stream=True)
+    args, ids, finish = "", set(), None
+    for chunk in stream:
+        for ch in chunk.choices:
+            for tc in ch.delta.tool_calls or []:
+                ids |= {tc.id} - {None}
+                args += tc.function.arguments or ""
+            finish = ch.finish_reason or finish
+    whole = client.chat.completions.create(model="brainstacks", messages=msgs, max_tokens=64, temperature=0,
+                                           tools=TOOLS, tool_choice=force)
+    assert args == whole.choices[0].message.tool_calls[0].function.arguments and len(ids) == 1
+    assert finish == whole.choices[0].finish_reason
+    # auto (or no tool_choice): a text reply, no call
+    auto = client.chat.completions.create(model="brainstacks", messages=msgs, max_tokens=4, tools=TOOLS,
+                                          tool_choice="auto")
+    assert auto.choices[0].message.tool_calls is None and auto.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "missing"}}},
+     "tool_choice.function.name"),
+    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS[:1], "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "bad", "parameters": {"type": "wizard"}}}],
+      "tool_choice": "required"}, "tools"),
+])
+def test_bad_tool_requests_are_400(server, extra, param):
+    r = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                              **extra})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].startswith(param), r.json()
 
 
 # ---------------------------------------------------------------------------------------------------- tokenize
