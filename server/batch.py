@@ -116,8 +116,8 @@ def prefill(runner: Any, reqs: list[GenRequest]) -> tuple[Batch, torch.Tensor]:
 
 def sample_rows(b: Batch, logits: torch.Tensor) -> tuple[list[int | None], list[Logprob | None]]:
     """Tokens for every row and their (logprob, top) (None where that row's sampling, logprobs or grammar failed:
-    only that row fails). Rows with a response_format grammar choose from their masked logits; the others' logits
-    are not copied or touched."""
+    only that row fails). Rows with a response_format grammar (or a forced tool call) choose from their masked rows
+    of a selection copy, made only when some row is constrained; the other rows' values are not changed."""
     params, gens = [row.req.params for row in b.rows], [row.gen for row in b.rows]
     hist = [row.history for row in b.rows]
     matchers = [row.matcher for row in b.rows]

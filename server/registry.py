@@ -127,7 +127,7 @@ class Registry:
             return None
 
     # ------------------------------------------------------------------ reload
-    def _validate(self) -> tuple[Any, dict, Any, Any, Any, Path] | ReloadResult:
+    def _validate(self) -> tuple[Any, dict, Any, Any, Any, Path, str | None] | ReloadResult:
         """Phase 1 (worker thread): everything read, checked and packed to the side; returns what phase 2 swaps in,
         or a refusal. Nothing that serves is modified here."""
         from brainstacks.bundle import load_router, read_manifest, read_stacks
@@ -137,6 +137,7 @@ class Registry:
         bdir = self.bundle_dir
         try:
             bdir = self.source_dir()
+            stamp = content_hash(bdir)  # before reading: what this version's description records
             m = read_manifest(bdir)
             if m.version == r.bundle_version:
                 return ReloadResult("unchanged", r.bundle_version)
@@ -167,7 +168,7 @@ class Registry:
             return ReloadResult("refused", r.bundle_version,
                                 [f"{bdir / 'manifest.json'}: version {m.version}: packing the stacks failed: "
                                  f"{type(e).__name__}: {e}"])
-        return m, stacks, prepared, router, rmeta, bdir
+        return m, stacks, prepared, router, rmeta, bdir, stamp
 
     def _fingerprint(self) -> dict[str, Any]:
         from brainstacks.base import compute_fingerprint
@@ -181,13 +182,14 @@ class Registry:
         return self._fp
 
     def _install(self, m: Any, stacks: dict, prepared: Any, router: Any, rmeta: dict | None,
-                 bdir: Path | None = None) -> ReloadResult:
+                 bdir: Path | None = None, stamp: str | None = None) -> ReloadResult:
         """Phase 2 (model thread, between steps): pointer assignments only."""
         r = self.runner
         before = set(r.domains)
         served = dataclasses.replace(
             r.served, dir=str(bdir) if bdir is not None else r.served.dir, manifest=m, version=m.version,
-            stack_meta={name: [meta for _, meta in items] for name, items in stacks.items()}, router_meta=rmeta)
+            stack_meta={name: [meta for _, meta in items] for name, items in stacks.items()}, router_meta=rmeta,
+            content_hash=stamp)
         r.stacked.commit(prepared)
         r.stacks_changed()  # the fused decoder re-reads the packed stacks; batches rebuild their routing
         r.router = router
