@@ -102,11 +102,6 @@ class StackedLinear(nn.Module):
         self._subsets: OrderedDict[tuple, tuple] = OrderedDict()  # (selection, small) -> _packing()
 
     # ---- packing ---------------------------------------------------------------------------------------------
-    def set_frozen(self, stacks: list[dict[str, torch.Tensor]]) -> None:
-        """Pack frozen stacks (each {"A": (E, r, d_in), "B": (E, d_out, r), "W": (E, d_in)}), in the given order."""
-        AW, BT, small = self.pack(stacks)
-        self.set_packed(AW, BT, len(stacks), small)
-
     def pack(self, stacks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None,
                                                                      tuple[torch.Tensor, torch.Tensor] | None]:
         """The packed (AW, BT, small) of `stacks`, built to the side: the layer's live tensors are not touched, so a

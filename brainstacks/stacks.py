@@ -118,9 +118,9 @@ class StackedModel:
         if self._active == name:
             self.discard_active()
         keep = [i for i, (d, _) in enumerate(self._stacks) if d != name]
-        self._repack([self._stacks[i] for i in keep],
-                     {p: [lay.frozen(i) for i in keep] for p, lay in self.layers.items()})
-        self._domains.remove(name)
+        self._swap(self._pack([d for d in self._domains if d != name], [self._stacks[i] for i in keep],
+                              {p: [lay.frozen(i) for i in keep] for p, lay in self.layers.items()},
+                              self._storage_dtype))
         self.set_weights(None)
 
     def _require_domain(self, name: str) -> int:
@@ -208,11 +208,7 @@ class StackedModel:
             raise StackFormatError(f"stacks mix dtypes {sorted(map(str, dts))}; frozen stacks share one")
         if dts:
             self._storage_dtype = dts.pop()
-        compute = packed_dtype(self._storage_dtype, self.device)
         per_layer = {p: {s: lay.frozen(i) for i, s in enumerate(self._stacks)} for p, lay in self.layers.items()}
-        for _, per in new:
-            for p in per:
-                per[p] = {n: t.to(compute) for n, t in per[p].items()}  # exact: every storage value fits
         keys = []
         for domain, per in new:
             k = self.num_stacks(domain) + sum(1 for d, _ in keys if d == domain)
@@ -220,7 +216,9 @@ class StackedModel:
             for p in self.layers:
                 per_layer[p][(domain, k)] = per[p]
         order = sorted(self._stacks + keys, key=lambda s: (self._domains.index(s[0]), s[1]))
-        self._repack(order, {p: [per_layer[p][s] for s in order] for p in self.layers})
+        self._swap(self._pack(list(self._domains), order, {p: [per_layer[p][s] for s in order] for p in self.layers},
+                              self._storage_dtype))
+        self.set_weights(self._weights)  # the same domains: the rows' weights still fit
         return [k for _, k in keys]
 
     def prepare(self, items: dict[str, list[dict[str, torch.Tensor]]],
@@ -239,23 +237,32 @@ class StackedModel:
         if len(dts) > 1:
             raise StackFormatError(f"stacks mix dtypes {sorted(map(str, dts))}; frozen stacks share one")
         storage = dts.pop() if dts else None
-        compute = packed_dtype(storage, self.device)
-        packed = {}
-        for path, lay in self.layers.items():
-            packed[path] = lay.pack([{n: t.to(compute) for n, t in p[path].items()} for p in per])
-        return PreparedStacks(domains, order, storage, packed)
+        return self._pack(domains, order, {path: [p[path] for p in per] for path in self.layers}, storage)
 
-    def commit(self, prepared: PreparedStacks) -> None:
-        """Swap in what `prepare` built: pointer assignments only, so it cannot fail half-way. Call between forwards
-        (the engine's model thread). Routing weights are reset: their columns named the old domains."""
-        if self._active is not None:
-            raise StackFormatError(f"a stack for {self._active!r} is being trained; freeze or discard it first")
+    def _pack(self, domains: list[str], order: list[tuple[str, int]],
+              per_layer: dict[str, list[dict[str, torch.Tensor]]], storage: torch.dtype | None) -> PreparedStacks:
+        """The one packing path: every layer's stacks (in `order`) packed to the side in the compute dtype the
+        storage dtype takes here (brainstacks.dtypes.packed_dtype; exact: every storage value fits)."""
+        compute = packed_dtype(storage, self.device)
+        packed = {path: lay.pack([{n: t.to(compute) for n, t in st.items()} for st in per_layer[path]])
+                  for path, lay in self.layers.items()}
+        return PreparedStacks(list(domains), list(order), storage, packed)
+
+    def _swap(self, prepared: PreparedStacks) -> None:
+        """Install a packed set: pointer assignments only (routing weights are the caller's to reset)."""
         for path, lay in self.layers.items():
             AW, BT, small = prepared.packed[path]
             lay.set_packed(AW, BT, len(prepared.stacks), small)
         self._domains = list(prepared.domains)
         self._stacks = list(prepared.stacks)
         self._storage_dtype = prepared.storage_dtype
+
+    def commit(self, prepared: PreparedStacks) -> None:
+        """Swap in what `prepare` built: pointer assignments only, so it cannot fail half-way. Call between forwards
+        (the engine's model thread). Routing weights are reset: their columns named the old domains."""
+        if self._active is not None:
+            raise StackFormatError(f"a stack for {self._active!r} is being trained; freeze or discard it first")
+        self._swap(prepared)
         self.set_weights(None)
 
     def _validated(self, domain: str, tensors: dict[str, torch.Tensor], dtype,
@@ -279,15 +286,8 @@ class StackedModel:
     def clear(self) -> None:
         """Remove every domain and stack (the active one too) in one step."""
         self.discard_active()
-        self._domains = []
-        self._weights = None  # earlier weights name domains that are gone
-        self._repack([], {p: [] for p in self.layers})
-
-    def _repack(self, order: list[tuple[str, int]], per_layer: dict[str, list[dict[str, torch.Tensor]]]) -> None:
-        for p, lay in self.layers.items():
-            lay.set_frozen(per_layer[p])
-        self._stacks = list(order)
-        self.set_weights(self._weights)
+        self._swap(self._pack([], [], {p: [] for p in self.layers}, self._storage_dtype))
+        self.set_weights(None)  # earlier weights name domains that are gone
 
     def stack_tensors(self, domain: str, k: int) -> dict[str, torch.Tensor]:
         """The frozen stack (domain, k) as {f"{path}.{A|B|W}": tensor} (on CPU, storage dtype)."""

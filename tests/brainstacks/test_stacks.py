@@ -119,8 +119,8 @@ def test_attach_many_packs_once_and_clear(base_dirs):
     sm.add_domain("a")
     packs = []
     layer = next(iter(sm.layers.values()))
-    orig = layer.set_frozen
-    layer.set_frozen = lambda stacks: (packs.append(len(stacks)), orig(stacks))[1]
+    orig = layer.pack
+    layer.pack = lambda stacks: (packs.append(len(stacks)), orig(stacks))[1]
     assert sm.attach_stacks([("a", ta), ("b", tb), ("a", ta)]) == [0, 0, 1]
     assert packs == [3]  # one repack for the three stacks
     assert sm.stacks == [("b", 0), ("a", 0), ("a", 1)]  # domain order, then k
