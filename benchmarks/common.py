@@ -137,6 +137,17 @@ def write_report(path: str | Path, benchmark: str, results: list, targets: Seque
     return data
 
 
+def finish(args: argparse.Namespace, benchmark: str, rows: list[dict], targets: Sequence[Target],
+           columns: Sequence[str] | None = None, title: str | None = None) -> int:
+    """A benchmark's ending: its table, its targets, the §7 JSON when --json asks for it; the exit status 0 (the run
+    completed; PASS/FAIL of each target is in the table and the JSON)."""
+    print_table(rows, columns, title)
+    print_targets(targets)
+    if args.json:
+        write_report(args.json, benchmark, rows, targets, machine_info())
+    return 0
+
+
 def benchmark_parser(name: str, description: str | None = None) -> argparse.ArgumentParser:
     """An argument parser with the two flags every benchmark takes: --quick and --json PATH."""
     p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, write_report
+from benchmarks.common import Target, benchmark_parser, finish
 
 PROMPTS = (
     "What is 17 + 25?",
@@ -127,13 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     new_tokens, reps, batches = (16, 2, (1, 8)) if args.quick else (32, 3, (1, 16))
     results, targets = run(args.bundle, new_tokens, reps, batches)
-    print_table(results, ["batch", "case", "kernel", "new_tokens", "seconds", "tokens_per_s", "vs_base",
-                          "mean_active_domains"],
-                title="greedy decode on the demo bundle (NF4 base)")
-    print_targets(targets)
-    if args.json:
-        write_report(args.json, "decode", results, targets, machine_info())
-    return 0
+    return finish(args, "decode", results, targets,
+                  ["batch", "case", "kernel", "new_tokens", "seconds", "tokens_per_s", "vs_base",
+                   "mean_active_domains"], title="greedy decode on the demo bundle (NF4 base)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, ratio, write_report
+from benchmarks.common import Target, benchmark_parser, finish, ratio
 
 STACK_COUNTS = (1, 5, 10, 20, 40)
 PROMPT = "Explain in two sentences why the sky is blue."
@@ -138,12 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     new_tokens, reps = (8, 2) if args.quick else (24, 3)
     rows, targets = run(new_tokens, reps, (1, 16))
-    print_table(rows, ["bench", "stacks", "batch", "case", "active_stacks", "tokens_per_s", "ms_per_step"],
-                title=f"decode cost as stacks and mixes grow (SmolLM2-135M NF4, {args.threads} thread(s))")
-    print_targets(targets)
-    if args.json:
-        write_report(args.json, "scaling", rows, targets, machine_info())
-    return 0
+    return finish(args, "scaling", rows, targets,
+                  ["bench", "stacks", "batch", "case", "active_stacks", "tokens_per_s", "ms_per_step"],
+                  title=f"decode cost as stacks and mixes grow (SmolLM2-135M NF4, {args.threads} thread(s))")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.common import Target, benchmark_parser, machine_info, print_table, print_targets, write_report
+from benchmarks.common import Target, benchmark_parser, finish
 
 PROMPTS = ("Give the answer as JSON: what is 17 + 25?", "List three fruits.", "A patient weighs 20 kg; dose 5 mg/kg?",
            "Write a haiku about rain.", "Who is the youngest: Anna > Ben > Carl in age?", "Subtract 48 from 230.",
@@ -119,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, targets = run(args.quick)
-    print_table(rows, title="one response_format row among 16 (demo bundle, greedy)")
-    print_targets(targets)
-    if args.json:
-        write_report(args.json, "structured", rows, targets, machine_info())
-    return 0
+    return finish(args, "structured", rows, targets, title="one response_format row among 16 (demo bundle, greedy)")
 
 
 if __name__ == "__main__":

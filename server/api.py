@@ -107,6 +107,13 @@ def one_prompt_text(state: ServerState, prompt: str | None, messages: list | Non
     return prompt
 
 
+def check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
+    """Every id inside the served vocabulary (a token-id prompt, /detokenize)."""
+    bad = [i for i in ids if i >= state.runner.vocab_size]
+    if bad:
+        raise invalid(f"{param}: token id {bad[0]} is outside the vocabulary (size {state.runner.vocab_size}).", param)
+
+
 def check_prompt_tokens(state: ServerState, ids: list[int]) -> None:
     limit = min(state.settings.max_prompt_tokens, state.runner.max_model_len)
     if len(ids) > limit:
@@ -208,9 +215,7 @@ def prepare(state: ServerState, body: CompletionRequest | ChatCompletionRequest)
     else:
         ids = list(body.prompt)
         check_prompt_tokens(state, ids)
-        bad = [i for i in ids if i >= runner.vocab_size]
-        if bad:
-            raise invalid(f"prompt: token id {bad[0]} is outside the vocabulary (size {runner.vocab_size}).", "prompt")
+        check_token_ids(state, ids, "prompt")
         prompts = [ids]
         texts = [tok.decode(ids)]
     if len(prompts) * n > s.max_waiting:

@@ -73,7 +73,7 @@ def load_runner(settings: ServerSettings) -> ModelRunner:
     b = load_bundle(bundle, base=settings.base, quantize=settings.quantize, dtype=serve_dtype(settings),
                     device=_device(settings))
     served = ServedBundle(dir=str(b.bundle_dir), root=str(Path(root).resolve()), manifest=b.manifest,
-                          version=b.manifest.version, stack_meta=b.stack_meta,
+                          stack_meta=b.stack_meta,
                           router_meta=router_meta(b.bundle_dir, b.manifest), content_hash=seen,
                           fingerprint=b.base.fingerprint)
     runner = ModelRunner(b.base.model, b.base.tokenizer, stacked=b.stacked, router=b.router, served=served,

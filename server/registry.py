@@ -187,7 +187,7 @@ class Registry:
         r = self.runner
         before = set(r.domains)
         served = dataclasses.replace(
-            r.served, dir=str(bdir) if bdir is not None else r.served.dir, manifest=m, version=m.version,
+            r.served, dir=str(bdir) if bdir is not None else r.served.dir, manifest=m,
             stack_meta={name: [meta for _, meta in items] for name, items in stacks.items()}, router_meta=rmeta,
             content_hash=stamp)
         r.stacked.commit(prepared)

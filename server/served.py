@@ -15,8 +15,12 @@ class ServedBundle:
     dir: str | None = None  # the directory loaded: a single-directory bundle, or BUNDLE/versions/<n>
     root: str | None = None  # what the server was given (reloads follow its CURRENT pointer); None: dir
     manifest: Any = None  # brainstacks.bundle.Manifest; None for a bare base (--base only)
-    version: int = 0
     stack_meta: dict[str, list[dict]] = field(default_factory=dict)  # per domain: each stack.json (sha256, bytes)
     router_meta: dict | None = None
     content_hash: str | None = None  # server.loading.content_hash of `dir` when it was read
     fingerprint: dict | None = None  # the base's, as the bundle was validated against it
+
+    @property
+    def version(self) -> int:
+        """The manifest's version (0 for a bare base)."""
+        return self.manifest.version if self.manifest is not None else 0

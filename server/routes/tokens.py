@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends
 
 from brainstacks.text import encode_prompt
 from server import api
-from server.errors import ERROR_RESPONSES, invalid
+from server.errors import ERROR_RESPONSES
 from server.routes import ready_state
 from server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.state import ServerState
@@ -39,11 +39,8 @@ def tokenize(state: ServerState, body: TokenizeRequest) -> dict:
 
 
 def detokenize(state: ServerState, body: DetokenizeRequest) -> dict:
-    r = state.runner
-    bad = [t for t in body.tokens if t >= r.vocab_size]
-    if bad:
-        raise invalid(f"tokens: token id {bad[0]} is outside the vocabulary (size {r.vocab_size}).", "tokens")
-    return {"prompt": r.tokenizer.decode(body.tokens)}
+    api.check_token_ids(state, body.tokens, "tokens")
+    return {"prompt": state.runner.tokenizer.decode(body.tokens)}
 
 
 @router.post("/tokenize", responses={**ERROR_RESPONSES, 200: {"model": TokenizeResponse}})
