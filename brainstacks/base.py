@@ -274,6 +274,21 @@ def load_base(path: str | os.PathLike, quantize: str = "nf4", dtype: str | torch
                       layout.skipped)
 
 
+def base_fingerprint(path: str | os.PathLike, targets: tuple[str, ...] = TARGETS) -> tuple[str, dict[str, Any]]:
+    """(the resolved base path, its fingerprint) without reading any weights: from config.json on the meta device.
+    The same fingerprint load_base computes (architecture, sizes and target shapes do not depend on the weights)."""
+    source = resolve_base_source(path)
+    p = ensure_converted(source) if is_gguf(source) else source
+    if not (p / "config.json").is_file():
+        raise BaseModelError(f"{p}: not a Hugging Face model directory (no config.json)")
+    skeleton = _skeleton(p)
+    try:
+        check_architecture(skeleton, targets)
+    except UnsupportedArchitecture as e:
+        raise UnsupportedArchitecture(f"{p}: {e}") from None
+    return str(source.resolve()), compute_fingerprint(skeleton, targets)
+
+
 def _skeleton(p: Path) -> nn.Module:
     """The model config.json describes, on the meta device (no memory, no weights read): what checks run on."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -301,4 +316,4 @@ def resolve_base_source(path: str | os.PathLike) -> Path:
 
 __all__ = ["LoadedBase", "DecoderLayout", "load_base", "prepare_for_backward", "compute_fingerprint",
            "fingerprint_mismatches", "quantize_targets", "check_quantizable", "check_architecture", "decoder_layers",
-           "target_modules", "TARGETS", "DIGEST_KEYS", "dtype_name", "resolve_base_source"]
+           "target_modules", "TARGETS", "DIGEST_KEYS", "dtype_name", "resolve_base_source", "base_fingerprint"]

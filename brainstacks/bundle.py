@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from brainstacks.config import RouterConfig, StackConfig, dtype_name, parse_dtyp
 from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
 from brainstacks.files import atomic_write, read_json, read_tensors, sha256_file, write_json
 from brainstacks.gguf import is_package_ref
+from brainstacks.lora import is_lora_stack, lora_tensor_problem
 from brainstacks.moe_lora import stack_tensor_problem, stack_tensor_shapes
 from brainstacks.router import MetaRouter
 from brainstacks.stacks import DOMAIN_NAME, StackedModel
@@ -162,10 +164,21 @@ def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict
     return rel
 
 
+def wrapped_targets(fingerprint: dict[str, Any], config: StackConfig) -> dict[str, tuple[int, int]]:
+    """{path: (d_out, d_in)} of every projection the bundle wraps (from the fingerprint's target shapes)."""
+    return {p: tuple(s) for p, s in fingerprint.get("targets", {}).items() if p.rsplit(".", 1)[-1] in config.targets}
+
+
 def expected_stack_shapes(fingerprint: dict[str, Any], config: StackConfig) -> dict[str, tuple[int, ...]]:
-    """Tensor name → shape a stack must have for this base (from the fingerprint's target shapes)."""
-    targets = {p: tuple(s) for p, s in fingerprint.get("targets", {}).items() if p.rsplit(".", 1)[-1] in config.targets}
-    return stack_tensor_shapes(targets, config)
+    """Tensor name → shape a MoE-LoRA stack must have for this base (from the fingerprint's target shapes)."""
+    return stack_tensor_shapes(wrapped_targets(fingerprint, config), config)
+
+
+def stack_problem(tensors: dict[str, torch.Tensor], fingerprint: dict[str, Any], config: StackConfig) -> str | None:
+    """The first way one stack (MoE-LoRA, or a plain LoRA: brainstacks/lora.py) does not fit this base, or None."""
+    if is_lora_stack(tensors):
+        return lora_tensor_problem(tensors, wrapped_targets(fingerprint, config))
+    return stack_tensor_problem(tensors, expected_stack_shapes(fingerprint, config))
 
 
 def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, Any],
@@ -176,13 +189,12 @@ def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, A
     d = safe_path(bundle_dir, rel)
     meta = read_json(d / STACK_META)
     tensors = read_tensors(d / STACK_TENSORS, meta.get("sha256"))
-    want = expected_stack_shapes(fingerprint, config)
     f = d / STACK_TENSORS
-    problem = stack_tensor_problem(tensors, want)
+    problem = stack_problem(tensors, fingerprint, config)
     if problem:
         raise BundleError(f"{f}: {problem}")
     want_dtype = parse_dtype(config.frozen_dtype)
-    for name in sorted(want):
+    for name in sorted(tensors):
         t = tensors[name]
         if t.dtype != want_dtype:
             raise BundleError(f"{f}: {name} is {dtype_name(t.dtype)}, the bundle's stacks are {config.frozen_dtype} "
@@ -210,9 +222,12 @@ def save_router(bundle_dir: str | os.PathLike, router: MetaRouter, meta: dict[st
 
 
 def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = None,
-                domains: list[str] | None = None) -> MetaRouter:
-    """Read and validate the router; with `domains` (the manifest's), it must score exactly those, in that order: a
-    router missing a domain would give it weight 0 forever, so it is refused, naming the missing domains."""
+                domains: list[str] | None = None, unrouted: Collection[str] = ()) -> MetaRouter:
+    """Read and validate the router. With `domains` (the manifest's), it must score every one of them but those in
+    `unrouted` (imported or runtime-loaded domains, which weigh 0 from it until `brainstacks train --router-only`
+    retrains it): a router missing a trained domain would give it weight 0 forever (a `train` run killed before its
+    router step leaves such a version), so it is refused, naming the missing domains. Domains it scores that the
+    manifest no longer lists (one removed by DELETE /admin/stacks) are ignored when serving."""
     d = safe_path(bundle_dir, rel)
     meta = read_json(d / ROUTER_META)
     tensors = read_tensors(d / ROUTER_TENSORS, meta.get("sha256"))
@@ -221,17 +236,11 @@ def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = N
         raise BundleError(f"{d / ROUTER_META}: 'domains' must be a non-empty list of names")
     if d_model is not None and meta.get("d_model") != d_model:
         raise BundleError(f"{d / ROUTER_META}: router reads d_model={meta.get('d_model')}, base has {d_model}")
-    if domains is not None and list(r_domains) != list(domains):
-        missing = [x for x in domains if x not in r_domains]
-        extra = [x for x in r_domains if x not in domains]
-        if missing:
-            why = (f"router covers only {r_domains}, missing {missing} of the manifest's domains {list(domains)} "
-                   "(a `brainstacks train` run stopped before retraining the router? rerun it)")
-        elif extra:
-            why = f"router scores domains {extra} that the manifest does not list"
-        else:
-            why = f"router scores {r_domains}, the manifest lists {list(domains)}: not in the same order"
-        raise BundleError(f"{d / ROUTER_META}: {why}")
+    missing = [x for x in domains or () if x not in r_domains and x not in unrouted]
+    if missing:
+        raise BundleError(f"{d / ROUTER_META}: router covers only {r_domains}, missing {missing} of the manifest's "
+                          f"domains {list(domains)} (a `brainstacks train` run stopped before retraining the router? "
+                          "rerun it)")
     try:
         cfg = RouterConfig.from_dict(meta.get("config"), str(d / ROUTER_META))
         router = MetaRouter(int(meta["d_model"]), r_domains, cfg)
@@ -289,6 +298,12 @@ def read_stacks(bundle_dir: str | os.PathLike, manifest: Manifest, fingerprint: 
     if reasons:
         raise BundleError(reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""), reasons)
     return out
+
+
+def unrouted_domains(stacks: dict[str, list[tuple[dict[str, torch.Tensor], dict[str, Any]]]]) -> list[str]:
+    """Domains every stack of which was imported (stack.json "imported": `brainstacks stacks import` or a runtime
+    load), which a router trained before them may leave out (load_router)."""
+    return [name for name, items in stacks.items() if items and all(meta.get("imported") for _, meta in items)]
 
 
 @dataclass
@@ -359,7 +374,8 @@ def load_bundle(bundle_dir: str | os.PathLike, base: str | os.PathLike | None = 
     stacks = read_stacks(bundle_dir, manifest, lb.fingerprint)
     router = None
     if manifest.router is not None:
-        router = load_router(bundle_dir, manifest.router, lb.fingerprint["hidden_size"], manifest.domain_names)
+        router = load_router(bundle_dir, manifest.router, lb.fingerprint["hidden_size"], manifest.domain_names,
+                             unrouted_domains(stacks))
         router.to(device)
     cfg = StackConfig.from_dict(manifest.stack_config, str(bundle_dir / MANIFEST))
     sm = StackedModel(lb.model, cfg)

@@ -28,6 +28,11 @@ class BundleError(BrainstacksError):
         self.reasons = reasons or [message]
 
 
+class AdapterError(BrainstacksError):
+    """An adapter to import (a PEFT LoRA directory, or a stack directory) is refused: unsupported type or option,
+    a module we do not wrap, a shape that does not fit the base, a corrupt or non-finite file, a domain that exists."""
+
+
 class FingerprintMismatch(BundleError):
     """The bundle was built for a different base model."""
 

@@ -208,6 +208,7 @@ class FusedDecoder:
         self._packs = OrderedDict()
         self._source = []
         self._num_stacks = 0 if sm is None else len(sm.stacks)
+        self._rank = 0 if sm is None else sm.pack_rank  # the layers' packing rank (brainstacks/lora.py)
         if not self._num_stacks:
             return
         for lay in self.model.model.layers:
@@ -221,7 +222,7 @@ class FusedDecoder:
         hit = self._packs.get(sel)
         if hit is None:
             c = self.stacked.config
-            hit = [{name: pack_group(members, sel, self._num_stacks, c.experts, c.rank)
+            hit = [{name: pack_group(members, sel, self._num_stacks, c.experts, self._rank)
                     for name, members in per.items()} for per in self._source]
             self._packs[sel] = hit
             while len(self._packs) > PACK_CACHE_SIZE:
@@ -322,7 +323,7 @@ class FusedDecoder:
             return out
         g = self._packs_for(routing.selected)[li][group]
         c = self.stacked.config
-        E, r, P, m = c.experts, c.rank, g.members, g.m
+        E, r, P, m = c.experts, self._rank, g.members, g.m
         N = x.shape[0]
         hw = torch.mm(x, g.AWt)  # (N, P·m·E·r + P·m·E): every A and every gate logit
         h, logits = hw.split([P * m * E * r, P * m * E], dim=1)

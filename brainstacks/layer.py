@@ -92,6 +92,7 @@ class StackedLinear(nn.Module):
         self.out_features = int(base_layer.out_features)
         self.active: MoELoRA | None = None
         self.num_stacks = 0
+        self.rank = config.rank  # the packing rank: config.rank, or a larger imported LoRA's (brainstacks/lora.py)
         # Packed frozen stacks (buffers so .to(device) moves them; not persistent: bundles hold them).
         self.register_buffer("AW", None, persistent=False)
         self.register_buffer("BT", None, persistent=False)
@@ -109,7 +110,7 @@ class StackedLinear(nn.Module):
         float32 copy for small calls, or None (see needs_small_copy)."""
         if not stacks:
             return None, None, None
-        E, r = self.config.experts, self.config.rank
+        E, r = self.config.experts, stacks[0]["A"].shape[1]
         A = torch.cat([s["A"].reshape(E * r, self.in_features) for s in stacks])  # (S*E*r, d_in)
         W = torch.cat([s["W"] for s in stacks])  # (S*E, d_in)
         AW = torch.cat([A, W]).contiguous()
@@ -123,17 +124,18 @@ class StackedLinear(nn.Module):
         return None if self.BT is None else self.BT.t()
 
     def set_packed(self, AW: torch.Tensor | None, BT: torch.Tensor | None, num_stacks: int,
-                   small: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Install tensors from `pack`: pointer assignments only (cannot fail half-way)."""
+                   small: tuple[torch.Tensor, torch.Tensor] | None = None, rank: int | None = None) -> None:
+        """Install tensors from `pack` (at packing rank `rank`): pointer assignments only (cannot fail half-way)."""
         self._subsets = OrderedDict()
         self.AW, self.BT, self.small = AW, BT, small
+        self.rank = rank or self.config.rank
         if self.group is not None:
             self.group.reset()
         self.num_stacks = num_stacks
 
     def frozen(self, i: int) -> dict[str, torch.Tensor]:
         """Stack i back as {"A", "B", "W"} (copies, in the storage dtype)."""
-        E, r, S = self.config.experts, self.config.rank, self.num_stacks
+        E, r, S = self.config.experts, self.rank, self.num_stacks
         n = E * r
         A = self.AW[i * n : (i + 1) * n].reshape(E, r, self.in_features)
         W = self.AW[S * n + i * E : S * n + (i + 1) * E]
@@ -156,7 +158,7 @@ class StackedLinear(nn.Module):
         if hit is None:
             AW, BT = self.small if small else (self.AW, self.BT)
             if key[0] is not None:
-                E, r = self.config.experts, self.config.rank
+                E, r = self.config.experts, self.rank
                 a_rows, w_rows = stack_rows(sel, S, E, r, AW.device)
                 AW, BT = AW[torch.cat([a_rows, w_rows])].contiguous(), BT[a_rows].contiguous()
             hit = (AW, BT.t(), AW.t(), BT, S if key[0] is None else len(sel))
@@ -202,7 +204,7 @@ class StackedLinear(nn.Module):
         """The selected stacks' A x, each expert's rank block scaled by its top-k gate and the row's multiplier:
         (rows·T, m·E·r) in the compute dtype, ready for the B matmul."""
         _, _, AWt, _, m = self._packing(st.selected, small)
-        E, r, k = self.config.experts, self.config.rank, self.config.top_k
+        E, r, k = self.config.experts, self.rank, self.config.top_k
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         hw = torch.mm(x2 if x2.dtype == AWt.dtype else x2.to(AWt.dtype), AWt)  # (N, m*E*r + m*E)

@@ -77,7 +77,7 @@ class SharedInputGroup:
         if hit is None:
             parts = [m.packed(sel, small) for m in self.members]
             cfg = self.members[0].config
-            n = parts[0][2] * cfg.experts * cfg.rank
+            n = parts[0][2] * cfg.experts * self.members[0].rank
             AW = torch.cat([p[0][:n] for p in parts] + [p[0][n:] for p in parts]).contiguous()
             hit = (AW.t(), parts[0][2])
             self._packs[key] = hit
@@ -91,7 +91,7 @@ class SharedInputGroup:
         """Every member's gated h (StackedLinear.gated_h) for x, in one gating pass: (rows·T, m·E·r) each."""
         AWt, m = self.packed(st.selected, small)
         cfg = self.members[0].config
-        E, r, k, G = cfg.experts, cfg.rank, cfg.top_k, len(self.members)
+        E, r, k, G = cfg.experts, self.members[0].rank, cfg.top_k, len(self.members)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         hw = torch.mm(x2 if x2.dtype == AWt.dtype else x2.to(AWt.dtype), AWt)  # (N, G*m*E*r + G*m*E)

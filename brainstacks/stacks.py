@@ -27,6 +27,7 @@ from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.dtypes import packed_dtype
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.layer import RoutingState, StackedLinear
+from brainstacks.lora import is_lora_stack, lora_tensor_problem, packing_rank, to_packing
 from brainstacks.moe_lora import MoELoRA, stack_tensor_problem, stack_tensor_shapes
 from brainstacks.shared_input import build_groups
 
@@ -46,6 +47,8 @@ class PreparedStacks:
     stacks: list[tuple[str, int]]  # packed order
     storage_dtype: torch.dtype | None
     packed: dict[str, tuple]  # layer path -> (AW, BT, small) from StackedLinear.pack
+    sources: list[dict[str, torch.Tensor]]  # each stack's own tensors (MoE-LoRA or LoRA), in packed order
+    rank: int  # the packing rank (brainstacks/lora.py)
 
 
 class StackedModel:
@@ -73,6 +76,8 @@ class StackedModel:
         self._storage_dtype: torch.dtype | None = None  # dtype the frozen stacks are stored (and saved) in
         self._active: str | None = None
         self._weights: torch.Tensor | None = None
+        self._sources: list[dict[str, torch.Tensor]] = []  # each frozen stack's own tensors, in packed order
+        self.pack_rank = self.config.rank  # the rank every stack is packed at (brainstacks/lora.py)
 
     def share_inputs(self, on: bool = True) -> None:
         """Turn the shared-input groups (brainstacks/shared_input.py) on or off, e.g. to measure them."""
@@ -119,8 +124,7 @@ class StackedModel:
             self.discard_active()
         keep = [i for i, (d, _) in enumerate(self._stacks) if d != name]
         self._swap(self._pack([d for d in self._domains if d != name], [self._stacks[i] for i in keep],
-                              {p: [lay.frozen(i) for i in keep] for p, lay in self.layers.items()},
-                              self._storage_dtype))
+                              [self._sources[i] for i in keep], self._storage_dtype))
         self.set_weights(None)
 
     def _require_domain(self, name: str) -> int:
@@ -201,23 +205,21 @@ class StackedModel:
                       dtype: str | torch.dtype | None = None) -> list[int]:
         """Add several frozen stacks, validating all of them first and packing once; returns their indices k."""
         new = [(domain, self._validated(domain, tensors, dtype)) for domain, tensors in items]
-        dts = {t.dtype for _, per in new for d in per.values() for t in d.values()}
+        dts = {t.dtype for _, tensors in new for t in tensors.values()}
         if self._stacks and self._storage_dtype is not None:
             dts.add(self._storage_dtype)
         if len(dts) > 1:
             raise StackFormatError(f"stacks mix dtypes {sorted(map(str, dts))}; frozen stacks share one")
         if dts:
             self._storage_dtype = dts.pop()
-        per_layer = {p: {s: lay.frozen(i) for i, s in enumerate(self._stacks)} for p, lay in self.layers.items()}
+        sources = dict(zip(self._stacks, self._sources, strict=True))
         keys = []
-        for domain, per in new:
+        for domain, tensors in new:
             k = self.num_stacks(domain) + sum(1 for d, _ in keys if d == domain)
             keys.append((domain, k))
-            for p in self.layers:
-                per_layer[p][(domain, k)] = per[p]
+            sources[(domain, k)] = tensors
         order = sorted(self._stacks + keys, key=lambda s: (self._domains.index(s[0]), s[1]))
-        self._swap(self._pack(list(self._domains), order, {p: [per_layer[p][s] for s in order] for p in self.layers},
-                              self._storage_dtype))
+        self._swap(self._pack(list(self._domains), order, [sources[s] for s in order], self._storage_dtype))
         self.set_weights(self._weights)  # the same domains: the rows' weights still fit
         return [k for _, k in keys]
 
@@ -232,28 +234,33 @@ class StackedModel:
             if not isinstance(name, str) or not DOMAIN_NAME.match(name):
                 raise StackFormatError(f"invalid domain name {name!r}: use letters, digits, '_', '.', '-' (max 64)")
         order = [(d, k) for d in domains for k in range(len(items[d]))]
-        per = [self._validated(d, items[d][k], dtype, domains) for d, k in order]  # each {layer: {A, B, W}}
-        dts = {t.dtype for p in per for lay in p.values() for t in lay.values()}
+        per = [self._validated(d, items[d][k], dtype, domains) for d, k in order]
+        dts = {t.dtype for p in per for t in p.values()}
         if len(dts) > 1:
             raise StackFormatError(f"stacks mix dtypes {sorted(map(str, dts))}; frozen stacks share one")
         storage = dts.pop() if dts else None
-        return self._pack(domains, order, {path: [p[path] for p in per] for path in self.layers}, storage)
+        return self._pack(domains, order, per, storage)
 
-    def _pack(self, domains: list[str], order: list[tuple[str, int]],
-              per_layer: dict[str, list[dict[str, torch.Tensor]]], storage: torch.dtype | None) -> PreparedStacks:
-        """The one packing path: every layer's stacks (in `order`) packed to the side in the compute dtype the
-        storage dtype takes here (brainstacks.dtypes.packed_dtype; exact: every storage value fits)."""
+    def _pack(self, domains: list[str], order: list[tuple[str, int]], sources: list[dict[str, torch.Tensor]],
+              storage: torch.dtype | None) -> PreparedStacks:
+        """The one packing path: the stacks (validated, in `order`) in one geometry (brainstacks/lora.py's
+        to_packing: E experts at the packing rank), each layer packed to the side in the compute dtype the storage
+        dtype takes here (brainstacks.dtypes.packed_dtype; exact: every storage value fits)."""
         compute = packed_dtype(storage, self.device)
-        packed = {path: lay.pack([{n: t.to(compute) for n, t in st.items()} for st in per_layer[path]])
-                  for path, lay in self.layers.items()}
-        return PreparedStacks(list(domains), list(order), storage, packed)
+        rank = packing_rank(self.config, sources)
+        shapes = self.shapes()
+        per = [to_packing(src, shapes, self.config, rank, compute) for src in sources]
+        packed = {path: lay.pack([p[path] for p in per]) for path, lay in self.layers.items()}
+        return PreparedStacks(list(domains), list(order), storage, packed, list(sources), rank)
 
     def _swap(self, prepared: PreparedStacks) -> None:
         """Install a packed set: pointer assignments only (routing weights are the caller's to reset)."""
         for path, lay in self.layers.items():
             AW, BT, small = prepared.packed[path]
-            lay.set_packed(AW, BT, len(prepared.stacks), small)
+            lay.set_packed(AW, BT, len(prepared.stacks), small, prepared.rank)
         self._domains = list(prepared.domains)
+        self._sources = list(prepared.sources)
+        self.pack_rank = prepared.rank
         self._stacks = list(prepared.stacks)
         self._storage_dtype = prepared.storage_dtype
 
@@ -266,37 +273,36 @@ class StackedModel:
         self.set_weights(None)
 
     def _validated(self, domain: str, tensors: dict[str, torch.Tensor], dtype,
-                   domains: list[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
-        """One stack's tensors checked against every wrapped layer, as {layer path: {"A", "B", "W"}} on our device."""
+                   domains: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """One stack's tensors (MoE-LoRA: every wrapped layer's A, B, W; or a LoRA's: brainstacks/lora.py) checked
+        against the wrapped layers, as detached copies on our device."""
         if domains is None:
             self._require_domain(domain)
         elif domain not in domains:
             raise RoutingError(f"unknown domain {domain!r}; known: {domains}")
-        want = stack_tensor_shapes(self.shapes(), self.config)
-        problem = stack_tensor_problem(tensors, want)
+        if is_lora_stack(tensors):
+            problem = lora_tensor_problem(tensors, self.shapes())
+        else:
+            problem = stack_tensor_problem(tensors, stack_tensor_shapes(self.shapes(), self.config))
         if problem:
             raise StackFormatError(f"stack for {domain!r}: {problem}")
-        out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.layers}
-        for key in want:
-            t = tensors[key]
-            path, _, name = key.rpartition(".")
-            out[path][name] = t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
-        return out
+        return {n: t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
+                for n, t in tensors.items()}
 
     def clear(self) -> None:
         """Remove every domain and stack (the active one too) in one step."""
         self.discard_active()
-        self._swap(self._pack([], [], {p: [] for p in self.layers}, self._storage_dtype))
+        self._swap(self._pack([], [], [], self._storage_dtype))
         self.set_weights(None)  # earlier weights name domains that are gone
 
     def stack_tensors(self, domain: str, k: int) -> dict[str, torch.Tensor]:
-        """The frozen stack (domain, k) as {f"{path}.{A|B|W}": tensor} (on CPU, storage dtype)."""
+        """The frozen stack (domain, k) as it was given: {f"{path}.{A|B|W}": tensor}, or a LoRA's tensors (on CPU,
+        storage dtype)."""
         try:
             i = self._stacks.index((domain, k))
         except ValueError:
             raise StackFormatError(f"no frozen stack {k} in domain {domain!r}") from None
-        return {f"{p}.{n}": t.to(device="cpu", dtype=self._storage_dtype) for p, lay in self.layers.items()
-                for n, t in lay.frozen(i).items()}
+        return {n: t.to(device="cpu", dtype=self._storage_dtype) for n, t in self._sources[i].items()}
 
     # ---- routing ---------------------------------------------------------------------------------------------
     def weights_tensor(self, weights: dict[str, float], rows: int = 1) -> torch.Tensor:

@@ -52,7 +52,7 @@ def list_versions(root: str | os.PathLike) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
 
 
-def _bundle_files(src: Path) -> list[str]:
+def bundle_files(src: Path) -> list[str]:
     """Relative paths of every file the manifest in `src` names (stacks, router), its reports, and a carried base/."""
     m = read_manifest(src)
     rels = [f"{rel}/{name}" for d in m.domains for rel in d.stacks for name in (STACK_TENSORS, STACK_META)]
@@ -69,7 +69,7 @@ def _bundle_files(src: Path) -> list[str]:
     return rels
 
 
-def _link_or_copy(a: Path, b: Path) -> None:
+def link_or_copy(a: Path, b: Path) -> None:
     b.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(a, b)
@@ -117,7 +117,7 @@ def publish_version(root: str | os.PathLike, src: str | os.PathLike | None = Non
     root = Path(root).resolve()
     src = Path(src).resolve() if src is not None else root
     m = read_manifest(src)
-    rels = _bundle_files(src)
+    rels = bundle_files(src)
     final = version_dir(root, m.version)
     manifest_bytes = (src / MANIFEST).read_bytes()
     if final.exists():
@@ -131,7 +131,7 @@ def publish_version(root: str | os.PathLike, src: str | os.PathLike | None = Non
             shutil.rmtree(staging)
         try:
             for rel in rels:
-                _link_or_copy(safe_path(src, rel), staging / rel)
+                link_or_copy(safe_path(src, rel), staging / rel)
             # the manifest last, as in a single directory (its bytes as read: the same JSON the source serves)
             atomic_write(staging / MANIFEST, lambda tmp: Path(tmp).write_bytes(manifest_bytes))
             for d in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: -len(p.parts)):

@@ -130,7 +130,7 @@ class Registry:
     def _validate(self) -> tuple[Any, dict, Any, Any, Any, Path, str | None] | ReloadResult:
         """Phase 1 (worker thread): everything read, checked and packed to the side; returns what phase 2 swaps in,
         or a refusal. Nothing that serves is modified here."""
-        from brainstacks.bundle import load_router, read_manifest, read_stacks
+        from brainstacks.bundle import load_router, read_manifest, read_stacks, unrouted_domains
         from brainstacks.errors import BrainstacksError
 
         r = self.runner
@@ -152,7 +152,7 @@ class Registry:
             stacks = read_stacks(bdir, m, fp)
             router, rmeta = None, None
             if m.router is not None:
-                router = load_router(bdir, m.router, fp.get("hidden_size"), m.domain_names)
+                router = load_router(bdir, m.router, fp.get("hidden_size"), m.domain_names, unrouted_domains(stacks))
                 rmeta = router_meta(bdir, m)
         except BrainstacksError as e:
             reasons = list(getattr(e, "reasons", None) or [str(e)])

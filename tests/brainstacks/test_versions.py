@@ -117,7 +117,7 @@ def test_reader_never_sees_a_half_written_version(tmp_path, monkeypatch):
     publish_version(root)
     _working_copy(root, 2)
     calls = {"n": 0}
-    real = versions._link_or_copy
+    real = versions.link_or_copy
 
     def dying(a, b):
         calls["n"] += 1
@@ -125,7 +125,7 @@ def test_reader_never_sees_a_half_written_version(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(a, b)
 
-    monkeypatch.setattr(versions, "_link_or_copy", dying)
+    monkeypatch.setattr(versions, "link_or_copy", dying)
     with pytest.raises(OSError, match="disk full"):
         publish_version(root)
     assert list_versions(root) == [1] and resolve_bundle_dir(root) == version_dir(root, 1)
