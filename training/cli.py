@@ -1,6 +1,7 @@
 """Subcommands owned by training/ (registered into the `brainstacks` console script by brainstacks_cli.main).
 
-    brainstacks train --recipe FILE.toml --out DIR [--nproc N] [--device cpu|cuda]
+    brainstacks train --recipe FILE.toml --out DIR [--nproc N] [--device cpu|cuda] [--router-only]
+    brainstacks stacks import --peft ADAPTER_DIR --domain NAME --bundle DIR [--base DIR|FILE.gguf] [--replace]
     brainstacks eval  --bundle DIR --recipe FILE.toml [--json PATH]
     brainstacks route --bundle DIR [--base DIR] "prompt ..."
     brainstacks pretrain ...            (training/demo/pretrain.py)
@@ -41,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = distributed.local_device(device)
     log = print if rank == 0 else (lambda *_: None)
     outcome = train_bundle(recipe, args.out, device=device, progress=not args.quiet, log=log,
-                           keep_versions=args.keep_versions)
+                           keep_versions=args.keep_versions, router_only=args.router_only)
     if rank == 0:
         print(json.dumps({"bundle": str(outcome.bundle_dir), "version": outcome.manifest.version,
                           "trained": outcome.trained, "domains": outcome.manifest.domain_names}))
@@ -87,6 +88,40 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stacks_import(args: argparse.Namespace) -> int:
+    from brainstacks.adapters import import_adapter
+
+    res = import_adapter(args.bundle, args.domain, args.peft, base=args.base, replace=args.replace,
+                         keep=args.keep_versions)
+    print(json.dumps({"bundle": str(res.bundle_dir), "version": res.version, "domain": res.domain, "rank": res.rank,
+                      "modules": res.modules, "parameters": res.parameters,
+                      "routed": False, "next": f"brainstacks train --recipe R.toml --out {args.bundle} --router-only"}))
+    return 0
+
+
+def add_stacks_parser(subparsers) -> None:
+    from brainstacks.versions import KEEP_VERSIONS
+
+    p = subparsers.add_parser("stacks", help="bring your own adapters: import a PEFT LoRA adapter as a stack")
+    sub = p.add_subparsers(dest="stacks_command", metavar="ACTION", required=True)
+    ip = sub.add_parser("import", help="a PEFT LoRA adapter becomes a frozen stack of a domain, in a new version",
+                        description="Read ADAPTER_DIR (adapter_config.json + adapter_model.safetensors, trained on "
+                                    "the bundle's base), check it, and write it as a frozen stack of domain NAME in a "
+                                    "new bundle version (a new bundle when DIR holds none: then --base is needed). "
+                                    "The router gives the new domain weight 0 until `train --router-only`.")
+    ip.add_argument("--peft", required=True, metavar="ADAPTER_DIR", help="a PEFT LoRA adapter directory (or a "
+                    "stack directory: stack.json + stack.safetensors)")
+    ip.add_argument("--domain", required=True, metavar="NAME", help="the domain the stack serves")
+    ip.add_argument("--bundle", required=True, metavar="DIR", help="the bundle (created when DIR holds none)")
+    ip.add_argument("--base", default=None, help="the base the adapter was trained on: a HF directory or .gguf "
+                    "(required for a new bundle; checked against an existing bundle's fingerprint)")
+    ip.add_argument("--replace", action="store_true", help="replace an existing domain of that name")
+    ip.add_argument("--keep-versions", type=int, default=KEEP_VERSIONS, metavar="K",
+                    help=f"publish as DIR/versions/<n> with DIR/CURRENT and keep the last K (default {KEEP_VERSIONS};"
+                         " 0: only the single-directory working copy)")
+    ip.set_defaults(func=cmd_stacks_import)
+
+
 def relaunch_argv(args: argparse.Namespace) -> list[str]:
     """`train`'s flags as parsed, written back from the parser's own actions (all but --nproc), so every flag the
     parser gains reaches the torchrun workers."""
@@ -115,6 +150,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     flag("--device", default=None, help="cpu or cuda (default: cuda when available)")
     flag("--nproc", type=int, default=1, help="data-parallel processes (launches torchrun; gloo on CPU)")
     flag("--quiet", action="store_true", help="no progress bars")
+    flag("--router-only", action="store_true",
+         help="train no stack: fit the router over the domains --out already holds (e.g. imported adapters), "
+              "from the recipe's data for them")
     flag("--keep-versions", type=int, default=KEEP_VERSIONS, metavar="K",
          help=f"publish each complete version as OUT/versions/<n> with the OUT/CURRENT pointer and keep the "
               f"last K (default {KEEP_VERSIONS}; 0: only the single-directory working copy)")
@@ -125,6 +163,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 def register(subparsers) -> None:
     """Add this package's subcommands to the top-level parser."""
     add_train_parser(subparsers)
+    add_stacks_parser(subparsers)
     p = subparsers.add_parser("eval", help="per-domain validation loss: base / own / ungated / routed / oracle")
     p.add_argument("--bundle", required=True)
     p.add_argument("--recipe", required=True)

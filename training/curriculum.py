@@ -12,20 +12,18 @@
    stacks is collected on sample inputs from their training data (where those stacks are active), and the new
    stacks are trained orthogonal to it (and folded on freezing, so it holds at inference).
 4. After each stage its stacks are written, then a new manifest version (atomically), so a run killed later
-   resumes after it. Such an interim version still names the previous router, which does not score the new domain:
-   loaders refuse it (a router must cover every domain), so a server watching the bundle keeps serving the last
-   complete version until step 5 lands.
-5. The router is retrained over all domains (outcome-based targets) into a path of its own version
-   (`router/v<version>`, never overwritten while a manifest names it), and a final manifest version names it. A
-   rerun after a run killed at any point (mid-domain, during router training, while writing reports) retrains the
-   router whenever the manifest's router does not score exactly the manifest's domains.
+   resumes after it. Such an interim version names the previous router, which does not score the new domain:
+   loaders refuse it, so a server watching the bundle keeps serving the last complete version until step 5 lands.
+5. The router is retrained over all domains (outcome-based targets) into `router/v<version>` (never overwritten
+   while a manifest names it), and a final manifest version names it. A rerun after a kill at any point retrains
+   the router whenever the manifest's router does not score exactly the manifest's domains. `--router-only` runs
+   this step alone, over the domains a bundle holds (imported adapters, say).
 6. Reports: loss curves per domain, the forgetting matrix (each domain's validation loss after each later domain,
    ungated, plus routed at the end), the routing report. Every file is written atomically.
-7. With `keep_versions` > 0 (`brainstacks train` passes 3), every complete version (its router scores every domain,
-   or the recipe trains no router) is also published as an immutable OUT/versions/<n> and OUT/CURRENT switched to it
-   (brainstacks/versions.py), the last `keep_versions` kept: readers given OUT (replicas on shared storage, a server
-   with --watch) follow the pointer and never see an interim or half-written version. OUT's top level stays the
-   working copy that a rerun resumes from.
+7. With `keep_versions` > 0 (`brainstacks train` passes 3), every complete version is also published as an
+   immutable OUT/versions/<n> with OUT/CURRENT switched to it (brainstacks/versions.py), the last `keep_versions`
+   kept: readers given OUT follow the pointer and never see an interim version. OUT's top level stays the working
+   copy that a rerun resumes from.
 
 With torch.distributed initialised (torchrun), every rank trains on its own shard with averaged gradients; rank 0
 alone writes the bundle and trains the router, the others wait at a barrier (training/distributed.py).
@@ -60,6 +58,7 @@ from brainstacks.bundle import (
     save_stack,
     write_manifest,
 )
+from brainstacks.config import StackConfig
 from brainstacks.errors import BundleError
 from brainstacks.files import sha256_file, write_json
 from brainstacks.stacks import StackedModel
@@ -100,6 +99,7 @@ class Run:
     sm: StackedModel
     data_sha: dict[str, list[str]]  # sha256 of each stage's train file (recorded in its stacks, checked on resume)
     entries: list[DomainEntry]
+    stack_config: dict[str, Any]  # the manifest's: the recipe's, or an existing bundle's under --router-only
     version: int
     router_rel: str | None
     ungated: dict[str, dict[str, float]]  # forgetting: after domain -> evaluated domain -> loss, all stacks on
@@ -125,19 +125,23 @@ class Run:
 
 
 def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
-                 log: Callable[[str], None] = print, keep_versions: int = KEEP_VERSIONS) -> TrainOutcome:
+                 log: Callable[[str], None] = print, keep_versions: int = KEEP_VERSIONS,
+                 router_only: bool = False) -> TrainOutcome:
     """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs. `keep_versions`
-    > 0 (default brainstacks.versions.KEEP_VERSIONS, as the CLI's) also publishes each complete version under
-    OUT/versions/ with the OUT/CURRENT pointer (step 7); 0 keeps OUT a single-directory bundle."""
+    > 0 also publishes each complete version (step 7); 0 keeps OUT a single-directory bundle. `router_only` trains
+    no stack: OUT must hold a bundle, and the router is fitted over its domains (router_only_step)."""
     rank, _ = world()
     out = Path(out_dir).resolve()
     records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
     with out_lock(out) if rank == 0 else contextlib.nullcontext():
-        run = resume(recipe, out, records, device, log, keep_versions)
-        for spec in recipe.domains:
-            train_domain_step(run, spec, progress)
-        if router_needed(run):
-            train_router_step(run, progress)
+        run = resume(recipe, out, records, device, log, keep_versions, router_only)
+        if router_only:
+            router_only_step(run, progress)
+        else:
+            for spec in recipe.domains:
+                train_domain_step(run, spec, progress)
+            if router_needed(run):
+                train_router_step(run, progress)
         run.outcome.manifest = read_manifest(out)
         return run.outcome
 
@@ -172,13 +176,17 @@ def out_lock(out: Path) -> Iterator[None]:
 
 
 def resume(recipe: Recipe, out: Path, records: dict[str, list[Record]], device: str,
-           log: Callable[[str], None] = print, keep_versions: int = 0) -> Run:
+           log: Callable[[str], None] = print, keep_versions: int = 0, router_only: bool = False) -> Run:
     """Steps 1 and 2: load the base, check OUT's bundle (if any) was built for it and this recipe, install and freeze
     its stacks (each domain's data unchanged), and pick up its manifest state and forgetting report."""
     rank, _ = world()
     base = load_base(recipe.base.model, recipe.base.quantize, recipe.base.dtype, device, for_training=True)
-    existing = check_existing(out, recipe, base.fingerprint)
-    sm = StackedModel(base.model, recipe.stack)
+    existing = check_existing(out, recipe, base.fingerprint, router_only)
+    if router_only and existing is None:
+        raise BundleError(f"{out}: --router-only needs a bundle there (e.g. `brainstacks stacks import`); it has no "
+                          f"{MANIFEST}")
+    stack_config = existing.stack_config if router_only else recipe.stack.to_dict()
+    sm = StackedModel(base.model, StackConfig.from_dict(stack_config, f"{out / MANIFEST}: stack_config"))
     data_sha = {spec.name: [sha256_file(st.train) for st in spec.stages] for spec in recipe.domains}
     done: dict[str, int] = {}
     if existing is not None:
@@ -192,7 +200,7 @@ def resume(recipe: Recipe, out: Path, records: dict[str, list[Record]], device: 
     forgetting_path = out / REPORTS / "forgetting.json"
     forgetting: dict[str, Any] = json.loads(forgetting_path.read_text()) if forgetting_path.is_file() else {}
     return Run(recipe, out, records, base, sm, data_sha,
-               entries=list(existing.domains) if existing else [],
+               entries=list(existing.domains) if existing else [], stack_config=stack_config,
                version=existing.version if existing else 0,
                router_rel=existing.router if existing else None,
                ungated=forgetting.get("ungated", {}), routed=forgetting.get("routed"),
@@ -214,13 +222,15 @@ def check_resumed_stack(out: Path, spec: DomainSpec, meta: dict[str, Any], shas:
                           f"(sha256 {had[:12]}… != {shas[i][:12]}…); use a new --out")
 
 
-def check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any]) -> Manifest | None:
-    """OUT's manifest, if it has one built for this base, stack config and a subset of the recipe's domains."""
+def check_existing(out: Path, recipe: Recipe, fingerprint: dict[str, Any], router_only: bool = False
+                   ) -> Manifest | None:
+    """OUT's manifest, if it has one built for this base, stack config (any, with `router_only`: no stack is trained)
+    and a subset of the recipe's domains."""
     if not (out / MANIFEST).exists():
         return None
     m = read_manifest(out)
     check_fingerprint(out, m, fingerprint, "; the bundle was built for another base: use a new --out")
-    if m.stack_config != recipe.stack.to_dict():
+    if not router_only and m.stack_config != recipe.stack.to_dict():
         raise BundleError(f"{out / MANIFEST}: stack_config {m.stack_config} differs from the recipe's "
                           f"{recipe.stack.to_dict()}; use a new --out")
     unknown = [d for d in m.domain_names if d not in [s.name for s in recipe.domains]]
@@ -238,9 +248,7 @@ def train_domain_step(run: Run, spec: DomainSpec, progress: bool = True) -> None
     router); then each stage the bundle lacks, in order: train it (training/stages.py), measure forgetting, and
     (rank 0) save it."""
     cfg = run.recipe.train
-    run.datasets[spec.name] = load_domain(
-        spec, run.tokenizer, cfg.seq_len, packing=False, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
-        records=(run.records[str(spec.train)], run.records.get(str(spec.valid)) if spec.valid else None))
+    load_first_stage(run, spec)
     done = run.done.get(spec.name, 0) if spec.name in run.sm.domains else 0
     for i in range(done, len(spec.stages)):  # resumed stages stay frozen from the bundle
         res = train_stage(run, spec, i, progress)
@@ -253,6 +261,14 @@ def train_domain_step(run: Run, spec: DomainSpec, progress: bool = True) -> None
         if run.rank == 0:
             save_stage(run, spec, res)
         barrier()
+
+
+def load_first_stage(run: Run, spec: DomainSpec) -> None:
+    """A domain's first stage's data into run.datasets (for later domains' null space and the router)."""
+    cfg = run.recipe.train
+    run.datasets[spec.name] = load_domain(
+        spec, run.tokenizer, cfg.seq_len, packing=False, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
+        records=(run.records[str(spec.train)], run.records.get(str(spec.valid)) if spec.valid else None))
 
 
 def save_stage(run: Run, spec: DomainSpec, res: StageResult) -> None:
@@ -287,7 +303,7 @@ def manifest_of(run: Run) -> Manifest:
     """The manifest of the run's current state (version, entries, router)."""
     recipe = run.recipe
     return Manifest(version=run.version, base={"path": str(recipe.base.model), "fingerprint": run.base.fingerprint},
-                    stack_config=recipe.stack.to_dict(), domains=list(run.entries), router=run.router_rel)
+                    stack_config=run.stack_config, domains=list(run.entries), router=run.router_rel)
 
 
 def publish(run: Run) -> None:
@@ -330,6 +346,16 @@ def train_router_step(run: Run, progress: bool = True) -> None:
         run.log(f"{run.out}: wrote v{run.version} with the router over {run.sm.domains}")
         publish(run)
     barrier()
+
+
+def router_only_step(run: Run, progress: bool = True) -> None:
+    """`train --router-only`: every bundle domain's data from the recipe, then step 5 (no stack is trained)."""
+    if not run.recipe.router_train.enabled:
+        raise BundleError(f"{run.out}: --router-only, but the recipe's [router] has enabled = false")
+    for spec in run.recipe.domains:  # a recipe domain the bundle lacks is not routed (no stack is trained)
+        if spec.name in run.sm.domains:
+            load_first_stage(run, spec)
+    train_router_step(run, progress)
 
 
 def fit_and_save_router(run: Run, progress: bool = True) -> dict[str, Any]:
