@@ -56,7 +56,14 @@ from brainstacks.config import StackConfig, dtype_name, parse_dtype
 from brainstacks.errors import AdapterError, BrainstacksError
 from brainstacks.lora import A_SUFFIX, B_SUFFIX, KIND, lora_rank
 from brainstacks.stacks import DOMAIN_NAME
-from brainstacks.versions import KEEP_VERSIONS, bundle_files, link_or_copy, list_versions, publish_version
+from brainstacks.versions import (
+    KEEP_VERSIONS,
+    bundle_files,
+    link_or_copy,
+    list_versions,
+    publish_version,
+    writer_lock,
+)
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
@@ -269,7 +276,16 @@ def import_adapter(root: str | os.PathLike, domain: str, source: str | os.PathLi
     root = Path(root).resolve()
     if not isinstance(domain, str) or not DOMAIN_NAME.match(domain):
         raise AdapterError(f"invalid domain name {domain!r}: use letters, digits, '_', '.', '-' (max 64)")
-    m = _working_manifest(root) if root.is_dir() else None
+    if not root.is_dir() and base is None:
+        raise AdapterError(f"{root}: holds no bundle; give --base (the model the adapter was trained on) to "
+                           "create one")
+    with writer_lock(root, f"importing {domain!r}"):
+        return _import_locked(root, domain, source, base, replace, keep, frozen_dtype)
+
+
+def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str | os.PathLike | None,
+                   replace: bool, keep: int, frozen_dtype: str) -> ImportResult:
+    m = _working_manifest(root)
     if m is None:
         if base is None:
             raise AdapterError(f"{root}: holds no bundle; give --base (the model the adapter was trained on) to "
@@ -300,7 +316,6 @@ def import_adapter(root: str | os.PathLike, domain: str, source: str | os.PathLi
         raise AdapterError(f"{source}: {problem}")
     want = dtype_name(parse_dtype(cfg.frozen_dtype))
     tensors = {n: t.to(parse_dtype(want)) for n, t in tensors.items()}
-    root.mkdir(parents=True, exist_ok=True)
     k = _next_index(root, domain)
     rel = save_stack(root, domain, k, tensors, meta)
     entries = [e for e in m.domains if e.name != domain]
@@ -319,11 +334,14 @@ def remove_domain_version(root: str | os.PathLike, domain: str, keep: int = KEEP
     """A new version of the bundle at `root` without `domain` (its files stay for the older versions); returns the
     version and where it lives. The router is kept: a domain it scores that the manifest no longer lists is ignored."""
     root = Path(root).resolve()
-    m = _working_manifest(root) if root.is_dir() else None
-    if m is None:
+    if not root.is_dir():
         raise AdapterError(f"{root}: holds no bundle")
-    if domain not in m.domain_names:
-        raise AdapterError(f"{root / MANIFEST}: no domain {domain!r} (domains: {m.domain_names})")
-    new = Manifest(_next_version(root, m), m.base, m.stack_config, [e for e in m.domains if e.name != domain],
-                   m.router)
-    return new.version, _publish(root, new, keep)
+    with writer_lock(root, f"removing {domain!r}"):
+        m = _working_manifest(root)
+        if m is None:
+            raise AdapterError(f"{root}: holds no bundle")
+        if domain not in m.domain_names:
+            raise AdapterError(f"{root / MANIFEST}: no domain {domain!r} (domains: {m.domain_names})")
+        new = Manifest(_next_version(root, m), m.base, m.stack_config, [e for e in m.domains if e.name != domain],
+                       m.router)
+        return new.version, _publish(root, new, keep)

@@ -20,8 +20,10 @@ after the switch. Single-directory bundles (no CURRENT), the shipped demo includ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from brainstacks.bundle import (  # the layout and its resolution are the bundle reader's
@@ -40,6 +42,7 @@ from brainstacks.bundle import (  # the layout and its resolution are the bundle
 from brainstacks.errors import BundleError
 from brainstacks.files import atomic_write
 
+WRITER_LOCK = ".train.lock"  # held by every writer of a bundle directory: train, stacks import, runtime loads
 KEEP_VERSIONS = 3  # default number of version directories kept (the current one among them)
 _STAGING = ".staging-"
 
@@ -158,3 +161,30 @@ def prune_versions(root: str | os.PathLike, keep: int = KEEP_VERSIONS) -> list[i
             shutil.rmtree(version_dir(root, v), ignore_errors=True)
             removed.append(v)
     return removed
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | os.PathLike, who: str) -> Iterator[None]:
+    """Hold an exclusive lock on ROOT/.train.lock while writing the bundle: a second writer (`brainstacks train`,
+    `brainstacks stacks import`, a runtime adapter load) on the same directory fails at once, naming the holder,
+    instead of interleaving writes. The lock dies with the process (flock), so a killed writer leaves none behind."""
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / WRITER_LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise BundleError(f"{root}: another writer is writing this bundle ({holder}); wait for it to finish or "
+                              "use another directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({who})\n")
+        f.flush()
+        yield
+    finally:
+        f.close()

@@ -34,7 +34,7 @@ from server.loading import load_runner
 from server.middleware import AccessMiddleware, GuardMiddleware, security_warnings
 from server.openapi import finish_openapi
 from server.registry import watch
-from server.routes import admin, debug, ops, tokens, v1
+from server.routes import adapters, admin, debug, ops, tokens, v1
 from server.runner import ModelRunner
 from server.settings import ServerSettings
 from server.state import ServerState
@@ -80,7 +80,7 @@ def create_app(settings: ServerSettings | None = None,
     app.add_middleware(GuardMiddleware, settings=settings)  # inner: auth, then the body limit
     app.add_middleware(AccessMiddleware, metrics=state.metrics)  # outer: request id and access log, refusals included
 
-    for room in (ops, v1, tokens, debug, admin):  # keys: GuardMiddleware, before any of them runs
+    for room in (ops, v1, tokens, debug, admin, adapters):  # keys: GuardMiddleware, before any of them runs
         app.include_router(room.router)
     app.mount("/static", StaticFiles(directory=ops.STATIC_DIR), name="static")
 

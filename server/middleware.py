@@ -76,7 +76,7 @@ class AccessMiddleware:
 
     ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/debug/route",
                  "/debug/requests", "/admin/stacks", "/admin/reload", "/", "/health/live", "/health/ready",
-                 "/tokenize", "/detokenize")
+                 "/tokenize", "/detokenize", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
     def __init__(self, app, metrics: Metrics):
         self.app = app
@@ -89,6 +89,8 @@ class AccessMiddleware:
             return "/debug/requests/{id}"
         if path.startswith("/v1/models/"):
             return "/v1/models/{id}"
+        if path.startswith("/admin/stacks/"):
+            return "/admin/stacks/{domain}"
         return "other"
 
     async def __call__(self, scope, receive, send):
@@ -125,14 +127,16 @@ class AccessMiddleware:
                                         "client": (scope.get("client") or ["?"])[0]}))
 
 
+ADMIN_V1_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})  # vLLM's names, admin's rules
 OPEN_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready", "/openapi.json", "/docs",
                         "/docs/oauth2-redirect", "/redoc", "/favicon.ico"})
 
 
 def path_policy(path: str) -> str:
-    """"admin" (/admin*, /debug*), "open" (health, the page, its static files, the OpenAPI pages) or "api"
+    """"admin" (/admin*, /debug*, vLLM's adapter loading under /v1), "open" (health, the page, its static files,
+    the OpenAPI pages) or "api"
     (/v1, /metrics and anything else: an unknown path is guarded like /v1, so a new route is never open by accident)."""
-    if path.startswith(("/admin", "/debug")):
+    if path.startswith(("/admin", "/debug")) or path in ADMIN_V1_PATHS:
         return "admin"
     if path in OPEN_PATHS or path.startswith("/static/"):
         return "open"

@@ -27,9 +27,10 @@ import asyncio
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from server.engine import Engine
 from server.genrequest import EngineStoppedError, EngineTimeoutError
@@ -39,6 +40,7 @@ from server.runner import ModelRunner
 from server.settings import ServerSettings
 
 log = logging.getLogger("brainstacks.server")
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,7 +108,9 @@ class Registry:
                 meta = meta[i] if i < len(meta) else {}
                 stacks.append({"path": rel, "bytes": meta.get("bytes"), "sha256": meta.get("sha256"),
                                "parameters": meta.get("parameters"), "dtype": meta.get("dtype")})
-            out["domains"].append({"name": d.name, "stacks": stacks})
+            routed = r.router is not None and d.name in r.router_domains
+            out["domains"].append({"name": d.name, "stacks": stacks, "routed": routed,
+                                   "kind": (metas.get(d.name) or [{}])[0].get("kind", "moe-lora")})
             out["stacks_loaded"] += len(stacks)
         if m.router is not None:
             out["router"] = {"path": m.router, "domains": r.router_domains, **(r.served.router_meta or {})}
@@ -204,16 +208,28 @@ class Registry:
             self._record(res)
             return res
         async with self._lock:
-            checked = await asyncio.to_thread(self._validate)
-            if isinstance(checked, ReloadResult):
-                res = checked
-            else:
-                try:
-                    res = await self.engine.call_async(lambda: self._install(*checked), self.call_timeout)
-                except (EngineTimeoutError, EngineStoppedError) as e:
-                    res = ReloadResult("refused", self.runner.bundle_version, [f"the swap did not run: {e}"])
-            self._record(res)
-            return res
+            return await self._reload_locked()
+
+    async def _reload_locked(self) -> ReloadResult:
+        checked = await asyncio.to_thread(self._validate)
+        if isinstance(checked, ReloadResult):
+            res = checked
+        else:
+            try:
+                res = await self.engine.call_async(lambda: self._install(*checked), self.call_timeout)
+            except (EngineTimeoutError, EngineStoppedError) as e:
+                res = ReloadResult("refused", self.runner.bundle_version, [f"the swap did not run: {e}"])
+        self._record(res)
+        return res
+
+    async def write_version(self, write: Callable[[Path], T]) -> tuple[T, ReloadResult | None]:
+        """A runtime change of the served bundle (POST/DELETE /admin/stacks): `write(root)` writes a new bundle
+        version on a worker thread (brainstacks/adapters.py: validated before its first write), then that version is
+        reloaded as POST /admin/reload would, under the same lock, so changes and reloads never interleave. `write`'s
+        errors propagate, with nothing on disk or in the server changed."""
+        async with self._lock:
+            out = await asyncio.to_thread(write, self.bundle_root)
+            return out, await self._reload_locked()
 
     def _record(self, res: ReloadResult) -> None:
         self.last_reload = res

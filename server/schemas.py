@@ -338,3 +338,35 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelObject]
+
+
+_DOMAIN = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_PATH = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class AddStackRequest(BaseModel):
+    """POST /admin/stacks: a PEFT LoRA directory or a stack directory (on the server's filesystem) as a new domain."""
+
+    model_config = _STRICT
+    domain: _DOMAIN = Field(..., description="The new domain's name (letters, digits, '_', '.', '-'; max 64).")
+    path: _PATH = Field(..., description="A PEFT LoRA adapter directory (adapter_config.json + "
+                                         "adapter_model.safetensors) or a stack directory (stack.json + "
+                                         "stack.safetensors), readable by the server.")
+    replace: bool | None = Field(None, description="Replace a domain of that name (default false: 400).")
+
+
+class LoadLoraRequest(BaseModel):
+    """POST /v1/load_lora_adapter (vLLM's shape): the same as POST /admin/stacks with domain = lora_name."""
+
+    model_config = _STRICT
+    lora_name: _DOMAIN = Field(..., description="The domain name; served as model 'brainstacks:<lora_name>'.")
+    lora_path: _PATH = Field(..., description="A PEFT LoRA adapter directory readable by the server.")
+    load_inplace: bool | None = Field(None, description="vLLM's: replace an adapter of that name (default false).")
+
+
+class UnloadLoraRequest(BaseModel):
+    """POST /v1/unload_lora_adapter (vLLM's shape): the same as DELETE /admin/stacks/{lora_name}."""
+
+    model_config = _STRICT
+    lora_name: _DOMAIN = Field(..., description="The domain to remove.")
+    lora_int_id: int | None = Field(None, description="Accepted for vLLM compatibility; ignored.")

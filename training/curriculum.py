@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,7 @@ from brainstacks.config import StackConfig
 from brainstacks.errors import BundleError
 from brainstacks.files import sha256_file, write_json
 from brainstacks.stacks import StackedModel
-from brainstacks.versions import KEEP_VERSIONS, publish_version
+from brainstacks.versions import KEEP_VERSIONS, publish_version, writer_lock
 from training.boosting import DomainResult, validation_loss
 from training.config import DomainSpec
 from training.data_files import Record, read_jsonl_any, validate_recipe_data
@@ -74,9 +73,6 @@ from training.stages import StageResult, nullspace_batches, nullspace_for, stage
 from training.tokenization import DomainData, load_domain, pad_id_of, prompt_text
 
 __all__ = ["train_bundle", "nullspace_batches", "nullspace_for"]  # the null-space helpers: training/stages.py
-
-LOCK = ".train.lock"
-
 
 @dataclass
 class TrainOutcome:
@@ -127,13 +123,13 @@ class Run:
 def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
                  log: Callable[[str], None] = print, keep_versions: int = KEEP_VERSIONS,
                  router_only: bool = False) -> TrainOutcome:
-    """The outer loop of the module docstring; rank 0 holds OUT's lock (see out_lock) while it runs. `keep_versions`
-    > 0 also publishes each complete version (step 7); 0 keeps OUT a single-directory bundle. `router_only` trains
-    no stack: OUT must hold a bundle, and the router is fitted over its domains (router_only_step)."""
+    """The outer loop of the module docstring; rank 0 holds OUT's writer lock (brainstacks.versions.writer_lock)
+    while it runs. `keep_versions` > 0 also publishes each complete version (step 7); 0 keeps OUT a single-directory
+    bundle. `router_only` trains no stack: OUT must hold a bundle; the router is fitted over its domains."""
     rank, _ = world()
     out = Path(out_dir).resolve()
     records = validate_recipe_data(recipe)  # every line of every file, before any work (and before --out exists)
-    with out_lock(out) if rank == 0 else contextlib.nullcontext():
+    with writer_lock(out, "brainstacks train") if rank == 0 else contextlib.nullcontext():
         run = resume(recipe, out, records, device, log, keep_versions, router_only)
         if router_only:
             router_only_step(run, progress)
@@ -144,32 +140,6 @@ def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progr
                 train_router_step(run, progress)
         run.outcome.manifest = read_manifest(out)
         return run.outcome
-
-
-@contextlib.contextmanager
-def out_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on OUT/.train.lock for the whole run: a second `brainstacks train` on the same --out
-    fails at once instead of interleaving writes. The lock dies with the process (flock), so a killed run never
-    leaves a stale one behind."""
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / LOCK, "a+")  # noqa: SIM115 - held for the duration of the context
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise BundleError(f"{out}: another `brainstacks train` is writing this bundle ({holder}); wait for it "
-                              "to finish or use another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()
 
 
 # --- step 1, 2: resume ------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ dependency instead of closures:
     tokens.py   /tokenize, /detokenize (vLLM's shapes)
     debug.py    /debug/requests, /debug/route
     admin.py    /admin/stacks, /admin/reload
+    adapters.py runtime adapters: POST/DELETE /admin/stacks, /v1/load_lora_adapter, /v1/unload_lora_adapter
 
 Keys are checked before any route runs (server/middleware.py); these dependencies only say whether the model is
 there yet.

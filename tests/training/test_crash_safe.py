@@ -131,7 +131,7 @@ def test_a_second_train_on_the_same_out_is_refused_at_once(tmp_path):
         t0 = time.monotonic()
         second = train(slow, out)
         assert second.returncode == 2
-        assert f"another `brainstacks train` is writing this bundle (pid {first.pid})" in second.stderr
+        assert f"another writer is writing this bundle (pid {first.pid} (brainstacks train))" in second.stderr
         assert first.poll() is None  # refused while the first still runs, without waiting for it
         assert time.monotonic() - t0 < 60
     finally:

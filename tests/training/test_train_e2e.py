@@ -110,16 +110,17 @@ def test_a_second_train_on_the_same_out_is_refused_at_once(tmp_path):
     """`brainstacks train` locks --out: a concurrent run fails before any work, naming the holder."""
     from brainstacks.errors import BundleError
     from brainstacks.testing import tiny_base
+    from brainstacks.versions import WRITER_LOCK, writer_lock
     from tests.toy_recipes import write_toy_recipe
-    from training.curriculum import LOCK, out_lock, train_bundle
+    from training.curriculum import train_bundle
     from training.recipe import load_recipe
 
     recipe = load_recipe(write_toy_recipe(tmp_path, tiny_base(tmp_path / "base"), ["math"]))
     out = tmp_path / "bundle"
-    with out_lock(out):  # another run holds it
-        with pytest.raises(BundleError, match=r"another `brainstacks train` is writing this bundle \(pid \d+\)"):
+    with writer_lock(out, "brainstacks stacks import"):  # another writer holds it
+        with pytest.raises(BundleError, match=r"another writer is writing this bundle \(pid \d+ \(brainstacks stacks"):
             train_bundle(recipe, out, progress=False, log=lambda *_: None)
         assert not (out / "manifest.json").exists()  # refused before writing anything
-    assert (out / LOCK).is_file()
-    with out_lock(out):  # released when the holder ends: the next run may take it
+    assert (out / WRITER_LOCK).is_file()
+    with writer_lock(out, "test"):  # released when the holder ends: the next run may take it
         pass
