@@ -3,8 +3,9 @@
 Reload (POST /admin/reload, or --watch on manifest change) is transactional, in two phases:
   1. off the serving path (a worker thread): read the manifest, validate the base fingerprint, every stack file
      (sha256, names, shapes, dtype = the bundle's stack dtype, finite values) and the router (which must score
-     exactly the manifest's domains, in order), all through brainstacks.bundle; then build the new packed tensors
-     to the side (StackedModel.prepare) and move the router to the device. Nothing serving is touched, so any
+     every trained domain of the manifest; imported ones may wait for `train --router-only`), all through
+     brainstacks.bundle; then build the new packed tensors to the side (StackedModel.prepare) and move the router
+     to the device. Nothing serving is touched, so any
      failure here (an out-of-memory error while packing too) refuses the whole version, and the old one keeps
      serving bit-identical; the HTTP answer is 409 with the reasons and `brainstacks_reloads{result="refused"}`
      counts it;

@@ -47,4 +47,5 @@ def test_the_torchrun_relaunch_passes_every_train_flag():
     assert "--nproc" not in argv and argv[argv.index("--recipe") + 1] == "r.toml" and "--quiet" in argv
     assert argv[argv.index("--device") + 1] == "cpu" and argv[argv.index("--keep-versions") + 1] == "0"
     assert ap.parse_args(["train", *argv]).out == "o"  # what the workers parse is what was asked
-    assert {a.dest for a in args.train_actions} == {"recipe", "out", "device", "nproc", "quiet", "keep_versions"}
+    assert {a.dest for a in args.train_actions} == {"recipe", "out", "device", "nproc", "quiet", "keep_versions",
+                                                   "router_only"}

@@ -95,13 +95,17 @@ async def admin_remove_stack(domain: str, state: ServerState = Depends(ready_sta
     return JSONResponse(await remove_stack(state, domain))
 
 
-@router.post("/v1/load_lora_adapter", responses=RELOAD_RESPONSES, response_class=PlainTextResponse)
+# vLLM answers these two in plain text; their errors are JSON, as every error
+TEXT_OK = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Success"}}
+
+
+@router.post("/v1/load_lora_adapter", responses={**RELOAD_RESPONSES, **TEXT_OK})
 async def load_lora_adapter(body: LoadLoraRequest, state: ServerState = Depends(ready_state)) -> PlainTextResponse:
     await add_stack(state, body.lora_name, body.lora_path, bool(body.load_inplace))
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/v1/unload_lora_adapter", responses=RELOAD_RESPONSES, response_class=PlainTextResponse)
+@router.post("/v1/unload_lora_adapter", responses={**RELOAD_RESPONSES, **TEXT_OK})
 async def unload_lora_adapter(body: UnloadLoraRequest, state: ServerState = Depends(ready_state)
                               ) -> PlainTextResponse:
     await remove_stack(state, body.lora_name)

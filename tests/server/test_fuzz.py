@@ -57,8 +57,9 @@ def _error_code(response) -> str | None:
 
 
 # the rules JSON Schema cannot state: a prompt's token count against the context, whether a schema object is one
-# llguidance can use, and whether tool_choice names one of the request's own tools
-UNSTATABLE = ("context_length_exceeded", "invalid_schema", "tool_not_found")
+# llguidance can use, whether tool_choice names one of the request's own tools, and whether a runtime adapter's
+# path holds an adapter for this base (the server's filesystem)
+UNSTATABLE = ("context_length_exceeded", "invalid_schema", "tool_not_found", "invalid_adapter")
 
 
 def accepted_unless_too_many_tokens(ctx, response, case):
