@@ -44,3 +44,17 @@ class RoutingError(BrainstacksError, ValueError):
 
 class UnsupportedArchitecture(BaseModelError):
     """The base model's architecture has no text decoder layers with the target projections (e.g. GPT-2)."""
+
+
+def run_command(func, args, prog: str) -> int:
+    """The one CLI error handler (`brainstacks ...` and `python -m training ...`): run a subcommand's `func(args)`;
+    a typed error is one line on stderr and exit status 2, Ctrl-C is 130, anything else keeps its traceback."""
+    import sys
+
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrainstacksError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

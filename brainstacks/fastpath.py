@@ -215,7 +215,7 @@ class FusedDecoder:
             per = {}
             for name, paths in GROUPS:
                 mods = [lay.get_submodule(p) for p in paths]
-                per[name] = [((m.small[0], m.small[1]) if m.small is not None else (m.AW, m.BT)) for m in mods]
+                per[name] = [m.fp32_copy if m.fp32_copy is not None else (m.AW, m.BT) for m in mods]
             self._source.append(per)
 
     def _packs_for(self, sel: tuple[int, ...]) -> list[dict[str, GroupPack]]:

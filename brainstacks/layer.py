@@ -96,18 +96,18 @@ class StackedLinear(nn.Module):
         # Packed frozen stacks (buffers so .to(device) moves them; not persistent: bundles hold them).
         self.register_buffer("AW", None, persistent=False)
         self.register_buffer("BT", None, persistent=False)
-        self.small: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, BT) for small calls, or None
+        self.fp32_copy: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 (AW, BT) for small calls, or None
         self.group = None  # the SharedInputGroup this projection belongs to (brainstacks/shared_input.py), if any
         self.group_index = 0
         self.dense: tuple | None = None  # (W^T, bias, every_call): a 4-bit base's dense copy (dense_base.py)
-        self._subsets: OrderedDict[tuple, tuple] = OrderedDict()  # (selection, small) -> _packing()
+        self._subsets: OrderedDict[tuple, tuple] = OrderedDict()  # (selection, small_call) -> _packing()
 
     # ---- packing ---------------------------------------------------------------------------------------------
     def pack(self, stacks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None,
                                                                      tuple[torch.Tensor, torch.Tensor] | None]:
-        """The packed (AW, BT, small) of `stacks`, built to the side: the layer's live tensors are not touched, so a
-        hot reload can build every layer first and swap them in only once all succeeded (set_packed). `small` is the
-        float32 copy for small calls, or None (see needs_small_copy)."""
+        """The packed (AW, BT, fp32_copy) of `stacks`, built to the side: the layer's live tensors are not touched, so
+        a hot reload can build every layer first and swap them in only once all succeeded (set_packed). `fp32_copy` is
+        the float32 copy for small calls, or None (see needs_small_copy)."""
         if not stacks:
             return None, None, None
         E, r = self.config.experts, stacks[0]["A"].shape[1]
@@ -115,8 +115,8 @@ class StackedLinear(nn.Module):
         W = torch.cat([s["W"] for s in stacks])  # (S*E, d_in)
         AW = torch.cat([A, W]).contiguous()
         BT = torch.cat([s["B"].permute(0, 2, 1).reshape(E * r, self.out_features) for s in stacks]).contiguous()
-        small = (AW.float(), BT.float()) if needs_small_copy(AW.dtype, AW.device) else None
-        return AW, BT, small
+        fp32_copy = (AW.float(), BT.float()) if needs_small_copy(AW.dtype, AW.device) else None
+        return AW, BT, fp32_copy
 
     @property
     def Bp(self) -> torch.Tensor | None:
@@ -124,10 +124,10 @@ class StackedLinear(nn.Module):
         return None if self.BT is None else self.BT.t()
 
     def set_packed(self, AW: torch.Tensor | None, BT: torch.Tensor | None, num_stacks: int,
-                   small: tuple[torch.Tensor, torch.Tensor] | None = None, rank: int | None = None) -> None:
+                   fp32_copy: tuple[torch.Tensor, torch.Tensor] | None = None, rank: int | None = None) -> None:
         """Install tensors from `pack` (at packing rank `rank`): pointer assignments only (cannot fail half-way)."""
         self._subsets = OrderedDict()
-        self.AW, self.BT, self.small = AW, BT, small
+        self.AW, self.BT, self.fp32_copy = AW, BT, fp32_copy
         self.rank = rank or self.config.rank
         if self.group is not None:
             self.group.reset()
@@ -142,21 +142,21 @@ class StackedLinear(nn.Module):
         B = self.BT[i * n : (i + 1) * n].reshape(E, r, self.out_features).permute(0, 2, 1)
         return {"A": A.clone(), "B": B.clone(memory_format=torch.contiguous_format), "W": W.clone()}
 
-    def packed(self, sel: tuple[int, ...] | None, small: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(AW, Bp, m) of the selected stacks: the float32 copy when `small` and the layer keeps one."""
-        AW, Bp, _, _, m = self._packing(sel, small)
+    def packed(self, sel: tuple[int, ...] | None, small_call: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(AW, Bp, m) of the selected stacks: the float32 copy when `small_call` and the layer keeps one."""
+        AW, Bp, _, _, m = self._packing(sel, small_call)
         return AW, Bp, m
 
-    def _packing(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+    def _packing(self, sel: tuple[int, ...] | None, small_call: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                            torch.Tensor, int]:
         """(AW, Bp, AW.T, Bp.T, m), cached per selection: the transposed views feed torch.mm / addmm directly, so a
         forward dispatches no transpose of its own."""
         S = self.num_stacks
-        small = small and self.small is not None
-        key = (None if sel is None or len(sel) == S else sel, small)
+        small_call = small_call and self.fp32_copy is not None
+        key = (None if sel is None or len(sel) == S else sel, small_call)
         hit = self._subsets.get(key)
         if hit is None:
-            AW, BT = self.small if small else (self.AW, self.BT)
+            AW, BT = self.fp32_copy if small_call else (self.AW, self.BT)
             if key[0] is not None:
                 E, r = self.config.experts, self.rank
                 a_rows, w_rows = stack_rows(sel, S, E, r, AW.device)
@@ -179,13 +179,13 @@ class StackedLinear(nn.Module):
         if not st.enabled:
             return out
         if self.num_stacks and (st.selected is None or st.selected):
-            small = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
+            small_call = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
             hg = None
             if self.group is not None and self.group.usable(st):
-                hg = self.group.take(self.group_index, x, st, small)
+                hg = self.group.take(self.group_index, x, st, small_call)
             if hg is None:
-                hg = self.gated_h(x, st, small)
-            BpT = self._packing(st.selected, small)[3]
+                hg = self.gated_h(x, st, small_call)
+            BpT = self._packing(st.selected, small_call)[3]
             if st.capture is None and hg.dtype == out.dtype:  # the B matmul and the add in one op
                 out = torch.addmm(out.reshape(-1, self.out_features), hg, BpT).view(out.shape)
             else:
@@ -200,10 +200,10 @@ class StackedLinear(nn.Module):
             out = out + delta.to(out.dtype)
         return out
 
-    def gated_h(self, x: torch.Tensor, st: RoutingState, small: bool) -> torch.Tensor:
+    def gated_h(self, x: torch.Tensor, st: RoutingState, small_call: bool) -> torch.Tensor:
         """The selected stacks' A x, each expert's rank block scaled by its top-k gate and the row's multiplier:
         (rows·T, m·E·r) in the compute dtype, ready for the B matmul."""
-        _, _, AWt, _, m = self._packing(st.selected, small)
+        _, _, AWt, _, m = self._packing(st.selected, small_call)
         E, r, k = self.config.experts, self.rank, self.config.top_k
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
@@ -215,9 +215,9 @@ class StackedLinear(nn.Module):
 
     def frozen_delta(self, x: torch.Tensor, st: RoutingState) -> torch.Tensor:
         """Σ over the selected frozen stacks, fused. x (..., d_in) → (..., d_out) in the compute dtype."""
-        small = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
-        BpT = self._packing(st.selected, small)[3]
-        return torch.mm(self.gated_h(x, st, small), BpT).view(*x.shape[:-1], self.out_features)
+        small_call = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
+        BpT = self._packing(st.selected, small_call)[3]
+        return torch.mm(self.gated_h(x, st, small_call), BpT).view(*x.shape[:-1], self.out_features)
 
     def _capture(self, delta: torch.Tensor, st: RoutingState) -> None:
         d = delta.float()

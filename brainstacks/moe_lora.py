@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainstacks.config import StackConfig
+from brainstacks.errors import StackFormatError
 
 
 def stack_tensor_shapes(targets: dict[str, tuple[int, int]], config: StackConfig) -> dict[str, tuple[int, ...]]:
@@ -95,7 +96,7 @@ class MoELoRA(nn.Module):
         nn.init.normal_(self.W, std=0.02)
         if nullspace is not None:
             if nullspace.shape[0] != d_out:
-                raise ValueError(f"null space has {nullspace.shape[0]} rows, projection has d_out={d_out}")
+                raise StackFormatError(f"null space has {nullspace.shape[0]} rows, projection has d_out={d_out}")
             nullspace = nullspace.to(device=device, dtype=torch.float32)
         self.register_buffer("V", nullspace, persistent=False)  # (d_out, K) or None
         self.aux: torch.Tensor | None = None  # load-balancing loss of the last forward

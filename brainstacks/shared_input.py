@@ -44,7 +44,7 @@ class SharedInputGroup:
     def usable(self, st) -> bool:
         return self.enabled and st.capture is None and not torch.is_grad_enabled()
 
-    def take(self, i: int, x: torch.Tensor, st, small: bool) -> torch.Tensor | None:
+    def take(self, i: int, x: torch.Tensor, st, small_call: bool) -> torch.Tensor | None:
         """Member i's frozen delta for x: from the pass another member ran on this very tensor, else a new pass for
         every member. None when the group is off (the member computes alone)."""
         if self._x is x and self._pending[i] is not None:
@@ -59,7 +59,7 @@ class SharedInputGroup:
                 self.enabled = False
                 self._packs.clear()
                 return None
-        deltas = self.compute(x, st, small)
+        deltas = self.compute(x, st, small_call)
         self._pending = [None if j == i else d for j, d in enumerate(deltas)]
         self._x = x if len(self.members) > 1 else None
         return deltas[i]
@@ -69,13 +69,13 @@ class SharedInputGroup:
         self._x, self._pending = None, [None] * len(self.members)
         self._packs.clear()
 
-    def packed(self, sel: tuple[int, ...] | None, small: bool) -> tuple[torch.Tensor, int]:
+    def packed(self, sel: tuple[int, ...] | None, small_call: bool) -> tuple[torch.Tensor, int]:
         """The members' A-and-gate rows stacked, transposed for torch.mm: every member's A rows, then every member's
         gate rows, so one matmul gives all h, then all logits, member-major."""
-        key = (sel, small)  # a repack of any member resets the group (StackedLinear.set_packed)
+        key = (sel, small_call)  # a repack of any member resets the group (StackedLinear.set_packed)
         hit = self._packs.get(key)
         if hit is None:
-            parts = [m.packed(sel, small) for m in self.members]
+            parts = [m.packed(sel, small_call) for m in self.members]
             cfg = self.members[0].config
             n = parts[0][2] * cfg.experts * self.members[0].rank
             AW = torch.cat([p[0][:n] for p in parts] + [p[0][n:] for p in parts]).contiguous()
@@ -87,9 +87,9 @@ class SharedInputGroup:
             self._packs.move_to_end(key)
         return hit
 
-    def compute(self, x: torch.Tensor, st, small: bool) -> list[torch.Tensor]:
+    def compute(self, x: torch.Tensor, st, small_call: bool) -> list[torch.Tensor]:
         """Every member's gated h (StackedLinear.gated_h) for x, in one gating pass: (rows·T, m·E·r) each."""
-        AWt, m = self.packed(st.selected, small)
+        AWt, m = self.packed(st.selected, small_call)
         cfg = self.members[0].config
         E, r, k, G = cfg.experts, self.members[0].rank, cfg.top_k, len(self.members)
         lead = x.shape[:-1]

@@ -46,7 +46,7 @@ class PreparedStacks:
     domains: list[str]
     stacks: list[tuple[str, int]]  # packed order
     storage_dtype: torch.dtype | None
-    packed: dict[str, tuple]  # layer path -> (AW, BT, small) from StackedLinear.pack
+    packed: dict[str, tuple]  # layer path -> (AW, BT, fp32_copy) from StackedLinear.pack
     sources: list[dict[str, torch.Tensor]]  # each stack's own tensors (MoE-LoRA or LoRA), in packed order
     rank: int  # the packing rank (brainstacks/lora.py)
 
@@ -256,8 +256,8 @@ class StackedModel:
     def _swap(self, prepared: PreparedStacks) -> None:
         """Install a packed set: pointer assignments only (routing weights are the caller's to reset)."""
         for path, lay in self.layers.items():
-            AW, BT, small = prepared.packed[path]
-            lay.set_packed(AW, BT, len(prepared.stacks), small, prepared.rank)
+            AW, BT, fp32_copy = prepared.packed[path]
+            lay.set_packed(AW, BT, len(prepared.stacks), fp32_copy, prepared.rank)
         self._domains = list(prepared.domains)
         self._sources = list(prepared.sources)
         self.pack_rank = prepared.rank
@@ -348,7 +348,7 @@ class StackedModel:
             lay = next(iter(self.layers.values()))
             # (B, m) in the dtype decode steps compute in (the float32 copy for small calls, where a layer keeps
             # one), so no layer casts it on the hot path
-            dt = lay.small[0].dtype if lay.small is not None else lay.AW.dtype
+            dt = lay.fp32_copy[0].dtype if lay.fp32_copy is not None else lay.AW.dtype
             st.set_mult((w_cpu[:, cols] * self.config.scale).to(device=dev, dtype=dt))
         else:
             st.set_mult(None)

@@ -26,17 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # user-facing errors carry their own message; anything else keeps its traceback
-        from brainstacks.errors import BrainstacksError
+    from brainstacks.errors import run_command
 
-        if isinstance(e, BrainstacksError):
-            print(f"brainstacks {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    return run_command(args.func, args, f"brainstacks {args.command}")
 
 
 if __name__ == "__main__":

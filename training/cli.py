@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from brainstacks.quant import QUANTIZE_CHOICES
 
@@ -187,14 +186,10 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m training <train|eval|route|pretrain> ...` (what torchrun launches)."""
-    from brainstacks.errors import BrainstacksError
+    from brainstacks.errors import run_command
 
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except BrainstacksError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args, f"python -m training {args.command}")

@@ -163,8 +163,8 @@ def test_bf16_packing_on_a_fast_bf16_cpu_keeps_a_float32_copy_for_small_calls(ba
     sm = StackedModel(lb.model, StackConfig(rank=4))
     add_random_stacks(sm, {"a": 1, "b": 2}, dtype="bfloat16")
     layer = next(iter(sm.layers.values()))
-    assert layer.AW.dtype == torch.bfloat16 and layer.small[0].dtype == torch.float32
-    assert torch.equal(layer.small[0], layer.AW.float()) and torch.equal(layer.small[1], layer.BT.float())
+    assert layer.AW.dtype == torch.bfloat16 and layer.fp32_copy[0].dtype == torch.float32
+    assert torch.equal(layer.fp32_copy[0], layer.AW.float()) and torch.equal(layer.fp32_copy[1], layer.BT.float())
     w = torch.tensor([[0.0, 0.8], [0.0, 0.3]])  # domain b only: a subset of the packing
     calls = []
     real = layer._packing
