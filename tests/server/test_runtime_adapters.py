@@ -136,3 +136,21 @@ def test_the_vllm_paths_follow_the_admin_key_rules(tmp_path, core_base_dir, live
         assert r.status_code == 401, path  # the API key is not enough
     r = httpx.post(s.url + "/v1/load_lora_adapter", json=body, headers={"Authorization": "Bearer admin-k"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_adapter"  # past the key: the path is bad
+
+
+def test_a_runtime_load_reaches_a_watching_server_on_the_same_bundle(tmp_path, core_base_dir, live_server_factory):
+    """A runtime load is a bundle version, not memory-only state: a second server with --watch on the same
+    directory (a replica on shared storage) serves the new domain too."""
+    import time
+
+    bundle = build_bundle(tmp_path / "bundle", core_base_dir)
+    a = live_server_factory(create_app(ServerSettings(bundle=str(bundle), quantize="none")))
+    b = live_server_factory(create_app(ServerSettings(bundle=str(bundle), quantize="none", watch=True,
+                                                      watch_interval=0.1)))
+    ad = make_adapter(core_base_dir, tmp_path / "mine")
+    assert httpx.post(a.url + "/admin/stacks", json={"domain": "mine", "path": str(ad)}, timeout=120).status_code == 200
+    deadline = time.monotonic() + 60
+    while "brainstacks:mine" not in [m["id"] for m in httpx.get(b.url + "/v1/models").json()["data"]]:
+        assert time.monotonic() < deadline, "the watching server never saw the new version"
+        time.sleep(0.2)
+    assert httpx.get(b.url + "/admin/stacks").json()["bundle_version"] == 2
