@@ -173,12 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     lb = load_bundle(bundle, quantize="nf4")
     ev = EvidenceConfig(accuracy_prompts=cfg["accuracy_prompts"], routing_prompts=cfg["routing"], batch_size=8)
     tests = {d: data[d]["test"] for d in DOMAINS}
-    routing = routing_table(lb, recipe, tests, ev)
-    hand = handwritten_routing(lb)
-    rows, acc = [], {}
+    kept = work / "evidence_accuracy.json"  # the slow part, kept so a rerun goes straight to the cost
+    if kept.is_file():
+        saved = json.loads(kept.read_text())
+        routing, hand, acc = saved["routing"], saved["handwritten"], saved["accuracy"]
+    else:
+        routing = routing_table(lb, recipe, tests, ev)
+        hand = handwritten_routing(lb)
+        acc = {d: accuracy(lb, d, scored_rows(tests[d], d, cfg["accuracy_prompts"]), ev, progress=True)
+               for d in DOMAINS}
+        kept.write_text(json.dumps({"routing": routing, "handwritten": hand, "accuracy": acc}, default=str))
+    rows = []
     for d in DOMAINS:
-        a = accuracy(lb, d, scored_rows(tests[d], d, cfg["accuracy_prompts"]), ev, progress=True)
-        acc[d] = a
+        a = acc[d]
         rows.append({"domain": d, "prompts": a["prompts"], "base": round(a["base"], 3), "own": round(a["own"], 3),
                      "routed": round(a["routed"], 3),
                      "routing top-1": round(routing["confusion"][d][d] / max(1, sum(routing["confusion"][d].values())),
