@@ -52,7 +52,7 @@ from brainstacks.bundle import (
     wrapped_targets,
     write_manifest,
 )
-from brainstacks.config import StackConfig, dtype_name, parse_dtype
+from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.errors import AdapterError, BrainstacksError
 from brainstacks.lora import A_SUFFIX, B_SUFFIX, KIND, lora_rank
 from brainstacks.stacks import DOMAIN_NAME
@@ -220,20 +220,24 @@ def read_source(source: str | os.PathLike, fingerprint: dict[str, Any], config: 
 
 
 # ---- writing versions -----------------------------------------------------------------------------------------
-def _working_manifest(root: Path) -> Manifest | None:
-    """The writer's state of ROOT: its own manifest.json (the working copy), else the version CURRENT names,
-    materialised into ROOT by hard links (so the working copy names files that exist), else None."""
+def _working_manifest(root: Path) -> tuple[Manifest | None, Path]:
+    """The writer's state of ROOT and where its files are: ROOT's own manifest.json (the working copy), else the
+    version CURRENT names (its directory), else (None, ROOT). Reads only."""
     if (root / MANIFEST).is_file():
-        return read_manifest(root)
+        return read_manifest(root), root
     src = resolve_bundle_dir(root)
+    return (None, root) if src == root else (read_manifest(src), src)
+
+
+def _materialise(root: Path, src: Path, m: Manifest) -> None:
+    """Make ROOT the working copy of the version in `src` (hard links), so the next manifest names files in ROOT.
+    Called only once a change is validated."""
     if src == root:
-        return None
+        return
     for rel in bundle_files(src):
         if not (root / rel).exists():
             link_or_copy(src / rel, root / rel)
-    m = read_manifest(src)
     write_manifest(root, m)
-    return m
 
 
 def new_bundle_manifest(base: str | os.PathLike, rank: int, frozen_dtype: str) -> Manifest:
@@ -285,7 +289,7 @@ def import_adapter(root: str | os.PathLike, domain: str, source: str | os.PathLi
 
 def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str | os.PathLike | None,
                    replace: bool, keep: int, frozen_dtype: str) -> ImportResult:
-    m = _working_manifest(root)
+    m, src = _working_manifest(root)
     if m is None:
         if base is None:
             raise AdapterError(f"{root}: holds no bundle; give --base (the model the adapter was trained on) to "
@@ -304,18 +308,19 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
             from brainstacks.bundle import check_fingerprint
 
             check_fingerprint(root, m, base_fingerprint(base)[1], "; the adapter's --base is not the bundle's")
-        cfg = StackConfig.from_dict(m.stack_config, f"{root / MANIFEST}: stack_config")
-        tensors, meta = read_source(source, m.base["fingerprint"], cfg)
         if domain in m.domain_names and not replace:
-            raise AdapterError(f"{root / MANIFEST}: domain {domain!r} exists already (its stacks: "
+            raise AdapterError(f"{src / MANIFEST}: domain {domain!r} exists already (its stacks: "
                                f"{next(d.stacks for d in m.domains if d.name == domain)}); pass --replace to replace "
                                "it, or choose another name")
-    cfg = StackConfig.from_dict(m.stack_config, f"{root / MANIFEST}: stack_config")
+        cfg = StackConfig.from_dict(m.stack_config, f"{src / MANIFEST}: stack_config")
+        tensors, meta = read_source(source, m.base["fingerprint"], cfg)
+    cfg = StackConfig.from_dict(m.stack_config, f"{src / MANIFEST}: stack_config")
     problem = stack_problem(tensors, m.base["fingerprint"], cfg)
     if problem:  # read_source checked it; this is the bundle reader's own check, so the loader will accept it
         raise AdapterError(f"{source}: {problem}")
-    want = dtype_name(parse_dtype(cfg.frozen_dtype))
-    tensors = {n: t.to(parse_dtype(want)) for n, t in tensors.items()}
+    dt = parse_dtype(cfg.frozen_dtype)
+    tensors = {n: t.to(dt) for n, t in tensors.items()}
+    _materialise(root, src, m)  # validated: from here on ROOT is written
     k = _next_index(root, domain)
     rel = save_stack(root, domain, k, tensors, meta)
     entries = [e for e in m.domains if e.name != domain]
@@ -337,11 +342,12 @@ def remove_domain_version(root: str | os.PathLike, domain: str, keep: int = KEEP
     if not root.is_dir():
         raise AdapterError(f"{root}: holds no bundle")
     with writer_lock(root, f"removing {domain!r}"):
-        m = _working_manifest(root)
+        m, src = _working_manifest(root)
         if m is None:
             raise AdapterError(f"{root}: holds no bundle")
         if domain not in m.domain_names:
-            raise AdapterError(f"{root / MANIFEST}: no domain {domain!r} (domains: {m.domain_names})")
+            raise AdapterError(f"{src / MANIFEST}: no domain {domain!r} (domains: {m.domain_names})")
+        _materialise(root, src, m)
         new = Manifest(_next_version(root, m), m.base, m.stack_config, [e for e in m.domains if e.name != domain],
                        m.router)
         return new.version, _publish(root, new, keep)

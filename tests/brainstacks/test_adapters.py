@@ -281,3 +281,19 @@ def test_replace_and_remove_are_new_versions(one_bundle, tmp_path):
     assert m.version == v == v1 + 3 and m.domain_names == ["code"] and where == b / "versions" / str(v)
     with pytest.raises(AdapterError, match="no domain 'math'"):
         remove_domain_version(b, "math")
+
+
+def test_a_published_bundle_without_a_working_copy_is_imported_into(one_bundle, tmp_path):
+    """A bundle that is only versions/<n> + CURRENT (published elsewhere): a refused import writes nothing, a good
+    one makes ROOT the working copy and publishes the next version."""
+    base, b = one_bundle
+    (b / "manifest.json").unlink()
+    shutil.rmtree(b / "stacks")
+    before = snapshot(b)
+    with pytest.raises(AdapterError, match="domain 'math' exists already"):
+        import_adapter(b, "math", b.parent / "first")
+    assert snapshot(b) == before  # nothing materialised for a refused import
+    res = import_adapter(b, "code", make_adapter(base, tmp_path / "code_ad", seed=9))
+    m = read_manifest(resolve_bundle_dir(b))
+    assert res.version == 2 and m.domain_names == ["math", "code"] and (b / "manifest.json").is_file()
+    assert load_bundle(b, quantize="none").stacked.domains == ["math", "code"]
