@@ -66,6 +66,7 @@ from brainstacks.versions import (
 )
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+RESERVED = {"base": "no stacks", "all": "every stack at weight 1"}  # the server's own model names (server/api.py)
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
 _REFUSED_OPTIONS = (("use_dora", "DoRA (use_dora) adds a magnitude vector per module; only plain LoRA is imported"),
                     ("fan_in_fan_out", "fan_in_fan_out adapters target Conv1D layers (GPT-2 style), which are not "
@@ -163,11 +164,16 @@ def read_peft_adapter(adapter_dir: str | os.PathLike, targets: dict[str, tuple[i
     cfg = read_peft_config(d)
     mods, others = read_peft_tensors(d)
     weights = d / PEFT_WEIGHTS
+    leaves = sorted({p.rsplit(".", 1)[-1] for p in targets})
     for path in mods:
         if path not in targets:
             leaf = path.rsplit(".", 1)[-1]
+            if leaf in leaves:  # a wrapped kind of projection, at a path this base does not have
+                raise AdapterError(f"{weights}: module {path!r} does not exist in this base (its {len(targets)} "
+                                   "wrapped projections have other paths): an adapter for another base, e.g. one "
+                                   "with more layers?")
             raise AdapterError(f"{weights}: module {path!r} ({leaf}) is not a projection this bundle wraps "
-                               f"(wrapped: {sorted({p.rsplit('.', 1)[-1] for p in targets})} of the decoder layers)")
+                               f"(wrapped: {leaves} of the decoder layers)")
     if others:
         raise AdapterError(f"{weights}: tensor {others[0]!r} is not a LoRA A or B weight (embedding LoRA, DoRA "
                            "magnitudes and saved modules are not imported)")
@@ -183,8 +189,15 @@ def read_peft_adapter(adapter_dir: str | os.PathLike, targets: dict[str, tuple[i
         if B.dim() != 2 or B.shape[0] != d_out or B.shape[1] != A.shape[0]:
             raise AdapterError(f"{weights}: shape mismatch for {path}.lora_B: the adapter has {tuple(B.shape)}, the "
                                f"base needs ({d_out}, {A.shape[0]}): an adapter for another base?")
-        r = int(_pattern_value(cfg.get("rank_pattern"), path, cfg["r"]))
-        alpha = float(_pattern_value(cfg.get("alpha_pattern"), path, cfg["lora_alpha"]))
+        try:
+            r = int(_pattern_value(cfg.get("rank_pattern"), path, cfg["r"]))
+            alpha = float(_pattern_value(cfg.get("alpha_pattern"), path, cfg["lora_alpha"]))
+        except (AttributeError, TypeError, ValueError, re.error) as e:
+            raise AdapterError(f"{d / PEFT_CONFIG}: field 'rank_pattern' or 'alpha_pattern' is malformed: "
+                               f"{type(e).__name__}: {e}") from None
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise AdapterError(f"{d / PEFT_CONFIG}: module {path!r} gets lora_alpha {alpha!r} (from 'alpha_pattern'): "
+                               "it must be a positive number")
         if r != A.shape[0]:
             raise AdapterError(f"{d / PEFT_CONFIG}: module {path!r} has rank {A.shape[0]} in {PEFT_WEIGHTS} but "
                                f"{r} in the config ('r' / 'rank_pattern')")
@@ -227,6 +240,25 @@ def _working_manifest(root: Path) -> tuple[Manifest | None, Path]:
         return read_manifest(root), root
     src = resolve_bundle_dir(root)
     return (None, root) if src == root else (read_manifest(src), src)
+
+
+def _check_router(src: Path, m: Manifest, new_domain: str | None) -> None:
+    """The version about to be written must load: its router (if any) scores every trained domain of `m` (the
+    imported ones, `new_domain` among them, may wait). A working copy a `train` run left before its router step
+    fails this, naming the domain, so no import publishes a version the loaders would refuse."""
+    if m.router is None:
+        return
+    from brainstacks.bundle import safe_path
+    from brainstacks.files import read_json
+
+    scored = read_json(safe_path(src, m.router) / "router.json").get("domains") or []
+    for e in m.domains:
+        if e.name == new_domain or e.name in scored:
+            continue
+        if not all(read_json(safe_path(src, rel) / STACK_META).get("imported") for rel in e.stacks):
+            raise AdapterError(f"{src / MANIFEST}: trained domain {e.name!r} is not scored by the bundle's router "
+                               f"{m.router} (a `brainstacks train` run stopped before its router step?): rerun it "
+                               "first, so this change does not publish a version the loaders refuse")
 
 
 def _materialise(root: Path, src: Path, m: Manifest) -> None:
@@ -280,6 +312,9 @@ def import_adapter(root: str | os.PathLike, domain: str, source: str | os.PathLi
     root = Path(root).resolve()
     if not isinstance(domain, str) or not DOMAIN_NAME.match(domain):
         raise AdapterError(f"invalid domain name {domain!r}: use letters, digits, '_', '.', '-' (max 64)")
+    if domain in RESERVED:
+        raise AdapterError(f"domain name {domain!r} is reserved: model 'brainstacks:{domain}' already means "
+                           f"{RESERVED[domain]}")
     if not root.is_dir() and base is None:
         raise AdapterError(f"{root}: holds no bundle; give --base (the model the adapter was trained on) to "
                            "create one")
@@ -320,6 +355,11 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
         raise AdapterError(f"{source}: {problem}")
     dt = parse_dtype(cfg.frozen_dtype)
     tensors = {n: t.to(dt) for n, t in tensors.items()}
+    bad = sorted(n for n, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise AdapterError(f"{source}: {bad[0]} is not finite once its scale is folded in and it is stored as "
+                           f"{cfg.frozen_dtype} (lora_alpha too large for that dtype?)")
+    _check_router(src, m, domain)
     _materialise(root, src, m)  # validated: from here on ROOT is written
     k = _next_index(root, domain)
     rel = save_stack(root, domain, k, tensors, meta)
@@ -347,6 +387,8 @@ def remove_domain_version(root: str | os.PathLike, domain: str, keep: int = KEEP
             raise AdapterError(f"{root}: holds no bundle")
         if domain not in m.domain_names:
             raise AdapterError(f"{src / MANIFEST}: no domain {domain!r} (domains: {m.domain_names})")
+        _check_router(src, Manifest(m.version, m.base, m.stack_config,
+                                    [e for e in m.domains if e.name != domain], m.router), None)
         _materialise(root, src, m)
         new = Manifest(_next_version(root, m), m.base, m.stack_config, [e for e in m.domains if e.name != domain],
                        m.router)

@@ -76,14 +76,14 @@ def packing_rank(config: StackConfig, stacks: list[dict[str, torch.Tensor]]) -> 
 
 
 def to_packing(tensors: dict[str, torch.Tensor], targets: dict[str, tuple[int, int]], config: StackConfig,
-               rank: int, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
+               rank: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> dict[str, dict[str, torch.Tensor]]:
     """One validated stack (MoE-LoRA or LoRA) as {layer path: {"A": (E, R, d_in), "B": (E, d_out, R), "W": (E, d_in)}}
-    in `dtype`, for every wrapped layer (see the module docstring)."""
+    in `dtype` on `device`, for every wrapped layer (see the module docstring)."""
     E = config.experts
     out: dict[str, dict[str, torch.Tensor]] = {}
     lora = is_lora_stack(tensors)
     for path, (d_out, d_in) in targets.items():
-        dev = next(iter(tensors.values())).device
+        dev = device
         A = torch.zeros(E, rank, d_in, dtype=dtype, device=dev)
         B = torch.zeros(E, d_out, rank, dtype=dtype, device=dev)
         W = torch.zeros(E, d_in, dtype=dtype, device=dev)

@@ -76,7 +76,7 @@ class StackedModel:
         self._storage_dtype: torch.dtype | None = None  # dtype the frozen stacks are stored (and saved) in
         self._active: str | None = None
         self._weights: torch.Tensor | None = None
-        self._sources: list[dict[str, torch.Tensor]] = []  # each frozen stack's own tensors, in packed order
+        self._sources: list[dict[str, torch.Tensor]] = []  # each frozen stack's own tensors (CPU), in packed order
         self.pack_rank = self.config.rank  # the rank every stack is packed at (brainstacks/lora.py)
 
     def share_inputs(self, on: bool = True) -> None:
@@ -249,7 +249,7 @@ class StackedModel:
         compute = packed_dtype(storage, self.device)
         rank = packing_rank(self.config, sources)
         shapes = self.shapes()
-        per = [to_packing(src, shapes, self.config, rank, compute) for src in sources]
+        per = [to_packing(src, shapes, self.config, rank, compute, self.device) for src in sources]
         packed = {path: lay.pack([p[path] for p in per]) for path, lay in self.layers.items()}
         return PreparedStacks(list(domains), list(order), storage, packed, list(sources), rank)
 
@@ -275,7 +275,8 @@ class StackedModel:
     def _validated(self, domain: str, tensors: dict[str, torch.Tensor], dtype,
                    domains: list[str] | None = None) -> dict[str, torch.Tensor]:
         """One stack's tensors (MoE-LoRA: every wrapped layer's A, B, W; or a LoRA's: brainstacks/lora.py) checked
-        against the wrapped layers, as detached copies on our device."""
+        against the wrapped layers, as detached copies on the CPU (kept for repacking and stack_tensors; the packing
+        on the model's device is the only copy there)."""
         if domains is None:
             self._require_domain(domain)
         elif domain not in domains:
@@ -286,7 +287,7 @@ class StackedModel:
             problem = stack_tensor_problem(tensors, stack_tensor_shapes(self.shapes(), self.config))
         if problem:
             raise StackFormatError(f"stack for {domain!r}: {problem}")
-        return {n: t.detach().to(device=self.device, dtype=parse_dtype(dtype) if dtype else t.dtype)
+        return {n: t.detach().to(device="cpu", dtype=parse_dtype(dtype) if dtype else t.dtype)
                 for n, t in tensors.items()}
 
     def clear(self) -> None:
@@ -302,7 +303,7 @@ class StackedModel:
             i = self._stacks.index((domain, k))
         except ValueError:
             raise StackFormatError(f"no frozen stack {k} in domain {domain!r}") from None
-        return {n: t.to(device="cpu", dtype=self._storage_dtype) for n, t in self._sources[i].items()}
+        return {n: t.to(device="cpu", dtype=self._storage_dtype).clone() for n, t in self._sources[i].items()}
 
     # ---- routing ---------------------------------------------------------------------------------------------
     def weights_tensor(self, weights: dict[str, float], rows: int = 1) -> torch.Tensor:

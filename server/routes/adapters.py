@@ -54,6 +54,9 @@ async def _change(state: ServerState, write) -> tuple[object, object]:
         raise invalid(str(e), param="path", code="invalid_adapter") from None
     except BundleError as e:  # another writer holds the bundle, or the bundle on disk is unreadable
         raise APIError(409, str(e), "invalid_request_error", None, "bundle_busy") from None
+    except OSError as e:  # a read-only mount, a full disk: nothing of the change was published
+        raise APIError(409, f"{root}: the bundle directory cannot be written: {e}", "invalid_request_error", None,
+                       "bundle_unwritable") from None
 
 
 def _answer(res, body: dict) -> dict:

@@ -171,6 +171,8 @@ def test_batched_equals_solo_with_imported_and_trained_stacks(bases, tmp_path):
         with sm2.routing(sm2.weights_tensor({"math": 1.0, "code": 0.4})):
             after = lb2.base.model(input_ids=IDS).logits
     assert rel(after, before) < 1e-6
+    # 4 expert copies, config.scale = 16 / sqrt(4) = 8 divided out of B: still PEFT's own logits
+    assert rel(our_logits(b, {"imported": 1.0}), peft_logits(base, [ad])) < 1e-5
 
 
 def test_the_fused_decoder_serves_an_imported_adapter(bases, tmp_path):
@@ -297,3 +299,47 @@ def test_a_published_bundle_without_a_working_copy_is_imported_into(one_bundle, 
     m = read_manifest(resolve_bundle_dir(b))
     assert res.version == 2 and m.domain_names == ["math", "code"] and (b / "manifest.json").is_file()
     assert load_bundle(b, quantize="none").stacked.domains == ["math", "code"]
+
+
+def test_more_refusals_name_the_cause_and_change_nothing(one_bundle, tmp_path):
+    base, b = one_bundle
+    before = snapshot(b)
+    deep = tiny_base(tmp_path / "deep", family="llama", layers=3)
+    with pytest.raises(AdapterError, match=r"module 'model\.layers\.2\.\S+' does not exist in this base .* another "
+                                           r"base, e\.g\. one with more layers"):
+        import_adapter(b, "other", make_adapter(deep, tmp_path / "deep_ad"))
+    huge = _edit_config(b.parent / "first", tmp_path / "huge", lora_alpha=1e300, r=4)
+    with pytest.raises(AdapterError, match="is not finite once its scale is folded in"):
+        import_adapter(b, "other", huge)
+    bad_pattern = _edit_config(b.parent / "first", tmp_path / "pattern", alpha_pattern={"q_proj": -1})
+    with pytest.raises(AdapterError, match="gets lora_alpha -1.0 .* must be a positive number"):
+        import_adapter(b, "other", bad_pattern)
+    for name in ("base", "all"):
+        with pytest.raises(AdapterError, match=f"domain name '{name}' is reserved"):
+            import_adapter(b, name, b.parent / "first")
+    assert snapshot(b) == before
+
+
+def test_a_working_copy_left_before_its_router_step_is_not_published(bases, tmp_path):
+    """A trained domain the router does not score (a `train` killed before its router step) in the working copy:
+    an import refuses rather than publish a version the loaders would refuse."""
+    from brainstacks.base import load_base
+    from brainstacks.bundle import DomainEntry, Manifest, save_router, save_stack, write_manifest
+    from brainstacks.config import StackConfig
+    from brainstacks.router import MetaRouter
+    from brainstacks.stacks import StackedModel
+    from brainstacks.testing import add_random_stacks
+
+    base = bases["llama"]
+    cfg = StackConfig(experts=2, top_k=1, rank=4, frozen_dtype="float32")
+    lb = load_base(base, quantize="none")
+    sm = StackedModel(lb.model, cfg)
+    add_random_stacks(sm, {"math": 1, "code": 1})
+    b = tmp_path / "bundle"
+    entries = [DomainEntry(d, [save_stack(b, d, 0, sm.stack_tensors(d, 0))]) for d in sm.domains]
+    router = save_router(b, MetaRouter(lb.fingerprint["hidden_size"], ["math"]))  # does not score code
+    write_manifest(b, Manifest(2, {"path": str(base), "fingerprint": lb.fingerprint}, cfg.to_dict(), entries, router))
+    before = snapshot(b)
+    with pytest.raises(AdapterError, match=r"trained domain 'code' is not scored by the bundle's router"):
+        import_adapter(b, "mine", make_adapter(base, tmp_path / "ad"))
+    assert snapshot(b) == before
