@@ -225,6 +225,11 @@ def test_disconnected_stream_frees_its_slot(tmp_path, core_base_dir, live_server
     with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
                       json={"prompt": prompt, "max_tokens": 400, "stream": True, "temperature": 0}) as r:
         next(ln for ln in r.iter_lines() if ln.startswith("data: "))
+        # the first chunk can leave as soon as the row is routed, before its prefill: wait until it runs
+        deadline = time.monotonic() + 30
+        while engine.running_rows != 1:
+            assert time.monotonic() < deadline, "the streamed row never started running"
+            time.sleep(0.01)
         engine.call(gate.wait)  # hold the model thread at the next step boundary, so the row cannot finish first
         assert engine.running_rows == 1
     threading.Timer(0.5, gate.set).start()  # the disconnect is noticed while the engine is held
