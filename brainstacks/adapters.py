@@ -27,7 +27,6 @@ imported adapters cost no expert copies.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -53,7 +52,8 @@ from brainstacks.bundle import (
     write_manifest,
 )
 from brainstacks.config import StackConfig, parse_dtype
-from brainstacks.errors import AdapterError, BrainstacksError
+from brainstacks.errors import AdapterError, BrainstacksError, BundleError
+from brainstacks.files import read_json
 from brainstacks.lora import A_SUFFIX, B_SUFFIX, KIND, lora_rank
 from brainstacks.stacks import DOMAIN_NAME
 from brainstacks.versions import (
@@ -99,11 +99,9 @@ def read_peft_config(adapter_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise AdapterError(f"{path}: missing (not a PEFT adapter directory?)")
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{path}: corrupt JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise AdapterError(f"{path}: must hold a JSON object")
+        cfg = read_json(path)  # the one JSON reader: names the file when it is corrupt or not an object
+    except BundleError as e:
+        raise AdapterError(str(e)) from None
     kind = cfg.get("peft_type")
     if kind != "LORA":
         raise AdapterError(f"{path}: field 'peft_type' is {kind!r}: only LoRA adapters (peft_type LORA) are imported, "
@@ -249,7 +247,6 @@ def _check_router(src: Path, m: Manifest, new_domain: str | None) -> None:
     if m.router is None:
         return
     from brainstacks.bundle import safe_path
-    from brainstacks.files import read_json
 
     scored = read_json(safe_path(src, m.router) / "router.json").get("domains") or []
     for e in m.domains:
@@ -272,11 +269,10 @@ def _materialise(root: Path, src: Path, m: Manifest) -> None:
     write_manifest(root, m)
 
 
-def new_bundle_manifest(base: str | os.PathLike, rank: int, frozen_dtype: str) -> Manifest:
-    """Version 0 of a bundle made by an import: the base's fingerprint (no weights read), one expert at `rank`."""
-    from brainstacks.base import base_fingerprint
-
-    path, fp = base_fingerprint(base)
+def new_bundle_manifest(base: str | os.PathLike, path: str, fp: dict[str, Any], rank: int, frozen_dtype: str
+                        ) -> Manifest:
+    """Version 0 of a bundle made by an import: the base (`path` and `fp` from brainstacks.base.base_fingerprint,
+    no weights read), one expert at `rank`."""
     cfg = StackConfig(experts=1, top_k=1, rank=rank, alpha=float(rank), rslora=False, frozen_dtype=frozen_dtype)
     cfg.validate()
     ref = str(base) if str(base).startswith("package:") else path
@@ -331,12 +327,12 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
                                "create one")
         from brainstacks.base import base_fingerprint
 
-        _, fp = base_fingerprint(base)
+        path, fp = base_fingerprint(base)
         if not (Path(source) / PEFT_CONFIG).is_file():
             raise AdapterError(f"{root}: holds no bundle, and {source} is not a PEFT adapter: a new bundle starts "
                                "from a PEFT LoRA import or from `brainstacks train`")
         tensors, meta = read_peft_adapter(Path(source), wrapped_targets(fp, StackConfig()), parse_dtype(frozen_dtype))
-        m = new_bundle_manifest(base, meta["rank"], frozen_dtype)
+        m = new_bundle_manifest(base, path, fp, meta["rank"], frozen_dtype)
     else:
         if base is not None:
             from brainstacks.base import base_fingerprint
@@ -347,8 +343,8 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
             raise AdapterError(f"{src / MANIFEST}: domain {domain!r} exists already (its stacks: "
                                f"{next(d.stacks for d in m.domains if d.name == domain)}); pass --replace to replace "
                                "it, or choose another name")
-        cfg = StackConfig.from_dict(m.stack_config, f"{src / MANIFEST}: stack_config")
-        tensors, meta = read_source(source, m.base["fingerprint"], cfg)
+        tensors, meta = read_source(source, m.base["fingerprint"],
+                                    StackConfig.from_dict(m.stack_config, f"{src / MANIFEST}: stack_config"))
     cfg = StackConfig.from_dict(m.stack_config, f"{src / MANIFEST}: stack_config")
     problem = stack_problem(tensors, m.base["fingerprint"], cfg)
     if problem:  # read_source checked it; this is the bundle reader's own check, so the loader will accept it

@@ -16,6 +16,7 @@ from brainstacks.adapters import import_adapter, remove_domain_version
 from brainstacks.bundle import load_bundle, read_manifest, resolve_bundle_dir
 from brainstacks.errors import AdapterError
 from brainstacks.testing import tiny_base
+from tests.peft_adapters import make_adapter
 
 peft = pytest.importorskip("peft")
 
@@ -35,24 +36,6 @@ def one_thread():
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapter_bases")
     return {f: tiny_base(root / f, family=f, seed=3) for f in FAMILIES}
-
-
-def make_adapter(base: Path, out: Path, r: int = 4, alpha: float = 8.0, targets=("q_proj", "v_proj", "down_proj"),
-                 rslora: bool = False, seed: int = 0, **extra) -> Path:
-    """A real PEFT LoRA adapter on `base`, with random A and B (PEFT starts B at zero), saved as PEFT saves it."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), use_rslora=rslora,
-                          task_type="CAUSAL_LM", lora_dropout=0.0, **extra)
-    pm = peft.get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    pm.save_pretrained(str(out))
-    return out
 
 
 def peft_logits(base: Path, adapters: list[Path], quantize: str = "none") -> torch.Tensor:

@@ -10,10 +10,10 @@ import threading
 import httpx
 import openai
 import pytest
-import torch
 
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.peft_adapters import make_adapter as make_peft_adapter
 
 from .conftest import build_bundle
 
@@ -21,18 +21,8 @@ peft = pytest.importorskip("peft")
 
 
 def make_adapter(base, out, seed=0, r=4):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    pm = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
-                                                    lora_dropout=0.0, task_type="CAUSAL_LM"))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    pm.save_pretrained(str(out))
-    return out
+    """A PEFT LoRA on q/v/up (tests/peft_adapters.py)."""
+    return make_peft_adapter(base, out, r=r, targets=("q_proj", "v_proj", "up_proj"), seed=seed, std=0.3)
 
 
 def files(d):
