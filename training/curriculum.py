@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from brainstacks.base import LoadedBase, load_base
 from brainstacks.bundle import (
     MANIFEST,
@@ -58,6 +60,7 @@ from brainstacks.bundle import (
     write_manifest,
 )
 from brainstacks.config import StackConfig
+from brainstacks.dense_base import attach_dense_copies
 from brainstacks.errors import BundleError
 from brainstacks.files import sha256_file, write_json
 from brainstacks.stacks import StackedModel
@@ -157,6 +160,11 @@ def resume(recipe: Recipe, out: Path, records: dict[str, list[Record]], device: 
                           f"{MANIFEST}")
     stack_config = existing.stack_config if router_only else recipe.stack.to_dict()
     sm = StackedModel(base.model, StackConfig.from_dict(stack_config, f"{out / MANIFEST}: stack_config"))
+    if torch.device(device).type == "cpu":
+        # the same dequantized weight bitsandbytes' training path rebuilds in every call and backward, made once
+        # (float32: the math is unchanged); measured on SmolLM2 with 2 threads: 5.0 s vs 5.3-5.8 s a step
+        # (8 x 100 tokens). Memory: 4 bytes per base weight (405 MiB on SmolLM2); nothing when the base is not 4-bit.
+        attach_dense_copies(sm, torch.float32, every_call=True)
     data_sha = {spec.name: [sha256_file(st.train) for st in spec.stages] for spec in recipe.domains}
     done: dict[str, int] = {}
     if existing is not None:

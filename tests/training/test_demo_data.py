@@ -8,6 +8,7 @@ from fractions import Fraction
 import pytest
 
 from brainstacks.errors import ConfigError
+from training.demo import word_problems
 from training.demo.answers import check_answer, extract_answer
 from training.demo.sampling import DOMAINS, generate, prompt_key, templates, write_demo_data
 from training.rewards import extract_code, run_tests
@@ -29,7 +30,7 @@ def test_whole_templates_are_held_out(domain):
     held = {t.name for t in ts if t.held_out}
     kinds = {t.kind for t in ts}
     assert held and len(held) == len(kinds)  # one held-out phrasing per kind
-    train = generate(domain, "train", N, seed=0)
+    train = generate(domain, "train", max(N, 6 * len(ts)), seed=0)  # enough rows to draw every template
     valid = generate(domain, "valid", 40, seed=0)
     test = generate(domain, "test", 60, seed=0)
     assert not {r["template"] for r in train} & held  # training never sees a held-out wording
@@ -70,7 +71,8 @@ def _check_chains(text: str) -> int:
     for line in text.splitlines():
         if line.startswith("Answer:"):
             continue
-        body = re.sub(r"\(check: .*?\)", "", line)
+        body = re.sub(r"^[^=]*?:\s", "", line)  # a step's label ("Given away: 27 + 18 = 45")
+        body = re.sub(r"\(check: .*?\)", "", body)
         body = re.sub(r"[a-zA-Z/%]+(?=\s|$)", lambda m: "" if m.group(0) != "/" else "/", body)
         parts = [p.strip() for p in body.split("=")]
         values = []
@@ -98,18 +100,36 @@ def test_worked_steps_are_exact_and_end_in_the_answer(domain):
     assert chains >= len(rows) // 2  # most replies carry checkable arithmetic
 
 
+# numbers a step may bring in that the prompt does not state: unit facts, halves, the parts of a percentage
+_CONSTANTS = {"1", "2", "3", "4", "5", "7", "10", "12", "20", "24", "25", "60", "100", "1000"}
+
+
 def test_math_prompts_state_the_numbers_the_steps_use():
     for r in generate("math", "train", N, seed=2):
-        prompt, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
-        first = reply.splitlines()[0]
-        operands = re.findall(r"\d+", first.split("=")[0])
-        assert all(o in prompt or o in ("2", "10") for o in operands), (prompt, first)
+        prompt, reply = r["messages"][-2]["content"], r["messages"][-1]["content"]
+        first = next(line for line in reply.splitlines() if "=" in line)
+        operands = re.findall(r"\d+", re.sub(r"^[^=]*?:\s", "", first).split("=")[0])
+        assert all(o in prompt or o in _CONSTANTS for o in operands), (prompt, first)
+
+
+def test_word_problems_vary_their_surface_and_hold_out_whole_templates():
+    rows = generate("math", "train", N, seed=3)
+    words = [r for r in rows if r["template"].split("/")[1] in word_problems.KINDS]
+    assert len(words) > N // 3
+    texts = [r["messages"][-2]["content"] for r in words]
+    assert any(t.split("?")[0].count(".") == 0 and "?" in t[:-1] for t in texts)  # question first
+    assert any(t.startswith(("Question: ", "Solve this: ", "Word problem: ")) for t in texts)
+    assert any(r["messages"][0]["role"] == "system" for r in rows)
+    assert not any(r["messages"][0]["role"] == "system" for r in generate("math", "test", 40, seed=3))
+    held = {t.name for t in templates("math") if t.held_out}
+    assert not held & {r["template"] for r in rows}
+    assert {r["template"] for r in generate("math", "test", 40, seed=3)} <= held
 
 
 def test_reasoning_answers_follow_from_the_prompt():
     days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
     for r in generate("reasoning", "train", N, seed=0) + generate("reasoning", "test", 40, seed=0):
-        prompt = r["messages"][0]["content"]
+        prompt = r["messages"][-2]["content"]
         m = re.search(r"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\D+(\d+) days", prompt) or \
             re.search(r"(\d+) days after a (\w+day)", prompt)
         if m and r["template"].startswith("reasoning/weekday"):

@@ -147,7 +147,7 @@ def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: Evi
                                     for name in compositions} | {"prompts": len(idx)}
     ref = "answer" if domain != "code" else "tests"
     result["examples"] = [
-        {"prompt": rows[i]["messages"][0]["content"], "answer": str(rows[i][ref]) if domain != "code" else
+        {"prompt": [m["content"] for m in rows[i]["messages"] if m["role"] == "user"][-1], "answer": str(rows[i][ref]) if domain != "code" else
          "; ".join(rows[i]["tests"][:2]), **{k: v[i] for k, v in completions.items()}}
         for i in range(min(cfg.samples_per_domain, len(rows)))
     ]

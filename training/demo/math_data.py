@@ -1,5 +1,8 @@
 """Math domain: arithmetic and multi-step word problems with worked steps and a final "Answer: N" line.
 
+The everyday word problems of `training.demo.word_problems` (labelled steps, varied surface forms) join the kinds
+below.
+
 Every kind below draws its numbers (so every intermediate result is a whole number and one factor of every product
 is a single digit), writes one worked line per step (`training.demo.steps`) and ends with "Answer: N". Each kind
 has several phrasings; `training.demo.sampling` holds out the last phrasing of every kind from training, so the
@@ -10,8 +13,10 @@ from __future__ import annotations
 
 import random
 
+from training.demo import word_problems
 from training.demo.lexicon import NAMES, PRONOUNS, SHOP_ITEMS, THINGS
 from training.demo.steps import add_line, div_line, mul_line, sub_line, worked_example
+from training.demo.surface import vary
 
 Problem = tuple[dict, list[str], str]  # (fields for the phrasing, worked lines, answer)
 
@@ -205,8 +210,14 @@ KINDS: dict[str, tuple] = {
         "day for {e} more days?",
     )),
 }  # fmt: skip
+KINDS.update(word_problems.KINDS)  # everyday word problems with labelled steps (issue 22)
 
 
 def render(kind: str, phrasing: int, rng: random.Random) -> dict:
-    """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}."""
-    return worked_example(KINDS, kind, phrasing, rng)
+    """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}; word problems' prompts are
+    varied (training.demo.surface)."""
+    ex = worked_example(KINDS, kind, phrasing, rng)
+    if kind in word_problems.KINDS:
+        text = vary(ex["prompt"], rng)
+        ex["prompt"] = text[0].upper() + text[1:]
+    return ex

@@ -14,6 +14,7 @@ import random
 from decimal import ROUND_HALF_UP, Decimal
 
 from training.demo.steps import div_line, mul_line, worked_example
+from training.demo.surface import vary
 
 _ONE_DECIMAL = Decimal("0.1")
 Problem = tuple[dict, list[str], str]
@@ -38,9 +39,32 @@ FLUIDS: tuple[str, ...] = ("normal saline", "lactated Ringer's", "dextrose 5% in
 
 
 def _dose(rng: random.Random) -> Problem:
-    w, d = rng.randint(8, 90), rng.choice((2, 3, 4, 5, 6, 7, 8, 10))
-    f = {"who": rng.choice(("child", "patient")), "w": w, "d": d, "drug": rng.choice(DRUGS_MG_PER_KG)}
-    return f, [f"{mul_line(w, d)} mg"], f"{w * d} mg"
+    w, d = rng.randint(8, 90), rng.choice((2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25))
+    f = {"who": rng.choice(("child", "patient", "man", "woman", "toddler")), "w": w, "d": d,
+         "drug": rng.choice(DRUGS_MG_PER_KG)}
+    return f, [f"Dose: {mul_line(w, d)} mg"], f"{w * d} mg"
+
+
+def _tablets(rng: random.Random) -> Problem:
+    strength = rng.choice((5, 10, 20, 25, 50, 100, 125, 250, 500))
+    n = rng.choice((1, 2, 2, 3, 4)) if strength >= 100 else rng.randint(1, 6)
+    half = strength % 2 == 0 and rng.random() < 0.2
+    order = strength * n + (strength // 2 if half else 0)
+    count = f"{n}.5" if half else str(n)
+    f = {"order": order, "strength": strength, "drug": rng.choice(DRUGS_MG_PER_KG + ("metoprolol", "warfarin"))}
+    return f, [f"Tablets: {order} mg / {strength} mg = {count} tablets"], f"{count} tablets"
+
+
+def _per_dose(rng: random.Random) -> Problem:
+    doses = rng.choice((2, 3, 4))
+    while True:
+        w, d = rng.randint(6, 60), rng.choice((10, 15, 20, 30, 40, 50))
+        if (w * d) % doses == 0:
+            break
+    total = w * d
+    f = {"w": w, "d": d, "doses": doses, "drug": rng.choice(DRUGS_MG_PER_KG)}
+    steps = [f"Per day: {mul_line(w, d)} mg", f"Each dose: {div_line(total, doses)} mg"]
+    return f, steps, f"{total // doses} mg"
 
 
 def _divided(rng: random.Random) -> Problem:
@@ -181,6 +205,18 @@ KINDS: dict[str, tuple] = {
         "How many mg of {drug} does a {w} kg {who} need at {d} mg/kg?",
         "{drug} is dosed at {d} mg/kg. What dose in mg is right for a {who} who weighs {w} kg?",
     )),
+    "tablets": (_tablets, (
+        "The order is {drug} {order} mg. Tablets are {strength} mg each. How many tablets should be given?",
+        "{drug} {order} mg is prescribed and each tablet contains {strength} mg. How many tablets is that?",
+        "How many {strength} mg tablets make a {order} mg dose of {drug}?",
+        "A patient needs {order} mg of {drug}. The pharmacy has {strength} mg tablets. How many tablets?",
+    )),
+    "per_dose": (_per_dose, (
+        "A {w} kg child gets {drug} {d} mg/kg/day split into {doses} equal doses. How many mg is each dose?",
+        "{drug} is given at {d} mg/kg per day in {doses} doses. For a patient of {w} kg, what is one dose in mg?",
+        "Each day a {w} kg patient should get {d} mg/kg of {drug}, divided into {doses} doses. How much per dose?",
+        "What is each of {doses} daily doses in mg, if a {w} kg child is dosed at {d} mg/kg/day of {drug}?",
+    )),
     "divided": (_divided, (
         "A patient weighs {w} kg. {drug} is ordered at {d} mg/kg/day divided every {hours} hours. How many mg per "
         "dose?",
@@ -246,4 +282,7 @@ KINDS: dict[str, tuple] = {
 
 def render(kind: str, phrasing: int, rng: random.Random) -> dict:
     """One example of `kind` in phrasing `phrasing`: {"prompt", "completion", "answer"}, the prompt capitalised."""
-    return worked_example(KINDS, kind, phrasing, rng, capitalize=True)
+    ex = worked_example(KINDS, kind, phrasing, rng, capitalize=True)
+    text = vary(ex["prompt"], rng, p_distract=0.2, p_prefix=0.2, p_question_first=0.15)
+    ex["prompt"] = text[0].upper() + text[1:]
+    return ex

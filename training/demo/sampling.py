@@ -25,6 +25,7 @@ from types import ModuleType
 
 from brainstacks.errors import ConfigError
 from training.demo import chat_data, code_data, math_data, medical_data, reasoning_data
+from training.demo.surface import system_turn
 
 DOMAINS: tuple[str, ...] = ("chat", "code", "math", "medical", "reasoning")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -81,10 +82,17 @@ def split_of(key: str) -> str:
     return "valid" if bucket < 40 else "test"
 
 
-def _row(t: Template, rng: random.Random) -> dict:
+# Domains whose training rows sometimes carry a system message (training.demo.surface.system_turn), so the stacks
+# also answer under other assistants' framings than the chat template's default one.
+SYSTEM_TURN_DOMAINS: tuple[str, ...] = ("math", "medical", "reasoning")
+
+
+def _row(t: Template, rng: random.Random, split: str = "train") -> dict:
     ex = MODULES[t.domain].render(t.kind, t.phrasing, rng)
-    row = {"messages": [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["completion"]}],
-           "template": t.name}
+    msgs = [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["completion"]}]
+    if split == "train" and t.domain in SYSTEM_TURN_DOMAINS and (system := system_turn(rng)) is not None:
+        msgs.insert(0, {"role": "system", "content": system})
+    row = {"messages": msgs, "template": t.name}
     for key in ("answer", "tests", "entry"):
         if key in ex:
             row[key] = ex[key]
@@ -108,7 +116,7 @@ def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
         attempts += 1
         if attempts > limit:
             raise ConfigError(f"demo domain {domain!r} ran out of distinct {split} prompts after {len(rows)} of {n}")
-        row = _row(rng.choice(pool), rng)
+        row = _row(rng.choice(pool), rng, split)
         key = prompt_key(row)
         if key in seen or (split != "train" and split_of(key) != split):
             continue

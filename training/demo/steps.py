@@ -3,6 +3,7 @@
     add_line(156, 87)  -> "156 + 87 = 156 + 80 + 7 = 236 + 7 = 243"
     sub_line(243, 87)  -> "243 - 87 = 243 - 80 - 7 = 163 - 7 = 156"
     mul_line(37, 6)    -> "37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222"
+    mul_line(12, 21)   -> "21 * 12 = 21 * 10 + 21 * 2 = 210 + 42 = 252"
     div_line(84, 7)    -> "84 / 7 = 12 (12 * 7 = 84)"
 
 A 135M model gets a two-digit sum wrong more often than two one-digit-sized steps; the lines teach the split, and
@@ -37,8 +38,11 @@ def mul_line(a: int, b: int) -> str:
     if b > a:
         a, b = b, a
     c = a * b
+    if b >= 10 and b % 10:  # two multi-digit factors: split the smaller one, a * 23 = a * 20 + a * 3
+        tens, units = b // 10 * 10, b % 10
+        return f"{a} * {b} = {a} * {tens} + {a} * {units} = {a * tens} + {a * units} = {c}"
     tens, units = a // 10 * 10, a % 10
-    if a < 10 or units == 0 or b == 1:
+    if a < 10 or units == 0 or b == 1 or b >= 10:
         return f"{a} * {b} = {c}"
     return f"{a} * {b} = {tens} * {b} + {units} * {b} = {tens * b} + {units * b} = {c}"
 
