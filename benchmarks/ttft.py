@@ -187,7 +187,7 @@ def _options(runner, route_prompts, stream: list[int], chats: list[str], hand: l
                round(sec * 1000, 1), "handwritten_top1": round(acc, 4), "long_top1": round(acc_long, 4),
                "long_prompts": len(long_truth)}
         if n == served:  # the engine's own path (runner.route: batched, LRU-cached) must agree with route_prompts
-            runner._route_cache.clear()
+            runner.clear_route_cache()
             ids = [encode_prompt(tok, c) for c in chats]
             ws = runner.route(ids)
             top = [max(x, key=x.get) for x in ws]

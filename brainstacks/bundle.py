@@ -245,11 +245,11 @@ def load_router(bundle_dir: str | os.PathLike, rel: str, d_model: int | None = N
         cfg = RouterConfig.from_dict(meta.get("config"), str(d / ROUTER_META))
         router = MetaRouter(int(meta["d_model"]), r_domains, cfg)
         router.load_state_dict(tensors, strict=True)
-        bad = sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-        if bad:
-            raise ValueError(f"{bad[0]} holds non-finite values (NaN or inf)")
     except (BrainstacksError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise BundleError(f"{d / ROUTER_TENSORS}: does not match router.json: {e}") from e
+    bad = sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise BundleError(f"{d / ROUTER_TENSORS}: {bad[0]} holds non-finite values (NaN or inf)")
     return router.eval()
 
 

@@ -118,11 +118,6 @@ class StackedLinear(nn.Module):
         fp32_copy = (AW.float(), BT.float()) if needs_small_copy(AW.dtype, AW.device) else None
         return AW, BT, fp32_copy
 
-    @property
-    def Bp(self) -> torch.Tensor | None:
-        """The packed B as (d_out, S·E·r): a view of BT."""
-        return None if self.BT is None else self.BT.t()
-
     def set_packed(self, AW: torch.Tensor | None, BT: torch.Tensor | None, num_stacks: int,
                    fp32_copy: tuple[torch.Tensor, torch.Tensor] | None = None, rank: int | None = None) -> None:
         """Install tensors from `pack` (at packing rank `rank`): pointer assignments only (cannot fail half-way)."""

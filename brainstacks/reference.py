@@ -54,8 +54,8 @@ def reference_forward(sm: StackedModel) -> Iterator[None]:
         out = self.base_layer(x)
         if not self.state.enabled:
             return out
-        if self._ref_stacks:
-            out = out + loop_delta(x, self._ref_stacks, row_w, self.config.scale, self.config.top_k).to(out.dtype)
+        if self.reference_stacks:
+            out = out + loop_delta(x, self.reference_stacks, row_w, self.config.scale, self.config.top_k).to(out.dtype)
         if self.active is not None:
             delta = self.active(x)
             if self.state.active_mult is not None:
@@ -64,11 +64,11 @@ def reference_forward(sm: StackedModel) -> Iterator[None]:
         return out
 
     for lay in sm.layers.values():
-        lay._ref_stacks = [lay.frozen(i) for i in range(lay.num_stacks)]
+        lay.reference_stacks = [lay.frozen(i) for i in range(lay.num_stacks)]
         lay.forward = types.MethodType(forward, lay)
     try:
         yield
     finally:
         for lay in sm.layers.values():
             del lay.forward
-            del lay._ref_stacks
+            del lay.reference_stacks

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from brainstacks.errors import ConfigError
+
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "gemma3_mm")
 SLIDING_WINDOW = 16
 SOFTCAP = 30.0
@@ -81,7 +83,7 @@ def tiny_tokenizer(extra_words: tuple[str, ...] = (), family: str | None = None,
     from transformers import PreTrainedTokenizerFast
 
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+        raise ConfigError(f"unknown family {family!r}; choose from {FAMILIES}")
     if instruct and family is not None:
         (unk, pad, bos, eos), more, words, template, add_bos, _ = INSTRUCT[family]
     else:
@@ -165,7 +167,7 @@ def tiny_config(family: str = "llama", vocab_size: int = 256, hidden: int = 64, 
         return Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
                             image_token_index=vocab_size - 1, boi_token_index=vocab_size - 3,
                             eoi_token_index=vocab_size - 2, tie_word_embeddings=False)
-    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    raise ConfigError(f"unknown family {family!r}; choose from {FAMILIES}")
 
 
 def tiny_base(path: str | os.PathLike, family: str = "llama", seed: int = 0, instruct: bool = False, **sizes) -> Path:

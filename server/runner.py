@@ -202,6 +202,10 @@ class ModelRunner:
     def router(self, router) -> None:
         """Swap the router (hot reload); cached routing results belonged to the old one."""
         self._router = router
+        self.clear_route_cache()
+
+    def clear_route_cache(self) -> None:
+        """Forget cached routing results (a new router, or a measurement of the uncached path)."""
         self._route_cache.clear()
 
     @property

@@ -38,13 +38,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from brainstacks.base import LoadedBase, load_base
+from brainstacks.base import load_base
 from brainstacks.bundle import (
     MANIFEST,
     DomainEntry,
@@ -72,56 +71,11 @@ from training.distributed import barrier, world
 from training.losses import aligned_examples, dataset_loss, routed_weights
 from training.recipe import Recipe
 from training.reports import REPORTS, plot_domain_curves, plot_reward_curve, write_forgetting, write_routing_report
+from training.run_state import Run, TrainOutcome
 from training.stages import StageResult, nullspace_batches, nullspace_for, stages_done, train_stage
-from training.tokenization import DomainData, load_domain, pad_id_of, prompt_text
+from training.tokenization import load_domain, prompt_text
 
 __all__ = ["train_bundle", "nullspace_batches", "nullspace_for"]  # the null-space helpers: training/stages.py
-
-@dataclass
-class TrainOutcome:
-    bundle_dir: Path
-    manifest: Manifest
-    trained: list[str] = field(default_factory=list)
-    results: dict[str, DomainResult] = field(default_factory=dict)
-    router_report: dict[str, Any] | None = None
-
-
-@dataclass
-class Run:
-    """What the steps of one `train_bundle` share: the recipe, OUT, the model with every stack so far, and the
-    bundle's manifest state (entries, version, router path) as it is written."""
-
-    recipe: Recipe
-    out: Path
-    records: dict[str, list[Record]]  # every validated data file, by path
-    base: LoadedBase
-    sm: StackedModel
-    data_sha: dict[str, list[str]]  # sha256 of each stage's train file (recorded in its stacks, checked on resume)
-    entries: list[DomainEntry]
-    stack_config: dict[str, Any]  # the manifest's: the recipe's, or an existing bundle's under --router-only
-    version: int
-    router_rel: str | None
-    ungated: dict[str, dict[str, float]]  # forgetting: after domain -> evaluated domain -> loss, all stacks on
-    routed: dict | None  # the forgetting report's routed column as the last complete run left it
-    outcome: TrainOutcome
-    log: Callable[[str], None] = print
-    keep_versions: int = KEEP_VERSIONS
-    rank: int = 0
-    datasets: dict[str, DomainData] = field(default_factory=dict)  # each domain's first stage's data
-    done: dict[str, int] = field(default_factory=dict)  # stages each resumed domain already holds
-
-    @property
-    def tokenizer(self):
-        return self.base.tokenizer
-
-    @property
-    def pad(self) -> int:
-        return pad_id_of(self.base.tokenizer)
-
-    @property
-    def reports(self) -> Path:
-        return self.out / REPORTS
-
 
 def train_bundle(recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
                  log: Callable[[str], None] = print, keep_versions: int = KEEP_VERSIONS,

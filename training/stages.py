@@ -29,6 +29,7 @@ from training.boosting import DomainResult, train_domain
 from training.config import DomainSpec
 from training.data_files import split_records
 from training.grpo import GRPOResult, train_grpo
+from training.run_state import Run
 from training.tokenization import Collator, DomainData, load_domain
 
 
@@ -49,8 +50,8 @@ def stages_done(metas: list[dict[str, Any]]) -> int:
     return 1 + max((int(m.get("stage_index", 0)) for m in metas), default=-1)
 
 
-def train_stage(run, spec: DomainSpec, index: int, progress: bool = True) -> StageResult:
-    """Train stage `index` of domain `spec` into run.sm (its stacks frozen there); run: a curriculum.Run."""
+def train_stage(run: Run, spec: DomainSpec, index: int, progress: bool = True) -> StageResult:
+    """Train stage `index` of domain `spec` into run.sm (its stacks frozen there)."""
     st = spec.stages[index]
     cfg = run.recipe.train
     V = nullspace_for(run, spec)
@@ -73,7 +74,7 @@ def train_stage(run, spec: DomainSpec, index: int, progress: bool = True) -> Sta
     return StageResult(spec.name, index, st.stage, r, metas)
 
 
-def nullspace_for(run, spec: DomainSpec) -> dict[str, torch.Tensor] | None:
+def nullspace_for(run: Run, spec: DomainSpec) -> dict[str, torch.Tensor] | None:
     """The other domains' stacks' null space, collected on their training inputs (None for the first domain, with
     [nullspace] disabled, or when no other domain has SFT inputs)."""
     recipe, sm = run.recipe, run.sm

@@ -97,7 +97,7 @@ def test_poisoned_reloads_answer_409_and_serving_stays_bit_identical(served, mon
     s, app, bundle = served
     before = fingerprint(s.url)
     stacked = app.state.bs.runner.stacked
-    packed = {p: (lay.AW.clone(), lay.Bp.clone()) for p, lay in stacked.layers.items()}
+    packed = {p: (lay.AW.clone(), lay.BT.clone()) for p, lay in stacked.layers.items()}
     stacks_before = httpx.get(s.url + "/admin/stacks").json()
     vs = Versions(bundle)
 
@@ -141,7 +141,7 @@ def test_poisoned_reloads_answer_409_and_serving_stays_bit_identical(served, mon
         assert httpx.get(s.url + "/admin/stacks").json() == stacks_before
         assert httpx.get(s.url + "/health").json()["bundle_version"] == 1
     for p, lay in stacked.layers.items():  # the serving tensors themselves are untouched
-        assert torch.equal(lay.AW, packed[p][0]) and torch.equal(lay.Bp, packed[p][1]), p
+        assert torch.equal(lay.AW, packed[p][0]) and torch.equal(lay.BT, packed[p][1]), p
     assert metric(s.url, "brainstacks_reloads_total", result="refused") == len(cases)
     assert metric(s.url, "brainstacks_reloads_total", result="ok") == 0
 

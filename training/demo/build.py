@@ -84,7 +84,7 @@ def quick_build(work: Path = QUICK_WORK, **over: Any) -> DemoBuild:
     base = tiny_base(Path(b.work).resolve() / "tiny_base", family="llama", seed=0)
     b.data = DemoDataConfig(seed=0, sizes={"train": 24, "valid": 8, "test": 8}, router_prompts=8)
     b.evidence = EvidenceConfig(accuracy_prompts=3, routing_prompts=4, max_new_tokens=8, batch_size=8,
-                                handwritten=4, decode_tokens=4)
+                                handwritten=4, decode_tokens=4, eval_questions=2, eval_max_new_tokens=4)
     b.router_examples = 8
     b.recipe_overrides = {
         "base": {"model": str(base), "quantize": "none"},
@@ -210,6 +210,7 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
                  device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure a built bundle against WORK's recipe and test files; write BUNDLE/reports/evidence.json and docs."""
     from brainstacks.bundle import load_bundle
+    from training.demo.eval_set import evaluate_questions, question_sample
     from training.demo.evidence import collect_evidence
     from training.demo.evidence_doc import read_router_report, render_demo_doc, write_evidence
     from training.recipe import load_recipe
@@ -218,6 +219,9 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
     lb = load_bundle(bundle, quantize=recipe.base.quantize, dtype=recipe.base.dtype, device=device)
     tests = {d.name: work / "data" / d.name / "test.jsonl" for d in recipe.domains}
     ev = collect_evidence(lb, recipe, tests, cfg, progress=progress, log=log)
+    log("[evidence] the hand-written evaluation set (tests/data/eval_questions.jsonl)")
+    ev["eval_set"] = evaluate_questions(lb, question_sample(cfg.eval_questions), cfg.eval_max_new_tokens,
+                                        cfg.batch_size, progress)
     if build is None:  # re-measuring: keep the build summary of the bundle's last build
         old = bundle / "reports" / "evidence.json"
         build = json.loads(old.read_text()).get("build") if old.is_file() else None

@@ -24,12 +24,23 @@ import torch
 from brainstacks.bundle import LoadedBundle
 from brainstacks.text import render_chat
 from training.demo.answers import check_answer
+from training.demo.evidence import generate, one_hot, router_weights
 
 EVAL_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "eval_questions.jsonl"
 
 
 def read_questions(path: Path = EVAL_SET) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def question_sample(per_domain: int = 0, path: Path = EVAL_SET) -> list[dict[str, Any]]:
+    """The first `per_domain` questions of each domain (0: every question), in file order."""
+    rows, seen = [], {}
+    for r in read_questions(path):
+        seen[r["domain"]] = seen.get(r["domain"], 0) + 1
+        if not per_domain or seen[r["domain"]] <= per_domain:
+            rows.append(r)
+    return rows
 
 
 def stderr(p: float, n: int) -> float:
@@ -40,8 +51,6 @@ def evaluate_questions(lb: LoadedBundle, rows: list[dict[str, Any]], max_new_tok
                        batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
     """Accuracy of base / own / routed per domain on `rows` ({"domain", "prompt", "answer"}), with standard errors
     and every completion."""
-    from training.demo.evidence import _one_hot, _routed, generate
-
     tok, doms = lb.base.tokenizer, list(lb.stacked.domains)
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "domains": {}}
     for domain in sorted({r["domain"] for r in rows}):
@@ -50,9 +59,9 @@ def evaluate_questions(lb: LoadedBundle, rows: list[dict[str, Any]], max_new_tok
                    for r in part]
         comps: dict[str, torch.Tensor | None] = {"base": None}
         if domain in doms:
-            comps["own"] = _one_hot(doms, [domain]).expand(len(part), -1)
+            comps["own"] = one_hot(doms, [domain]).expand(len(part), -1)
         if lb.router is not None:
-            comps["routed"] = _routed(lb, prompts, batch_size)
+            comps["routed"] = router_weights(lb, prompts, batch_size)
         res: dict[str, Any] = {"n": len(part), "examples": []}
         texts = {name: generate(lb, prompts, w, max_new_tokens, batch_size, progress, f"{domain} {name}")
                  for name, w in comps.items()}

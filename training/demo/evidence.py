@@ -59,6 +59,8 @@ class EvidenceConfig:
     max_new_tokens: int = 128  # cap; each domain generates its longest reference reply + 16 tokens (math: ~130)
     batch_size: int = 16
     handwritten: int = 0  # hand-written prompts per domain to route (0: all of them)
+    eval_questions: int = 0  # questions per domain of tests/data/eval_questions.jsonl to answer (0: all of them)
+    eval_max_new_tokens: int = 160  # greedy tokens per answer there (as `python -m training.demo.eval_set`)
     decode_tokens: int = 32  # unused here; kept for the quick build's settings
 
 
@@ -94,7 +96,7 @@ def eos_ids(lb: LoadedBundle) -> list[int]:
     return sorted(eos_token_ids(lb.base.model, lb.base.tokenizer))
 
 
-def _routed(lb: LoadedBundle, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def router_weights(lb: LoadedBundle, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """(N, D) served router weights in lb.stacked.domains order."""
     return routed_weights(lb.stacked, lb.base.tokenizer, lb.router, list(prompts), batch_size)
 
@@ -105,7 +107,7 @@ def _test_recipe(recipe: Recipe, test_files: dict[str, Path]) -> Recipe:
     return dataclasses.replace(recipe, domains=domains)
 
 
-def _one_hot(domains: Sequence[str], names: Sequence[str]) -> torch.Tensor:
+def one_hot(domains: Sequence[str], names: Sequence[str]) -> torch.Tensor:
     return torch.tensor([1.0 if d in names else 0.0 for d in domains])
 
 
@@ -128,9 +130,9 @@ def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: Evi
     prompts = [prompt_text(tok, r, "messages") for r in rows]
     compositions: dict[str, torch.Tensor | None] = {"base": None}
     if with_own:
-        compositions["own"] = _one_hot(sm.domains, [domain]).expand(len(rows), -1)
+        compositions["own"] = one_hot(sm.domains, [domain]).expand(len(rows), -1)
     if lb.router is not None:
-        compositions["routed"] = _routed(lb, prompts, cfg.batch_size)
+        compositions["routed"] = router_weights(lb, prompts, cfg.batch_size)
     result: dict[str, Any] = {"prompts": len(rows)}
     completions: dict[str, list[str]] = {}
     longest = max(len(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
@@ -147,8 +149,9 @@ def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: Evi
                                     for name in compositions} | {"prompts": len(idx)}
     ref = "answer" if domain != "code" else "tests"
     result["examples"] = [
-        {"prompt": [m["content"] for m in rows[i]["messages"] if m["role"] == "user"][-1], "answer": str(rows[i][ref]) if domain != "code" else
-         "; ".join(rows[i]["tests"][:2]), **{k: v[i] for k, v in completions.items()}}
+        {"prompt": [m["content"] for m in rows[i]["messages"] if m["role"] == "user"][-1],
+         "answer": str(rows[i][ref]) if domain != "code" else "; ".join(rows[i]["tests"][:2]),
+         **{k: v[i] for k, v in completions.items()}}
         for i in range(min(cfg.samples_per_domain, len(rows)))
     ]
     return result
@@ -168,7 +171,7 @@ def handwritten_routing(lb: LoadedBundle, path: Path = HANDWRITTEN, per_domain: 
     for form in ("chat", "raw"):
         prompts = [render_chat(tok, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
                    if form == "chat" else r["prompt"] for r in rows]
-        w = _routed(lb, prompts)
+        w = router_weights(lb, prompts)
         top = ["(none)" if float(x.max()) <= 0 else doms[int(x.argmax())] for x in w]
         per = {d: [t == d for t, r in zip(top, rows, strict=True) if r["domain"] == d] for d in doms}
         out[form] = {"top1_accuracy": sum(t == r["domain"] for t, r in zip(top, rows, strict=True)) / max(1, len(rows)),
@@ -193,7 +196,8 @@ def routing_table(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Path],
         if spec.name not in test_files:
             continue
         rows = _rows(test_files[spec.name], cfg.routing_prompts)
-        w = _routed(lb, [prompt_text(tok, r, spec.format) for r in rows], cfg.batch_size)  # (N, D), chat-rendered
+        # (N, D), chat-rendered
+        w = router_weights(lb, [prompt_text(tok, r, spec.format) for r in rows], cfg.batch_size)
         top = ["(none)" if float(row.max()) <= 0 else doms[int(row.argmax())] for row in w]
         confusion[spec.name] = {d: top.count(d) for d in [*doms, "(none)"]}
         mean[spec.name] = {d: round(float(w[:, j].mean()), 4) for j, d in enumerate(doms)}
@@ -220,7 +224,7 @@ def medical_borrowing(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pa
     combos = [["medical"]] + [["medical", d] for d in BORROWED if d in sm.domains]
     if all(d in sm.domains for d in BORROWED):
         combos.append(["medical", *BORROWED])
-    losses = {"+".join(c): dataset_loss(sm, data.valid, _one_hot(sm.domains, c), cfg.batch_size, pad) for c in combos}
+    losses = {"+".join(c): dataset_loss(sm, data.valid, one_hot(sm.domains, c), cfg.batch_size, pad) for c in combos}
     rate = routing["active_rate"]["medical"]
     borrowed = {d: rate.get(d, 0.0) for d in BORROWED if d in sm.domains}
     any_rate = 0.0
@@ -267,7 +271,7 @@ def collect_evidence(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pat
                 continue
             rows = _rows(test_files[spec.name], cfg.samples_per_domain)
             prompts = [prompt_text(tok, r, spec.format) for r in rows]
-            w = _routed(lb, prompts, cfg.batch_size)
+            w = router_weights(lb, prompts, cfg.batch_size)
             texts = generate(lb, prompts, w, cfg.max_new_tokens, cfg.batch_size)
             for r, p, t, wr in zip(rows, prompts, texts, w, strict=True):
                 ref = r["messages"][-1]["content"]

@@ -8,6 +8,7 @@ evidence JSON (measured by training/demo/evidence.py).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+REPRODUCE = "Reproduce: `brainstacks demo evidence --docs docs/DEMO.md` (after `brainstacks demo build`)."
+
+
+def _pct(p: float, n: int) -> str:
+    """An accuracy with its standard error, e.g. "25% ± 11"."""
+    return f"{p:.0%} ± {100 * math.sqrt(p * (1 - p) / n):.0f}" if n else f"{p:.0%}"
 
 
 def _fence(text: str) -> str:
@@ -47,7 +56,8 @@ def _loss_section(out: list[str], ev: dict[str, Any]) -> None:
                "weights (routed) and the outcome oracle's best combination per example. Domains train in recipe "
                "order, each on top of every earlier domain's stacks at weight 1, so a later domain's stacks are a "
                "residual over the earlier ones: alone ('own') they can be worse than in the composition they were "
-               "trained in, which is what the oracle (and a router trained on its targets) picks.\n")
+               "trained in, which is what the oracle (and a router trained on its targets) picks. "
+               f"{REPRODUCE}\n")
     cols = [c for c in COLUMNS if any(c in r for r in ev["losses"].values())]
     out.append(_table(["domain", *cols], [[d, *(f"{r[c]:.3f}" for c in cols)] for d, r in ev["losses"].items()]))
 
@@ -65,9 +75,10 @@ def _accuracy_section(out: list[str], ev: dict[str, Any]) -> None:
         rows = []
         for d, a in ev["accuracy"].items():
             gain = f"{(a['routed'] - a['base']) * 100:+.0f}" if "routed" in a else "-"
-            rows.append([d, str(a["prompts"]), *(f"{a[c]:.0%}" if c in a else "-" for c in ("base", "own", "routed")),
-                         gain])
+            rows.append([d, str(a["prompts"]), *(_pct(a[c], a["prompts"]) if c in a else "-"
+                                                 for c in ("base", "own", "routed")), gain])
         out.append(_table(["domain", "prompts", "base", "own stack", "routed", "routed - base (points)"], rows))
+        out.append(f"\nEach cell is the accuracy ± its standard error sqrt(p(1-p)/n). {REPRODUCE}\n")
         out.append("\n'own stack' is the domain's stacks alone. Every domain after the first was trained on top of the "
                    "earlier ones (at weight 1), so alone it is not the composition it learnt in; the router's column "
                    "is what the server answers with.\n")
@@ -80,7 +91,8 @@ def _routing_section(out: list[str], ev: dict[str, Any], router_report: dict[str
         doms = r["domains"]
         out.append("\n## Routing on held-out prompts\n")
         out.append(f"Top-weighted domain of the served router weights (weights at or below {r['min_weight']} are "
-                   f"zeroed) for test prompts; rows are the true domain. Top-1 accuracy {r['top1_accuracy']:.1%}.\n")
+                   f"zeroed) for test prompts; rows are the true domain. Top-1 accuracy {r['top1_accuracy']:.1%}. "
+                   f"{REPRODUCE}\n")
         show_none = any(row.get("(none)", 0) for row in r["confusion"].values())
         cols = doms + (["(none)"] if show_none else [])
         out.append(_table(["true \\ top-1", *cols], [[d, *(str(row.get(c, 0)) for c in cols)]
@@ -128,6 +140,31 @@ def _prompts_section(out: list[str], ev: dict[str, Any]) -> None:
                    "10%).\n")
 
 
+def _eval_set_section(out: list[str], ev: dict[str, Any]) -> None:
+    """The hand-written evaluation set: questions no generator wrote."""
+    e = ev.get("eval_set")
+    if not e:
+        return
+    out.append("\n## Questions no generator wrote\n")
+    out.append("`tests/data/eval_questions.jsonl`: math word problems (one to three operations; money, time, rates, "
+               "units, percentages), medical dosing and infusion questions and short reasoning questions, written by "
+               "hand in plain phrasing with exact answers, used for evaluation only (no stack, router or setting was "
+               f"chosen on them). Each is sent as a chat request, greedy, up to {e['max_new_tokens']} tokens, and "
+               "scored like the table above. Accuracy ± standard error:\n")
+    rows = []
+    for d, r in e["domains"].items():
+        gain = f"{(r['routed']['accuracy'] - r['base']['accuracy']) * 100:+.0f}" if "routed" in r else "-"
+        rows.append([d, str(r["n"]), *(_pct(r[c]["accuracy"], r["n"]) if c in r else "-"
+                                       for c in ("base", "own", "routed")), gain])
+    out.append(_table(["domain", "questions", "base", "own stack", "routed", "routed - base (points)"], rows))
+    out.append("\nReproduce on the shipped bundle: `python -m training.demo.eval_set --json eval_set.json` (every "
+               "completion is in the JSON; the build writes the same measurement into reports/evidence.json).\n")
+    out.append("The first question of each domain, as the router's composition answers it (not picked):\n")
+    for d, r in e["domains"].items():
+        for x in [x for x in r["examples"] if "routed" in x][:1]:
+            out.append(f"**{d}** (reference: {x['answer']}): {x['prompt']}\n\n{_fence(x['routed'])}\n")
+
+
 def _samples_section(out: list[str], ev: dict[str, Any]) -> None:
     """Sample completions."""
     acc_examples = [(d, e) for d, a in (ev.get("accuracy") or {}).items() for e in a.get("examples", [])]
@@ -152,6 +189,7 @@ def render_markdown(ev: dict[str, Any], build: dict[str, Any] | None = None,
     _accuracy_section(out, ev)
     _routing_section(out, ev, router_report)
     _prompts_section(out, ev)
+    _eval_set_section(out, ev)
     _samples_section(out, ev)
     return "\n".join(out) + "\n"
 

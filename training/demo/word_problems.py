@@ -206,7 +206,7 @@ def _totals(rng: random.Random) -> Problem:
     parts = [rng.randint(10, 250) for _ in range(rng.choice((2, 2, 3)))]
     what = rng.choice(("muffins", "tickets", "newspapers", "ice creams", "plants", "books"))
     times = ("in the morning", "in the afternoon", "in the evening")
-    f = {"what": what, "list": ", ".join(f"{p} {t}" for p, t in zip(parts[:-1], times)) +
+    f = {"what": what, "list": ", ".join(f"{p} {t}" for p, t in zip(parts[:-1], times, strict=False)) +
          f" and {parts[-1]} {times[len(parts) - 1]}"}
     steps, acc = [], parts[0]
     for i, p in enumerate(parts[1:], start=2):
