@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from brainstacks import int8_storage
 from brainstacks.bundle import (
     MANIFEST,
     POINTER,
@@ -351,6 +352,8 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
         raise AdapterError(f"{source}: {problem}")
     dt = parse_dtype(cfg.frozen_dtype)
     tensors = {n: t.to(dt) for n, t in tensors.items()}
+    if cfg.frozen_dtype == int8_storage.INT8:  # what the loader will serve
+        tensors = int8_storage.dequantize(int8_storage.quantize(tensors), dt, str(source))
     bad = sorted(n for n, t in tensors.items() if not bool(torch.isfinite(t).all()))
     if bad:
         raise AdapterError(f"{source}: {bad[0]} is not finite once its scale is folded in and it is stored as "
@@ -358,7 +361,7 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
     _check_router(src, m, domain)
     _materialise(root, src, m)  # validated: from here on ROOT is written
     k = _next_index(root, domain)
-    rel = save_stack(root, domain, k, tensors, meta)
+    rel = save_stack(root, domain, k, tensors, meta, cfg.frozen_dtype)
     entries = [e for e in m.domains if e.name != domain]
     if domain in m.domain_names:
         at = m.domain_names.index(domain)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from brainstacks import int8_storage
 from brainstacks.base import LoadedBase, fingerprint_mismatches, load_base
 from brainstacks.config import RouterConfig, StackConfig, dtype_name, parse_dtype
 from brainstacks.errors import BrainstacksError, BundleError, FingerprintMismatch
@@ -149,12 +150,15 @@ def stack_relpath(domain: str, k: int) -> str:
 
 
 def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict[str, torch.Tensor],
-               meta: dict[str, Any] | None = None) -> str:
-    """Write stacks/<domain>/<k>/{stack.safetensors, stack.json}; returns the relative path for the manifest."""
+               meta: dict[str, Any] | None = None, frozen_dtype: str | None = None) -> str:
+    """Write stacks/<domain>/<k>/{stack.safetensors, stack.json}; returns the relative path for the manifest.
+    `frozen_dtype` "int8" (the bundle's stack_config.frozen_dtype) stores the tensors as int8 with scales."""
     rel = stack_relpath(domain, k)
     d = safe_path(bundle_dir, rel)
     d.mkdir(parents=True, exist_ok=True)
     tens = {n: t.detach().cpu().contiguous() for n, t in sorted(tensors.items())}
+    if frozen_dtype == int8_storage.INT8:
+        tens = dict(sorted(int8_storage.quantize(tens).items()))
     atomic_write(d / STACK_TENSORS, lambda tmp: save_file(tens, tmp, metadata={"domain": domain, "index": str(k)}))
     dts = {dtype_name(t.dtype) for t in tens.values()}
     info = {"domain": domain, "index": k, "dtype": ",".join(sorted(dts)), "tensors": len(tens),
@@ -190,6 +194,11 @@ def load_stack(bundle_dir: str | os.PathLike, rel: str, fingerprint: dict[str, A
     meta = read_json(d / STACK_META)
     tensors = read_tensors(d / STACK_TENSORS, meta.get("sha256"))
     f = d / STACK_TENSORS
+    if int8_storage.is_quantized(tensors) != (config.frozen_dtype == int8_storage.INT8):
+        raise BundleError(f"{f}: stored {'as int8' if int8_storage.is_quantized(tensors) else 'unquantized'}, but "
+                          f"the bundle's stack_config.frozen_dtype is {config.frozen_dtype!r}")
+    if config.frozen_dtype == int8_storage.INT8:
+        tensors = int8_storage.dequantize(tensors, parse_dtype(config.frozen_dtype), str(f))
     problem = stack_problem(tensors, fingerprint, config)
     if problem:
         raise BundleError(f"{f}: {problem}")

@@ -20,12 +20,14 @@ from brainstacks.errors import ConfigError
 
 TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "int8" is a storage format for frozen stacks (brainstacks.int8_storage): int8 with per-row scales on disk,
+# bfloat16 in memory, so it parses to bfloat16.
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.bfloat16}
 DTYPES: tuple[str, ...] = tuple(_DTYPES)
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map "float32" | "bfloat16" | "float16" (or a torch.dtype) to a torch.dtype."""
+    """Map "float32" | "bfloat16" | "float16" | "int8" (or a torch.dtype) to the in-memory torch.dtype."""
     if isinstance(name, torch.dtype):
         return name
     try:

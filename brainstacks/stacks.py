@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from brainstacks import int8_storage
 from brainstacks.base import prepare_for_backward, target_modules
 from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.dtypes import packed_dtype
@@ -177,12 +178,15 @@ class StackedModel:
         """Freeze the active stack: fold its null space into B, store in `dtype` (default config.frozen_dtype)."""
         if self._active is None:
             raise StackFormatError("no active stack to freeze")
-        dt = parse_dtype(dtype or self.config.frozen_dtype)
+        name = dtype or self.config.frozen_dtype
+        dt = parse_dtype(name)
         tensors = {}
         for p, lay in self.layers.items():
             for n, t in lay.active.frozen_tensors(dt).items():
                 tensors[f"{p}.{n}"] = t
             lay.active = None
+        if name == int8_storage.INT8:  # hold what the bundle will store, so later domains train on the served values
+            tensors = int8_storage.dequantize(int8_storage.quantize(tensors), dt, "freeze_active")
         domain, self._active = self._active, None
         return domain, self.attach_stack(domain, tensors)
 

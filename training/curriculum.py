@@ -213,7 +213,8 @@ def save_stage(run: Run, spec: DomainSpec, res: StageResult) -> None:
         entry = DomainEntry(spec.name, [])
         run.entries.append(entry)
     first = len(entry.stacks)
-    rels = [save_stack(out, spec.name, first + j, run.sm.stack_tensors(spec.name, first + j), meta)
+    rels = [save_stack(out, spec.name, first + j, run.sm.stack_tensors(spec.name, first + j), meta,
+                       run.sm.config.frozen_dtype)
             for j, meta in enumerate(res.metas)]
     entry.stacks = entry.stacks + rels
     run.version += 1
