@@ -39,7 +39,7 @@ def build_tiny_bundle(out: Path, seed: int = 0) -> Path:
     from brainstacks.config import RouterConfig, StackConfig
     from brainstacks.router import MetaRouter
     from brainstacks.stacks import StackedModel
-    from brainstacks.testing import add_random_stacks, tiny_base
+    from brainstacks.tiny_models import add_random_stacks, tiny_base
 
     out.mkdir(parents=True, exist_ok=True)
     base_dir = tiny_base(out / "base", family="llama", seed=seed, **TINY_SIZES)
@@ -92,7 +92,7 @@ def add_third_domain(bundle: Path, seed: int = 1) -> dict:
     from brainstacks.bundle import load_bundle, save_router, save_stack
     from brainstacks.config import RouterConfig
     from brainstacks.router import MetaRouter
-    from brainstacks.testing import add_random_stacks
+    from brainstacks.tiny_models import add_random_stacks
 
     loaded = load_bundle(bundle, quantize="none")
     m, sm, lb = loaded.manifest, loaded.stacked, loaded.base

@@ -41,7 +41,7 @@ from training.tokenization import Collator, DomainData, pad_id_of, tokenize_reco
 
 
 def base_dir(work: Path) -> tuple[Path, str]:
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     return tiny_base(work / "tiny", hidden=256, layers=4, intermediate=704, heads=4, kv_heads=2), "tiny random base"
 

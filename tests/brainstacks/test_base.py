@@ -9,7 +9,7 @@ from torch import nn
 
 from brainstacks.base import fingerprint_mismatches, load_base
 from brainstacks.errors import BaseModelError, ConfigError
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
@@ -63,7 +63,7 @@ def test_gradient_through_nf4_base_is_exact_after_an_eval_pass(base_dirs):
 
     from brainstacks.config import StackConfig
     from brainstacks.stacks import StackedModel
-    from brainstacks.testing import randomize_active
+    from brainstacks.tiny_models import randomize_active
 
     ids = torch.randint(4, 200, (2, 6))
 

@@ -25,7 +25,7 @@ from brainstacks.config import RouterConfig, StackConfig
 from brainstacks.errors import BundleError, FingerprintMismatch
 from brainstacks.router import MetaRouter
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks
+from brainstacks.tiny_models import add_random_stacks
 
 
 def build_bundle(base_dir, out, layout=None) -> tuple[StackedModel, Manifest]:

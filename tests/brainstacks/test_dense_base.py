@@ -12,7 +12,7 @@ from brainstacks.config import StackConfig
 from brainstacks.dense_base import attach_dense_copies, detach_dense_copies
 from brainstacks.quant import is_4bit
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks
+from brainstacks.tiny_models import add_random_stacks
 
 
 def stacked(path, quantize="nf4", for_training=False):
@@ -79,7 +79,7 @@ def test_an_unquantized_base_gets_no_copies(base_dirs):
 def test_every_call_copy_of_a_training_base_gives_the_same_forward_and_gradients(base_dirs):
     """every_call (GRPO rollouts, training): a base loaded for training runs bitsandbytes' dequantize-then-matmul
     path, so a float32 copy is the same weight: logits and the active stack's gradients match, decode steps included."""
-    from brainstacks.testing import randomize_active
+    from brainstacks.tiny_models import randomize_active
 
     model, sm = stacked(base_dirs["llama"], for_training=True)
     sm.start_stack("b")

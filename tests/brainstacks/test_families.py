@@ -1,6 +1,6 @@
 """The family matrix: every model family the README names, on tiny random configs, under NF4 and unquantized.
 
-For each family (brainstacks.testing.FAMILIES: Llama, Qwen2, Qwen3, Mistral, Gemma2, Gemma3 text, Gemma3 multimodal):
+For each family (tiny_models.FAMILIES: Llama, Qwen2, Qwen3, Mistral, Gemma2, Gemma3 text, Gemma3 multimodal):
 targets are the text decoder's layers only; the fused routed forward equals the loop reference; the engine's batched
 rows equal solo runs (prompts longer than the sliding window included); a bundle round-trips; `brainstacks train`
 trains one domain (NF4 only: the quantization recipes default to; NF4 and none differ only in the base layer, which
@@ -44,8 +44,8 @@ from brainstacks.errors import UnsupportedArchitecture
 from brainstacks.reference import reference_forward
 from brainstacks.router import MetaRouter, route
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import END_OF_TURN, FAMILIES, SLIDING_WINDOW, SOFTCAP, add_random_stacks, tiny_base
 from brainstacks.text import encode_prompt, eos_token_ids, render_chat
+from brainstacks.tiny_models import END_OF_TURN, FAMILIES, SLIDING_WINDOW, SOFTCAP, add_random_stacks, tiny_base
 
 GEMMAS = ("gemma2", "gemma3", "gemma3_mm")
 SLIDING = ("mistral", "gemma2", "gemma3", "gemma3_mm")
@@ -122,7 +122,7 @@ def test_unsupported_architectures_are_refused_before_weights_are_read(tmp_path)
 def test_train_refuses_an_unsupported_base_with_a_message(tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from brainstacks.testing import tiny_tokenizer
+    from brainstacks.tiny_models import tiny_tokenizer
     from brainstacks_cli.main import main as cli
 
     GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256)).save_pretrained(tmp_path / "gpt2")

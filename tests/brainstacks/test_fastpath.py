@@ -15,7 +15,7 @@ from brainstacks.config import StackConfig
 from brainstacks.fastpath import FusedDecoder, unsupported_reason
 from brainstacks.kvcache import SlotKV
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks, tiny_base
+from brainstacks.tiny_models import add_random_stacks, tiny_base
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [12, 13], [20, 21, 22, 23, 24]]
 WEIGHTS = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0], [0.3, 1.0, 0.0]])  # distinct mixes, one base-only row
@@ -85,7 +85,7 @@ def test_batched_rows_equal_solo_rows_and_zero_weight_is_the_base(family_bases):
 def test_unsupported_families_are_named():
     from transformers import AutoModelForCausalLM
 
-    from brainstacks.testing import tiny_config
+    from brainstacks.tiny_models import tiny_config
 
     model = AutoModelForCausalLM.from_config(tiny_config("gemma2"))
     assert "gemma2" in unsupported_reason(model)

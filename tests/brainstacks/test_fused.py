@@ -11,7 +11,7 @@ from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.reference import reference_forward
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks, randomize_active
+from brainstacks.tiny_models import add_random_stacks, randomize_active
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -124,7 +124,7 @@ def test_missing_package_gives_the_install_command(monkeypatch):
 
 def test_bundle_for_another_base_is_refused_naming_both_fingerprints(tmp_path):
     from brainstacks.demo import DEMO_BUNDLE
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     if not (DEMO_BUNDLE / "manifest.json").is_file():
         pytest.skip("no demo bundle in this checkout")

@@ -16,7 +16,7 @@ from brainstacks.config import StackConfig, parse_dtype
 from brainstacks.errors import BundleError
 from brainstacks.files import sha256_file
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import randomize_active
+from brainstacks.tiny_models import randomize_active
 
 
 def test_round_trip_error_is_bounded_per_row_and_scales_are_few():

@@ -8,7 +8,7 @@ from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.nullspace import collect_directions
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks, randomize_active
+from brainstacks.tiny_models import add_random_stacks, randomize_active
 
 
 def residual_ratio(delta: torch.Tensor, V: torch.Tensor) -> float:

@@ -10,7 +10,7 @@ from brainstacks.config import RouterConfig, StackConfig
 from brainstacks.errors import RoutingError
 from brainstacks.router import MetaRouter, apply_policy, route, route_prompts, router_features, weights_for_model
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks
+from brainstacks.tiny_models import add_random_stacks
 
 
 @pytest.fixture()

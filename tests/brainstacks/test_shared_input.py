@@ -8,7 +8,7 @@ import torch
 from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks
+from brainstacks.tiny_models import add_random_stacks
 
 
 def model_with_stacks(base_dirs, family="llama"):

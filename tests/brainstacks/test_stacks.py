@@ -9,7 +9,7 @@ from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.errors import RoutingError, StackFormatError
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import add_random_stacks, randomize_active
+from brainstacks.tiny_models import add_random_stacks, randomize_active
 
 
 def base_state(model):

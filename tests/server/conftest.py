@@ -196,7 +196,7 @@ def build_bundle(bundle_dir, base_dir, domains=("math", "code"), seed=0, version
 
 @pytest.fixture(scope="session")
 def core_base_dir(tmp_path_factory):
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     return tiny_base(tmp_path_factory.mktemp("core_base") / "base", family="llama", seed=0)
 

@@ -278,7 +278,7 @@ def test_engine_matches_hf_generate(tmp_path, family):
     including a sliding-window model whose sequences outgrow the window."""
     from transformers import AutoModelForCausalLM
 
-    from brainstacks.testing import tiny_base, tiny_tokenizer
+    from brainstacks.tiny_models import tiny_base, tiny_tokenizer
     from server.runner import ModelRunner
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base(tmp_path / "b", family=family)).eval()

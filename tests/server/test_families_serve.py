@@ -10,7 +10,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from server.app import create_app
 from server.settings import ServerSettings
 

@@ -37,7 +37,7 @@ from .conftest import LiveServer, build_bundle
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     # a byte-level BPE tokenizer (the tiny qwen2 base's), so response_format is served, as on real checkpoints
     base = tiny_base(tmp_path_factory.mktemp("fuzz_base") / "base", family="qwen2", seed=0)

@@ -25,7 +25,7 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "l
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     # a byte-level BPE tokenizer (the tiny qwen2 base's), as real checkpoints have: every JSON string is spellable
     base = tiny_base(tmp_path_factory.mktemp("structured_base") / "base", family="qwen2", seed=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from brainstacks.base import load_base
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from training.losses import answer_ce, token_losses
 from training.tokenization import IGNORE_INDEX
 

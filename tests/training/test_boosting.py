@@ -10,7 +10,7 @@ import pytest
 from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from tests.toy_recipes import TOY_DOMAINS
 from training.boosting import train_domain, validation_loss
 from training.config import TrainConfig

@@ -16,7 +16,7 @@ import pytest
 
 from brainstacks.bundle import load_bundle, load_router, read_manifest
 from brainstacks.errors import BundleError
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from tests.toy_recipes import write_toy_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

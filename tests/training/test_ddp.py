@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from brainstacks.bundle import load_bundle, read_manifest
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from tests.toy_recipes import write_toy_recipe as write_recipe
 
 WORLD, PER_RANK = 2, 4  # the global batch is WORLD * PER_RANK sequences

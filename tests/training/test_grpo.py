@@ -11,8 +11,8 @@ import torch
 from brainstacks.base import load_base
 from brainstacks.config import StackConfig
 from brainstacks.stacks import StackedModel
-from brainstacks.testing import randomize_active, tiny_base
 from brainstacks.text import encode_prompt, pad_batch
+from brainstacks.tiny_models import randomize_active, tiny_base
 from training import rewards as rewards_module
 from training.config import GRPOConfig, TrainConfig
 from training.grpo import completion_logprobs, group_advantages, grpo_loss, sample, train_grpo

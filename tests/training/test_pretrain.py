@@ -9,7 +9,7 @@ import pytest
 
 from brainstacks.errors import ConfigError
 from training.demo.corpus import CorpusConfig, build_corpus, render_messages
-from training.demo.pretrain import PretrainConfig, build_model, pretrain, train_tokenizer, warmup_of
+from training.pretrain import PretrainConfig, build_model, pretrain, train_tokenizer, warmup_of
 
 TINY = dict(
     steps=40, seq_len=64, batch_size=8, lr=3e-3, warmup_steps=4, vocab_size=512, hidden_size=64, num_layers=2,

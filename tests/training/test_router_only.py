@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from brainstacks.bundle import load_bundle, read_manifest, resolve_bundle_dir
-from brainstacks.testing import tiny_base
+from brainstacks.tiny_models import tiny_base
 from tests.toy_recipes import TOY_DOMAINS, write_toy_recipe
 
 peft = pytest.importorskip("peft")

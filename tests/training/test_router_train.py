@@ -29,7 +29,7 @@ WORDS = {
 def make_stacked(tmp: Path):
     from brainstacks.base import load_base
     from brainstacks.stacks import StackedModel
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     lb = load_base(tiny_base(tmp / "base", hidden=64, layers=2), quantize="none")
     sm = StackedModel(lb.model, StackConfig(experts=2, top_k=1, rank=4, targets=("q_proj", "v_proj", "down_proj")))

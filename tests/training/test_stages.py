@@ -13,8 +13,8 @@ import torch
 from brainstacks.bundle import load_bundle, read_manifest, read_stacks
 from brainstacks.errors import ConfigError
 from brainstacks.router import route_prompts
-from brainstacks.testing import tiny_base
 from brainstacks.text import encode_prompt
+from brainstacks.tiny_models import tiny_base
 from brainstacks_cli.main import main as cli
 from tests.toy_recipes import write_toy_recipe
 from training.config import GRPOConfig

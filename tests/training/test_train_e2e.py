@@ -10,8 +10,8 @@ import torch
 
 from brainstacks.bundle import load_bundle, read_manifest
 from brainstacks.router import route
-from brainstacks.testing import tiny_base
 from brainstacks.text import encode_prompt
+from brainstacks.tiny_models import tiny_base
 from brainstacks.versions import current_version, list_versions, version_dir
 from brainstacks_cli.main import main as cli
 from tests.toy_recipes import TOY_DOMAINS as DOMAINS
@@ -109,7 +109,7 @@ def test_bad_recipe_and_bad_line_are_named(tmp_path, capsys):
 def test_a_second_train_on_the_same_out_is_refused_at_once(tmp_path):
     """`brainstacks train` locks --out: a concurrent run fails before any work, naming the holder."""
     from brainstacks.errors import BundleError
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
     from brainstacks.versions import WRITER_LOCK, writer_lock
     from tests.toy_recipes import write_toy_recipe
     from training.curriculum import train_bundle

@@ -78,7 +78,7 @@ class DemoBuild:
 
 def quick_build(work: Path = QUICK_WORK, **over: Any) -> DemoBuild:
     """The `--quick` build: a tiny random Llama base and a few steps of everything (a pipeline check)."""
-    from brainstacks.testing import tiny_base
+    from brainstacks.tiny_models import tiny_base
 
     b = DemoBuild(work=Path(work), ship=False, **over)
     base = tiny_base(Path(b.work).resolve() / "tiny_base", family="llama", seed=0)

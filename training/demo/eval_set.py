@@ -93,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="default: the embedded demo bundle")
     p.add_argument("--questions", default=str(EVAL_SET))
     p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--domains", nargs="+", default=None, help="only these domains' questions (default: all)")
     p.add_argument("--json", default=None, help="write the result (every completion included) here")
     args = p.parse_args(argv)
     lb = load_bundle(args.bundle, quantize="nf4")
-    result = evaluate_questions(lb, read_questions(Path(args.questions)), args.max_new_tokens)
+    rows = [r for r in read_questions(Path(args.questions)) if not args.domains or r["domain"] in args.domains]
+    result = evaluate_questions(lb, rows, args.max_new_tokens)
     result["bundle"], result["bundle_version"] = str(args.bundle), lb.manifest.version
     print(format_table(result))
     if args.json:

@@ -1,7 +1,7 @@
 """`brainstacks pretrain`: a tiny Llama base model and its tokenizer, trained from random init on CPU in minutes.
 
     brainstacks pretrain --out runs/base [--steps N] [--seq-len L] [--seed S] [--corpus-chars C] ...
-    path = pretrain("runs/base", PretrainConfig(steps=200))      # what `brainstacks demo build` calls
+    path = pretrain("runs/base", PretrainConfig(steps=200))      # the boundary experiment (docs/SCIENCE.md)
 
 Steps: build the corpus (training/demo/corpus.py), train a byte-level BPE tokenizer on it (`tokenizers`; special tokens
 <|bos|> <|eos|> <|pad|> and the chat role markers; a Jinja chat template), then train a LlamaForCausalLM on random

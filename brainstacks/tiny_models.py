@@ -1,4 +1,6 @@
-"""Tiny random models for tests and quick benchmarks: built locally, never downloaded.
+"""Tiny random models, built locally and never downloaded: the base of `brainstacks demo build --quick` (a pipeline
+check a user runs), of the benchmarks' quick modes and of the tests. (Named for what it holds; it was testing.py,
+but the product's --quick path and the shipped benchmarks use it, so it is not test-only.)
 
     path = tiny_base(tmp_path / "base", family="llama")   # a saved HF directory with a word-level tokenizer
     path = tiny_base(tmp_path / "g3", family="gemma3_mm", instruct=True)   # + the family's chat template and turn end
