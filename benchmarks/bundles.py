@@ -59,7 +59,7 @@ def build_tiny_bundle(out: Path, seed: int = 0) -> Path:
     domains = ("math", "medical")
     add_random_stacks(sm, dict.fromkeys(domains, 1), seed=seed, dtype=cfg.frozen_dtype, std=STACK_STD)
     for name in domains:
-        save_stack(out, name, 0, sm.stack_tensors(name, 0))
+        save_stack(out, name, 0, sm.stack_tensors(name, 0), None, sm.config.frozen_dtype)
     torch.manual_seed(seed)
     save_router(out, MetaRouter(lb.fingerprint["hidden_size"], list(domains), RouterConfig()))
     write_manifest(out, Manifest(version=1, base={"path": "base", "fingerprint": lb.fingerprint},
@@ -97,7 +97,7 @@ def add_third_domain(bundle: Path, seed: int = 1) -> dict:
     loaded = load_bundle(bundle, quantize="none")
     m, sm, lb = loaded.manifest, loaded.stacked, loaded.base
     add_random_stacks(sm, {"code": 1}, seed=seed, dtype=sm.config.frozen_dtype, std=STACK_STD)
-    rel = save_stack(bundle, "code", 0, sm.stack_tensors("code", 0))
+    rel = save_stack(bundle, "code", 0, sm.stack_tensors("code", 0), None, sm.config.frozen_dtype)
     torch.manual_seed(seed)
     doms = [*m.domain_names, "code"]
     rrel = save_router(bundle, MetaRouter(lb.fingerprint["hidden_size"], doms, RouterConfig()), rel="router/b")

@@ -160,9 +160,10 @@ def save_stack(bundle_dir: str | os.PathLike, domain: str, k: int, tensors: dict
     if frozen_dtype == int8_storage.INT8:
         tens = dict(sorted(int8_storage.quantize(tens).items()))
     atomic_write(d / STACK_TENSORS, lambda tmp: save_file(tens, tmp, metadata={"domain": domain, "index": str(k)}))
-    dts = {dtype_name(t.dtype) for t in tens.values()}
-    info = {"domain": domain, "index": k, "dtype": ",".join(sorted(dts)), "tensors": len(tens),
-            "parameters": int(sum(t.numel() for t in tens.values())), "bytes": (d / STACK_TENSORS).stat().st_size,
+    values = {n: t for n, t in tens.items() if not n.endswith(int8_storage.SCALE_SUFFIX)}  # int8: not the scales
+    dts = {dtype_name(t.dtype) for t in values.values()}
+    info = {"domain": domain, "index": k, "dtype": ",".join(sorted(dts)), "tensors": len(values),
+            "parameters": int(sum(t.numel() for t in values.values())), "bytes": (d / STACK_TENSORS).stat().st_size,
             "sha256": sha256_file(d / STACK_TENSORS), **(meta or {})}
     write_json(d / STACK_META, info)
     return rel

@@ -23,7 +23,8 @@ TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
 # "int8" is a storage format for frozen stacks (brainstacks.int8_storage): int8 with per-row scales on disk,
 # bfloat16 in memory, so it parses to bfloat16.
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.bfloat16}
-DTYPES: tuple[str, ...] = tuple(_DTYPES)
+DTYPES: tuple[str, ...] = tuple(_DTYPES)  # frozen stacks' storage
+COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")  # what a model computes in ([base] dtype)
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:

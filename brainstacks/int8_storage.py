@@ -52,6 +52,9 @@ def dequantize(tensors: dict[str, torch.Tensor], dtype: torch.dtype, where: str)
                 raise BundleError(f"{where}: scales {name!r} without their int8 tensor")
             continue
         scale = tensors.get(name + SCALE_SUFFIX)
+        if scale is None and (t.dtype != torch.int8 or t.dim() == 0):  # what `quantize` passes through
+            out[name] = t
+            continue
         if scale is None:
             raise BundleError(f"{where}: {name} has no {SCALE_SUFFIX} scales (an int8 stack stores both)")
         if t.dtype != torch.int8 or not scale.is_floating_point() or scale.dim() != t.dim() or any(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainstacks.config import DTYPES, ConfigBase, bounded
+from brainstacks.config import COMPUTE_DTYPES, ConfigBase, bounded
 from brainstacks.quant import QUANTIZE_CHOICES
 
 FORMATS = ("prompt_completion", "messages", "text", "preference", "prompt_answer")
@@ -92,7 +92,7 @@ class BaseSpec(ConfigBase):
 
     model: Path | str  # absolute path of a HF directory or .gguf file, or "package:<dist>/<file>"
     quantize: str = bounded("nf4", choices=QUANTIZE_CHOICES)
-    dtype: str = bounded("float32", choices=DTYPES)
+    dtype: str = bounded("float32", choices=COMPUTE_DTYPES)
 
 
 @dataclass

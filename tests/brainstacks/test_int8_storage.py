@@ -53,7 +53,7 @@ def test_int8_bundle_is_half_the_bytes_and_serves_what_training_froze(base_dirs,
     assert f8.stat().st_size < 0.62 * f16.stat().st_size
     stored = load_file(str(f8))
     assert {t.dtype for n, t in stored.items() if not n.endswith(int8_storage.SCALE_SUFFIX)} == {torch.int8}
-    assert json.loads((f8.parent / "stack.json").read_text())["dtype"] == "float32,int8"
+    assert json.loads((f8.parent / "stack.json").read_text())["dtype"] == "int8"
     ids = torch.randint(4, 200, (2, 9), generator=torch.Generator().manual_seed(1))
     w = torch.ones(2, 1)
     with torch.no_grad(), sm.routing(w):

@@ -123,7 +123,8 @@ def test_defaults_come_from_the_config_dataclasses(tree: Path):
     [
         ("steps_per_round = 10", "stpes = 10", "[train] unknown key 'stpes'"),
         ("rank = 4", "rnak = 4", "[stack] unknown key 'rnak'"),
-        ('frozen_dtype = "float32"', 'frozen_dtype = "int8"', "[stack] frozen_dtype must be one of"),
+        ('frozen_dtype = "float32"', 'frozen_dtype = "int4"', "[stack] frozen_dtype must be one of"),
+        ('dtype = "float32"', 'dtype = "int8"', "[base] dtype must be one of"),
         ('format = "messages"', 'format = "messages"\nweight = 2', "unknown key 'weight'"),
         ("[nullspace]", "[nulspace]", "unknown section or key 'nulspace'"),
         ("rank = 4", "rank = 0", "[stack] rank must be >= 1, got 0"),

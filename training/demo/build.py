@@ -210,7 +210,7 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
                  device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure a built bundle against WORK's recipe and test files; write BUNDLE/reports/evidence.json and docs."""
     from brainstacks.bundle import load_bundle
-    from training.demo.eval_set import evaluate_questions, question_sample
+    from training.demo.eval_set import EVAL_SET, evaluate_questions, question_sample
     from training.demo.evidence import collect_evidence
     from training.demo.evidence_doc import read_router_report, render_demo_doc, write_evidence
     from training.recipe import load_recipe
@@ -219,9 +219,10 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
     lb = load_bundle(bundle, quantize=recipe.base.quantize, dtype=recipe.base.dtype, device=device)
     tests = {d.name: work / "data" / d.name / "test.jsonl" for d in recipe.domains}
     ev = collect_evidence(lb, recipe, tests, cfg, progress=progress, log=log)
-    log("[evidence] the hand-written evaluation set (tests/data/eval_questions.jsonl)")
-    ev["eval_set"] = evaluate_questions(lb, question_sample(cfg.eval_questions), cfg.eval_max_new_tokens,
-                                        cfg.batch_size, progress)
+    if EVAL_SET.is_file():  # a source checkout's tests/data (an installed wheel has no tests/)
+        log(f"[evidence] the hand-written evaluation set ({EVAL_SET.name})")
+        ev["eval_set"] = evaluate_questions(lb, question_sample(cfg.eval_questions), cfg.eval_max_new_tokens,
+                                            cfg.batch_size, progress)
     if build is None:  # re-measuring: keep the build summary of the bundle's last build
         old = bundle / "reports" / "evidence.json"
         build = json.loads(old.read_text()).get("build") if old.is_file() else None
