@@ -211,8 +211,12 @@ into `~/.cache/brainstacks/gguf/<sha256>/` (`$BRAINSTACKS_CACHE` overrides), the
 Five domains (math, medical, reasoning, code, chat) are trained as frozen MoE-LoRA stacks, in that curriculum order,
 each with the null-space projection against the earlier ones, plus the sigmoid meta-router with outcome-based
 targets. The data comes from the generators in `training/demo/` (worked steps, then an `Answer:` line, in several
-phrasings per problem kind). **The last phrasing of every kind is held out**: training sees none of it, and every
-figure below is measured on those held-out wordings (the test split), so it measures generalisation to new phrasings.
+phrasings per problem kind): math has everyday word problems (`word_problems.py`: money, time, rates, units,
+percentages, sharing, comparing) whose steps name what they compute ("Given away: 27 + 18 = 45"), and math and
+medical prompts are varied in surface (`surface.py`: distractor sentences, framing prefixes, the question first;
+some training rows carry a system turn). **The last phrasing of every kind is held out**: training sees none of it,
+and the template figures below are measured on those held-out wordings (the test split). The section "Questions no
+generator wrote" measures what a user would try: hand-written questions in plain phrasing.
 
 ## Commands
 
