@@ -353,7 +353,7 @@ def _import_locked(root: Path, domain: str, source: str | os.PathLike, base: str
     dt = parse_dtype(cfg.frozen_dtype)
     tensors = {n: t.to(dt) for n, t in tensors.items()}
     if cfg.frozen_dtype == int8_storage.INT8:  # what the loader will serve
-        tensors = int8_storage.dequantize(int8_storage.quantize(tensors), dt, str(source))
+        tensors = int8_storage.round_trip(tensors, dt, str(source))
     bad = sorted(n for n, t in tensors.items() if not bool(torch.isfinite(t).all()))
     if bad:
         raise AdapterError(f"{source}: {bad[0]} is not finite once its scale is folded in and it is stored as "

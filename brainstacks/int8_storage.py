@@ -39,6 +39,11 @@ def quantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def round_trip(tensors: dict[str, torch.Tensor], dtype: torch.dtype, where: str) -> dict[str, torch.Tensor]:
+    """What a bundle serves of `tensors` once stored as int8: quantized, then dequantized into `dtype`."""
+    return dequantize(quantize(tensors), dtype, where)
+
+
 def is_quantized(tensors: dict[str, torch.Tensor]) -> bool:
     return any(n.endswith(SCALE_SUFFIX) for n in tensors)
 

@@ -186,7 +186,7 @@ class StackedModel:
                 tensors[f"{p}.{n}"] = t
             lay.active = None
         if name == int8_storage.INT8:  # hold what the bundle will store, so later domains train on the served values
-            tensors = int8_storage.dequantize(int8_storage.quantize(tensors), dt, "freeze_active")
+            tensors = int8_storage.round_trip(tensors, dt, "freeze_active")
         domain, self._active = self._active, None
         return domain, self.attach_stack(domain, tensors)
 
