@@ -1,4 +1,10 @@
-"""Typed errors a user can cause. Each message names the file, field or value at fault."""
+"""Typed errors a user can cause. Each message names the file, field or value at fault.
+
+The convention: anything a request, a file, a recipe or an argument can trigger raises one of these (the CLI turns
+them into one line and exit status 2, the server into an OpenAI-shaped 4xx). A plain ValueError or RuntimeError is
+left only where a broken internal invariant is a bug, not bad input (two KV caches of different shapes merged, a
+warm-up that never finished), so its traceback stays visible.
+"""
 
 from __future__ import annotations
 

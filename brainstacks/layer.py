@@ -208,12 +208,6 @@ class StackedLinear(nn.Module):
         gates = gates * self.config.scale if st.mult is None else gates * st.mult_view(x, gates.dtype)
         return (h.view(*lead, m, E, r) * gates.unsqueeze(-1)).view(-1, m * E * r)
 
-    def frozen_delta(self, x: torch.Tensor, st: RoutingState) -> torch.Tensor:
-        """Σ over the selected frozen stacks, fused. x (..., d_in) → (..., d_out) in the compute dtype."""
-        small_call = x.numel() <= SMALL_CALL_ROWS * x.shape[-1]
-        BpT = self._packing(st.selected, small_call)[3]
-        return torch.mm(self.gated_h(x, st, small_call), BpT).view(*x.shape[:-1], self.out_features)
-
     def _capture(self, delta: torch.Tensor, st: RoutingState) -> None:
         d = delta.float()
         if d.dim() == 3 and st.capture_mask is not None:
