@@ -89,17 +89,16 @@ def test_serve_without_arguments_answers_a_chat_sensibly(demo_server):
     ("Anna is older than Ben, and Ben is older than Carl. Who is the youngest?", "reasoning"),
 ])  # fmt: skip
 def test_debug_route_picks_the_domain(demo_server, prompt, domain):
-    """The prompt's domain is switched on, and nothing beyond the domains it was trained on top of: each domain's
-    stacks learnt over every earlier domain's (curriculum order), so medical routes as math + medical at nearly equal
-    weights, and which of the two is a hair higher means nothing."""
-    from brainstacks.bundle import read_manifest
+    """The router switches on exactly the composition it was trained towards for the prompt's domain (the outcome
+    oracle's typical set, in the bundle's routing report): medical is math + medical at nearly equal weights, so which
+    of the two is a hair higher means nothing, but a missing or an extra domain does."""
+    import json
 
-    order = read_manifest(DEMO_BUNDLE).domain_names  # the curriculum order
+    typical = json.loads((DEMO_BUNDLE / "reports" / "routing.json").read_text())["typical_oracle_sets"]
     r = httpx.post(demo_server[0] + "/debug/route", json={"prompt": prompt}, timeout=60)
     assert r.status_code == 200
     weights = r.json()["weights"]
-    on = {d for d, w in weights.items() if w > 0.5}
-    assert domain in on and on <= set(order[: order.index(domain) + 1]), weights
+    assert {d for d, w in weights.items() if w > 0.5} == set(typical[domain]), weights
 
 
 def test_readme_examples_answer_right_and_better_than_the_base(demo_server):
