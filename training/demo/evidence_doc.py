@@ -159,6 +159,17 @@ def _eval_set_section(out: list[str], ev: dict[str, Any]) -> None:
     out.append(_table(["domain", "questions", "base", "own stack", "routed", "routed - base (points)"], rows))
     out.append("\nReproduce on the shipped bundle: `python -m training.demo.eval_set --json eval_set.json` (every "
                "completion is in the JSON; the build writes the same measurement into reports/evidence.json).\n")
+    c = ev.get("eval_set_completion")
+    if c:
+        out.append("\nThe same questions as raw `/v1/completions` prompts, `Q: <question>\\nA:` (the README's form; "
+                   "no chat template), base and routed:\n")
+        rows = [[d, str(r["n"]), _pct(r["base"]["accuracy"], r["n"]),
+                 _pct(r["routed"]["accuracy"], r["n"]) if "routed" in r else "-",
+                 f"{(r['routed']['accuracy'] - r['base']['accuracy']) * 100:+.0f}" if "routed" in r else "-"]
+                for d, r in c["domains"].items()]
+        out.append(_table(["domain", "questions", "base", "routed", "routed - base (points)"], rows))
+        out.append("\nReproduce: `python -m training.demo.eval_set --framing completion --json "
+                   "eval_completion.json`.\n")
     out.append("The first question of each domain, as the router's composition answers it (not picked):\n")
     for d, r in e["domains"].items():
         for x in [x for x in r["examples"] if "routed" in x][:1]:

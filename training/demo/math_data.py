@@ -56,7 +56,7 @@ def _shopping(rng: random.Random) -> Problem:
 
 def _travel(rng: random.Random) -> Problem:
     v1, t1 = rng.choice(range(20, 125, 5)), rng.randint(2, 6)
-    v2, t2 = rng.choice(range(20, 125, 5)), rng.randint(1, 5)
+    v2, t2 = rng.choice(range(20, 125, 5)), rng.randint(2, 5)
     a, b = v1 * t1, v2 * t2
     f = {"vehicle": rng.choice(("train", "bus", "car", "truck", "boat")), "v1": v1, "t1": t1, "v2": v2, "t2": t2}
     return f, [mul_line(v1, t1), mul_line(v2, t2), add_line(a, b)], str(a + b)

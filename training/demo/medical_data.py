@@ -40,7 +40,10 @@ FLUIDS: tuple[str, ...] = ("normal saline", "lactated Ringer's", "dextrose 5% in
 
 def _dose(rng: random.Random) -> Problem:
     w, d = rng.randint(8, 90), rng.choice((2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25))
-    f = {"who": rng.choice(("child", "patient", "man", "woman", "toddler")), "w": w, "d": d,
+    # no 90 kg toddler: the words fit the weight
+    who = ("child", "patient", "toddler") if w <= 20 else ("child", "patient") if w <= 40 else \
+        ("patient", "man", "woman")
+    f = {"who": rng.choice(who), "w": w, "d": d,
          "drug": rng.choice(DRUGS_MG_PER_KG)}
     return f, [f"Dose: {mul_line(w, d)} mg"], f"{w * d} mg"
 
@@ -49,6 +52,8 @@ def _tablets(rng: random.Random) -> Problem:
     strength = rng.choice((5, 10, 20, 25, 50, 100, 125, 250, 500))
     n = rng.choice((1, 2, 2, 3, 4)) if strength >= 100 else rng.randint(1, 6)
     half = strength % 2 == 0 and rng.random() < 0.2
+    if n == 1 and not half:  # "1 tablets": make it two
+        n = 2
     order = strength * n + (strength // 2 if half else 0)
     count = f"{n}.5" if half else str(n)
     f = {"order": order, "strength": strength, "drug": rng.choice(DRUGS_MG_PER_KG + ("metoprolol", "warfarin"))}

@@ -11,6 +11,14 @@ Rows are chat exchanges (format "messages"), as the instruct base is used:
     {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "template": "math/add/2", "answer": "42"}
 Code rows carry "tests" (assertions the function must pass) instead of an exact answer; chat rows carry the
 expected reply as "answer". Loaders ignore extra keys.
+
+In the domains of MIXED_FRAMING_DOMAINS a share (COMPLETION_SHARE) of the *training* rows is a raw completion
+instead, framed as people send `/v1/completions` (training.demo.surface.completion_framing):
+    {"prompt": "Q: Nina had 95 stickers. ...\nA:", "completion": "\nGiven away: ...\nAnswer: 50",
+     "question": "Nina had 95 stickers. ...", "template": ..., "answer": "50"}
+Those domains' train and valid files are written as format "prompt_completion" (`as_prompt_completion` renders
+the chat rows through the base's chat template: the same tokens and labels as format "messages"), so one stack
+learns both framings. Valid and test rows stay chat exchanges, comparable with every earlier figure.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from types import ModuleType
 
 from brainstacks.errors import ConfigError
 from training.demo import chat_data, code_data, math_data, medical_data, reasoning_data
-from training.demo.surface import system_turn
+from training.demo.surface import completion_framing, system_turn
 
 DOMAINS: tuple[str, ...] = ("chat", "code", "math", "medical", "reasoning")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -86,13 +94,21 @@ def split_of(key: str) -> str:
 # also answer under other assistants' framings than the chat template's default one.
 SYSTEM_TURN_DOMAINS: tuple[str, ...] = ("math", "medical", "reasoning")
 
+# Domains whose training rows are sometimes raw completions (module doc), and that share of their training rows.
+MIXED_FRAMING_DOMAINS: tuple[str, ...] = ("math", "medical", "reasoning")
+COMPLETION_SHARE = 0.3
+
 
 def _row(t: Template, rng: random.Random, split: str = "train") -> dict:
     ex = MODULES[t.domain].render(t.kind, t.phrasing, rng)
-    msgs = [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["completion"]}]
-    if split == "train" and t.domain in SYSTEM_TURN_DOMAINS and (system := system_turn(rng)) is not None:
-        msgs.insert(0, {"role": "system", "content": system})
-    row = {"messages": msgs, "template": t.name}
+    if split == "train" and t.domain in MIXED_FRAMING_DOMAINS and rng.random() < COMPLETION_SHARE:
+        prompt, lead = completion_framing(ex["prompt"], rng)
+        row = {"prompt": prompt, "completion": lead + ex["completion"], "question": ex["prompt"], "template": t.name}
+    else:
+        msgs = [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["completion"]}]
+        if split == "train" and t.domain in SYSTEM_TURN_DOMAINS and (system := system_turn(rng)) is not None:
+            msgs.insert(0, {"role": "system", "content": system})
+        row = {"messages": msgs, "template": t.name}
     for key in ("answer", "tests", "entry"):
         if key in ex:
             row[key] = ex[key]
@@ -125,6 +141,35 @@ def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def domain_format(domain: str, split: str) -> str:
+    """The recipe format of a domain's split file as the build writes it (module doc)."""
+    return "prompt_completion" if domain in MIXED_FRAMING_DOMAINS and split != "test" else "messages"
+
+
+def as_prompt_completion(rows: list[dict], tokenizer) -> list[dict]:
+    """Rows in format "prompt_completion": a chat row's prompt is its conversation before the reply, rendered with
+    the generation prompt through `tokenizer`'s chat template, and its completion is the reply as the template
+    writes it (its separators included), less a closing EOS token, which the format appends itself: the same
+    tokens and labels as format "messages" (tests/training/test_demo_data.py). Raw completion rows pass through."""
+    from training.tokenization import chat_segments
+
+    eos = tokenizer.eos_token or ""
+    out = []
+    for row in rows:
+        if "messages" not in row:
+            out.append(row)
+            continue
+        segments = chat_segments(tokenizer, row["messages"])
+        last = max(i for i, (_, is_answer) in enumerate(segments) if is_answer)
+        prompt = "".join(text for text, _ in segments[:last])
+        reply = segments[last][0].rstrip()
+        if eos and reply.endswith(eos):
+            reply = reply[: -len(eos)]
+        extra = {k: v for k, v in row.items() if k != "messages"}
+        out.append({"prompt": prompt, "completion": reply, "question": row["messages"][-2]["content"], **extra})
+    return out
+
+
 def write_if_changed(path: Path, text: str) -> bool:
     """Write `text` to `path` (temp file + rename) only when the file's content differs; returns whether it wrote.
     An unchanged file keeps its mtime, and a changed generator can never leave stale data behind."""
@@ -147,13 +192,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def split_rows(domain: str, split: str, n: int, seed: int, tokenizer) -> list[dict]:
+    """The rows of one split file in its `domain_format` (the chat rows rendered through `tokenizer` where needed)."""
+    rows = generate(domain, split, n, seed)
+    return as_prompt_completion(rows, tokenizer) if domain_format(domain, split) == "prompt_completion" else rows
+
+
 def write_demo_data(
     out_dir: str | Path,
+    tokenizer,
     seed: int | None = None,
     sizes: Mapping[str, int] | None = None,
     domains: tuple[str, ...] = DOMAINS,
 ) -> dict[str, dict[str, Path]]:
-    """Write `<out_dir>/<domain>/{train,valid,test}.jsonl`; returns {domain: {split: path}}.
+    """Write `<out_dir>/<domain>/{train,valid,test}.jsonl` in each file's `domain_format`; returns
+    {domain: {split: path}}. `tokenizer` is the base's: its chat template renders the chat rows of the
+    mixed-framing domains (module doc).
 
     `seed` and `sizes` ({split: rows}) default to `DemoDataConfig`; a partial `sizes` overrides only the splits it
     names.
@@ -171,6 +225,6 @@ def write_demo_data(
         paths[domain] = {}
         for split in SPLITS:
             path = out / domain / f"{split}.jsonl"
-            write_jsonl(path, generate(domain, split, merged[split], seed))
+            write_jsonl(path, split_rows(domain, split, merged[split], seed, tokenizer))
             paths[domain][split] = path
     return paths

@@ -10,6 +10,10 @@ of each kind, `training.demo.sampling`) is varied the same way: held-out still m
 
 `system_turn(rng)` optionally gives a row a system message (different assistants' framings), or None for the
 model's default one.
+
+`completion_framing(prompt, rng)` frames a problem as a raw `/v1/completions` prompt, with no chat template
+("Q: ...\nA:", "Problem: ...\nSolution:", the bare text); it returns the prompt and the text the reply starts
+with, so a reply begins on its own line whether or not the prompt ended with one.
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ _SYSTEMS: tuple[str, ...] = (
 )  # fmt: skip
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$])")
+
+
+# (prompt frame, what the reply starts with): the forms people send a base-style completion endpoint
+_COMPLETION_FRAMES: tuple[tuple[str, str], ...] = (
+    ("{p}", "\n"), ("{p}\n", ""), ("Question: {p}", "\n"), ("Q: {p}\nA:", "\n"), ("Problem: {p}\nSolution:", "\n"),
+    ("{p}\nShow your working.\n", ""), ("Question: {p}\nAnswer:", "\n"), ("{p}\n\n", ""),
+)  # fmt: skip
+
+
+def completion_framing(prompt: str, rng: random.Random) -> tuple[str, str]:
+    """(raw completion prompt, lead of the reply) for one problem statement (module doc)."""
+    frame, lead = rng.choice(_COMPLETION_FRAMES)
+    return frame.format(p=prompt), lead
 
 
 def distractor(rng: random.Random) -> str:

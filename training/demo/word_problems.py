@@ -99,8 +99,8 @@ def _wage(rng: random.Random) -> Problem:
 
 def _speed(rng: random.Random) -> Problem:
     v = rng.choice(range(10, 130, 10)) if rng.random() < 0.6 else rng.randint(4, 90)
-    hours = rng.randint(1, 8)
     half = rng.random() < 0.35 and v % 2 == 0
+    hours = rng.randint(1 if half else 2, 8)  # never "for 1 hours"
     f = {"vehicle": rng.choice(VEHICLES), "v": v, "t": f"{hours}.5" if half else str(hours)}
     if half:
         steps = [f"Whole hours: {mul_line(v, hours)}", f"Half an hour: {div_line(v, 2)}",
