@@ -106,6 +106,15 @@ def test_chat_rows_as_prompt_completion_tokenize_exactly_as_messages(smollm2_tok
         assert b.labels[-1] == tok.eos_token_id and not tok.decode(a.input_ids[n:]).strip()
 
 
+def test_raw_question_rows_are_the_user_text_of_chat_training_rows():
+    from training.demo.sampling import raw_question_rows
+
+    twins = raw_question_rows("medical", 20, seed=0, train_rows=80)
+    chats = [r for r in generate("medical", "train", 80, seed=0) if "messages" in r]
+    assert [t["prompt"] for t in twins] == [r["messages"][-2]["content"] for r in chats[:20]]
+    assert all("<|" not in t["prompt"] and t["completion"] == "." for t in twins)
+
+
 def test_a_template_with_its_own_turn_end_keeps_it_in_the_completion(tmp_path):
     """A template that separates the reply (" yo") and ends the turn without EOS: the completion carries its text
     exactly, and the rendered prompt plus completion is the whole conversation."""

@@ -9,7 +9,7 @@
 Every row is a chat exchange ("messages" format) with its "template", except that 30% of the math, medical and
 reasoning *training* rows are raw completions ({"prompt", "completion"}); those three domains' train and valid files
 are written as "prompt_completion", their chat rows rendered by the base's `tokenizer`. Math, medical, reasoning and
-chat rows carry "answer", code rows "tests" and "entry". Train rows come from training templates only; valid and test rows from the
-held-out templates (the last phrasing of every kind): see `training.demo.sampling`. The map of this folder is in
-training/README.md.
+chat rows carry "answer", code rows "tests" and "entry". Train rows come from training templates only; valid and
+test rows from the held-out templates (the last phrasing of every kind): see `training.demo.sampling`. The map of
+this folder is in training/README.md.
 """

@@ -47,7 +47,17 @@ from brainstacks.errors import ConfigError
 from training.demo.evidence import EvidenceConfig
 from training.demo.install import MAX_BUNDLE_MB, install, shipped_mb
 from training.demo.router_prompts import write_router_files
-from training.demo.sampling import DOMAINS, SPLITS, DemoDataConfig, domain_format, split_rows, write_if_changed
+from training.demo.sampling import (
+    COMPLETION_SHARE,
+    DOMAINS,
+    MIXED_FRAMING_DOMAINS,
+    SPLITS,
+    DemoDataConfig,
+    domain_format,
+    raw_question_rows,
+    split_rows,
+    write_if_changed,
+)
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
 WORK = Path("build/demo")
@@ -107,7 +117,8 @@ def _stamp_ok(path: Path, stamp: dict[str, Any]) -> bool:
         return False
 
 
-def build_data(work: Path, cfg: DemoDataConfig, tokenizer, log: Callable[[str], None]) -> dict[str, dict[str, Path]]:
+def build_data(work: Path, cfg: DemoDataConfig, tokenizer, log: Callable[[str], None],
+               router_examples: int = DEMO_ROUTER_EXAMPLES) -> dict[str, dict[str, Path]]:
     """WORK/data/<domain>/<split>.jsonl, each in its `domain_format` (the base's `tokenizer` renders the chat rows of
     the mixed-framing domains). The rows are generated every run (seconds) and a file is rewritten only when
     its content changed, so a changed generator can never leave stale data behind an unchanged stamp (and training
@@ -125,6 +136,11 @@ def build_data(work: Path, cfg: DemoDataConfig, tokenizer, log: Callable[[str], 
             if write_if_changed(path, text):
                 changed.append(f"{domain}/{split}")
     write_router_files(root / "router", cfg.router_prompts, cfg.seed)
+    n_twins = round(router_examples * (1 - COMPLETION_SHARE))  # the chat rows among the router's picks
+    for domain in MIXED_FRAMING_DOMAINS:
+        rows = raw_question_rows(domain, n_twins, cfg.seed, cfg.sizes["train"])
+        write_if_changed(root / "router" / f"{domain}_questions.jsonl",
+                         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     log(f"[demo] data: {root} ({cfg.sizes} rows per domain, {cfg.router_prompts} router-only prompts per domain, "
         f"seed {cfg.seed}); " + (f"wrote {', '.join(changed)}" if changed else "unchanged"))
     return paths
@@ -290,7 +306,7 @@ def build_demo(b: DemoBuild, log: Callable[[str], None] = print) -> dict[str, An
     check_formats(draft)
     source = resolve_base_source(draft.base.model)
     base_dir = stage("base", lambda: ensure_converted(source, log) if is_gguf(source) else source)
-    stage("data", lambda: build_data(work, b.data, load_tokenizer(base_dir), log))
+    stage("data", lambda: build_data(work, b.data, load_tokenizer(base_dir), log, b.router_examples))
     recipe = load_recipe(recipe_path)
     recipe.router_train.examples_per_domain = b.router_examples
     bundle = work / "bundle"

@@ -198,6 +198,17 @@ def split_rows(domain: str, split: str, n: int, seed: int, tokenizer) -> list[di
     return as_prompt_completion(rows, tokenizer) if domain_format(domain, split) == "prompt_completion" else rows
 
 
+def raw_question_rows(domain: str, n: int, seed: int, train_rows: int) -> list[dict]:
+    """The user text of the first `n` chat rows among the `train_rows` training rows of `domain`, as raw prompts
+    ({"prompt", "completion": "."}).
+
+    A "messages" domain gives the router each chat row's user text as a raw twin (training.router_examples); a
+    domain written as "prompt_completion" cannot, so the build hands the router these instead (a [[router.mixed]]
+    file per mixed-framing domain), and the raw share of its examples stays what it was."""
+    rows = [r for r in generate(domain, "train", train_rows, seed) if "messages" in r]
+    return [{"prompt": r["messages"][-2]["content"], "completion": "."} for r in rows[:n]]
+
+
 def write_demo_data(
     out_dir: str | Path,
     tokenizer,
