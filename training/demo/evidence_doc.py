@@ -84,6 +84,19 @@ def _accuracy_section(out: list[str], ev: dict[str, Any]) -> None:
                    "is what the server answers with.\n")
 
 
+def composition_match(routing: dict[str, Any], typical: dict[str, list[str]]) -> dict[str, float]:
+    """Per true domain (and "all"), the share of held-out prompts whose switched-on set (routing["active_sets"],
+    "+"-joined) is exactly the domain's typical oracle set (the router's training target)."""
+    out, hit, total = {}, 0, 0
+    for d, sets in routing["active_sets"].items():
+        want = set(typical.get(d, ()))
+        n = sum(sets.values())
+        k = sum(c for s, c in sets.items() if set(s.split("+")) - {"(none)"} == want)
+        out[d], hit, total = (k / n if n else 0.0), hit + k, total + n
+    out["all"] = hit / total if total else 0.0
+    return out
+
+
 def _routing_section(out: list[str], ev: dict[str, Any], router_report: dict[str, Any] | None) -> None:
     """Routing on held-out prompts, and what the router was trained towards."""
     r = ev.get("routing")
@@ -109,6 +122,12 @@ def _routing_section(out: list[str], ev: dict[str, Any], router_report: dict[str
                    + "; ".join(f"{d} → {' + '.join(v) or 'base alone'}" for d, v in typical.items()) + "."
                    + "".join(f" Oracle verdicts on the scored pairs: {', '.join(f'{k} ×{n}' for k, n in c.items())}."
                              for c in [router_report.get("scored_oracle_sets")] if c) + "\n")
+        if r:
+            match = composition_match(r, typical)
+            out.append("Switched-on set (weights above the floor) equal to that composition, held-out prompts: "
+                       + "; ".join(f"{d} {v:.0%}" for d, v in match.items() if d != "all")
+                       + f"; all {match['all']:.1%}. Top-1 counts a near tie inside the composition as a miss; "
+                       "this does not.\n")
 
 
 def _prompts_section(out: list[str], ev: dict[str, Any]) -> None:
