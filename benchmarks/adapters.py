@@ -47,7 +47,7 @@ def write_data(work: Path, rows: dict[str, int]) -> dict[str, dict[str, Path]]:
             p = work / "data" / d / f"{split}.jsonl"
             if not p.is_file():
                 p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_text("".join(json.dumps(r) + "\n" for r in generate(d, split, n, 0)))
+                p.write_text("".join(json.dumps(r) + "\n" for r in generate(d, split, n, 0, completions=False)))
             out[d][split] = p
     return out
 

@@ -48,7 +48,8 @@ def base_dir(work: Path) -> tuple[Path, str]:
 
 def domain_data(name: str, tokenizer, n_train: int, n_valid: int, seq_len: int) -> DomainData:
     def recs(split: str, n: int) -> list[Record]:
-        return [Record(Path(f"<{name}:{split}>"), i + 1, r) for i, r in enumerate(generate(name, split, n, seed=0))]
+        rows = generate(name, split, n, seed=0, completions=False)  # chat exchanges only
+        return [Record(Path(f"<{name}:{split}>"), i + 1, r) for i, r in enumerate(rows)]
 
     tr, va = recs("train", n_train), recs("valid", n_valid)
     fmt = "messages"  # every demo domain is chat exchanges

@@ -61,7 +61,8 @@ def domain_data(name: str, tokenizer, n_train: int, n_valid: int, seq_len: int, 
     from training.tokenization import DomainData, tokenize_records
 
     def recs(split: str, n: int) -> list:
-        return [Record(Path(f"<{name}:{split}>"), i + 1, r) for i, r in enumerate(generate(name, split, n, seed=seed))]
+        rows = generate(name, split, n, seed=seed, completions=False)  # chat exchanges only
+        return [Record(Path(f"<{name}:{split}>"), i + 1, r) for i, r in enumerate(rows)]
 
     tr, va = recs("train", n_train), recs("valid", n_valid)
     return DomainData(name, "messages", tokenize_records(tokenizer, tr, "messages", seq_len),

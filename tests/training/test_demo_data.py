@@ -87,6 +87,7 @@ def test_completion_rows_are_raw_framings_with_the_same_worked_reply():
         # the reply starts on its own line whether or not the prompt ended with one
         assert r["prompt"].endswith("\n") or r["completion"].startswith("\n"), r
     assert not any("prompt" in r for r in generate("math", "test", 60, seed=0))  # held-out rows stay chats
+    assert all("messages" in r for r in generate("math", "train", 100, seed=0, completions=False))
 
 
 def test_chat_rows_as_prompt_completion_tokenize_exactly_as_messages(smollm2_tokenizer):

@@ -48,7 +48,7 @@ def cpu_seconds() -> float:
 def math_rows(tok, split: str, n: int, seed: int) -> list[dict[str, Any]]:
     """Demo math rows as GRPO records: the chat-rendered prompt (what the server renders) and the answer."""
     return [{"prompt": prompt_text(tok, r, "messages"), "answer": r["answer"], "template": r["template"]}
-            for r in generate(DOMAIN, split, n, seed)]
+            for r in generate(DOMAIN, split, n, seed, completions=False)]
 
 
 def accuracy(sm: StackedModel, tok, rows: list[dict[str, Any]], max_new_tokens: int, batch: int = 16

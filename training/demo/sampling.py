@@ -99,9 +99,9 @@ MIXED_FRAMING_DOMAINS: tuple[str, ...] = ("math", "medical", "reasoning")
 COMPLETION_SHARE = 0.3
 
 
-def _row(t: Template, rng: random.Random, split: str = "train") -> dict:
+def _row(t: Template, rng: random.Random, split: str = "train", completions: bool = True) -> dict:
     ex = MODULES[t.domain].render(t.kind, t.phrasing, rng)
-    if split == "train" and t.domain in MIXED_FRAMING_DOMAINS and rng.random() < COMPLETION_SHARE:
+    if completions and split == "train" and t.domain in MIXED_FRAMING_DOMAINS and rng.random() < COMPLETION_SHARE:
         prompt, lead = completion_framing(ex["prompt"], rng)
         row = {"prompt": prompt, "completion": lead + ex["completion"], "question": ex["prompt"], "template": t.name}
     else:
@@ -115,8 +115,9 @@ def _row(t: Template, rng: random.Random, split: str = "train") -> dict:
     return row
 
 
-def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
-    """`n` distinct rows of `domain` for `split`; identical for identical arguments (see the module doc)."""
+def generate(domain: str, split: str, n: int, seed: int = 0, completions: bool = True) -> list[dict]:
+    """`n` distinct rows of `domain` for `split`; identical for identical arguments (see the module doc).
+    `completions=False`: chat exchanges only (no raw completion rows), for code that wants format "messages"."""
     if domain not in MODULES:
         raise ConfigError(f"unknown demo domain {domain!r}; expected one of {', '.join(DOMAINS)}")
     if split not in SPLITS:
@@ -132,7 +133,7 @@ def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
         attempts += 1
         if attempts > limit:
             raise ConfigError(f"demo domain {domain!r} ran out of distinct {split} prompts after {len(rows)} of {n}")
-        row = _row(rng.choice(pool), rng, split)
+        row = _row(rng.choice(pool), rng, split, completions)
         key = prompt_key(row)
         if key in seen or (split != "train" and split_of(key) != split):
             continue
