@@ -157,7 +157,7 @@ def probe_questions(per_cell: int = 20, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def fact_probe(lb, domain: str = "math", per_cell: int = 20, seed: int = 0, max_new_tokens: int = 40,
+def fact_probe(lb, domain: str = "math", per_cell: int = 20, seed: int = 0, max_new_tokens: int = 64,
                progress: bool = True) -> dict[str, Any]:
     """Accuracy per cell of the base alone and of `domain`'s stacks on probe_questions, sent as chat requests."""
     from brainstacks.text import render_chat
