@@ -44,7 +44,8 @@ def test_diagnosis_counts_and_the_command_reads_an_eval_set_result(tmp_path, cap
                 {"prompt": "q2", "answer": "8", "own": "2 + 2 = 5\n5 + 3 = 8\nAnswer: 9", "base": "Answer: 8"}]
     result = {"framing": "chat", "domains": {"math": {"n": 2, "examples": examples}}}
     d = diagnose(result)
-    assert (d["own"]["right"], d["own"]["slip"], d["own"]["steps_checked"], d["own"]["step_accuracy"]) == (1, 1, 3, 0.6667)
+    own = d["own"]
+    assert (own["right"], own["slip"], own["steps_checked"], own["step_accuracy"]) == (1, 1, 3, 0.6667)
     assert d["own"]["facts"]["+"] == {"held": 1, "checked": 2} and d["own"]["false_steps"] == ["2 + 2 = 5"]
     assert (d["base"]["right"], d["base"]["none"], d["base"]["step_accuracy"]) == (1, 1, None)
     path, out = tmp_path / "r.json", tmp_path / "d.json"

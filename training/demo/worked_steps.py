@@ -71,7 +71,7 @@ def equations(text: str) -> list[tuple[str, str, bool]]:
         body = re.sub(r"\(check:.*?\)", "", line)  # an aside re-checking the line is not a step
         body = body.rsplit(":", 1)[-1]  # drop a label such as "Given away:"
         sides = body.split("=")
-        for a, b in zip(sides, sides[1:]):
+        for a, b in zip(sides, sides[1:], strict=False):
             va, vb = evaluate(a), evaluate(b)
             if va is not None and vb is not None:
                 out.append((a.strip(), b.strip(), abs(va - vb) <= 1e-6 * max(1.0, abs(vb))))
