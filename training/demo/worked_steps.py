@@ -160,12 +160,11 @@ def probe_questions(per_cell: int = 20, seed: int = 0) -> list[dict[str, Any]]:
 def fact_probe(lb, domain: str = "math", per_cell: int = 20, seed: int = 0, max_new_tokens: int = 64,
                progress: bool = True) -> dict[str, Any]:
     """Accuracy per cell of the base alone and of `domain`'s stacks on probe_questions, sent as chat requests."""
-    from brainstacks.text import render_chat
+    from training.demo.eval_set import framed_prompt
     from training.demo.evidence import generate, one_hot
 
     rows = probe_questions(per_cell, seed)
-    prompts = [render_chat(lb.base.tokenizer, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
-               for r in rows]
+    prompts = [framed_prompt(lb.base.tokenizer, r["prompt"], "chat") for r in rows]
     comps = {"base": None, "own": one_hot(list(lb.stacked.domains), [domain]).expand(len(rows), -1)}
     out: dict[str, Any] = {"per_cell": per_cell, "seed": seed, "cells": {}, "examples": []}
     texts = {c: generate(lb, prompts, w, max_new_tokens, 16, progress, f"probe {c}") for c, w in comps.items()}
