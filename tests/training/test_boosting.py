@@ -65,3 +65,26 @@ def test_dpo_stage_prefers_chosen(base):
     assert res.val_after < res.val_before  # DPO validation loss falls from log(2)
     assert res.val_before == pytest.approx(0.6931, abs=1e-3)  # a new stack is a no-op: policy == reference
     assert sm.num_stacks("medical") == 1
+
+
+def test_batches_see_every_row_once_an_epoch_next_to_rows_of_its_length():
+    from training.boosting import LENGTH_POOL, _batches
+    from training.tokenization import Collator, SFTExample
+
+    rng = random.Random(3)
+    lengths = [rng.randint(5, 200) for _ in range(8 * LENGTH_POOL * 3)]  # three pools of 8-row batches
+    rows = [SFTExample([k + 1] * n, [k + 1] * n) for k, n in enumerate(lengths)]  # token = row id + 1
+    gen = _batches(rows, 8, Collator(0), seed=0)
+    epoch = [next(gen) for _ in range(len(rows) // 8)]
+    seen = sorted(int(b["input_ids"][r, 0]) - 1 for b in epoch for r in range(8))
+    assert seen == list(range(len(rows)))  # every row once
+    padded = sum(b["attention_mask"].numel() for b in epoch)
+    real = sum(int(b["attention_mask"].sum()) for b in epoch)
+    shuffled = list(range(len(rows)))
+    random.Random(0).shuffle(shuffled)
+    at_random = sum(8 * max(lengths[i] for i in shuffled[s : s + 8]) for s in range(0, len(rows), 8))
+    assert padded < 1.15 * real < at_random  # random batches pad ~1.5x here
+    firsts = [int(b["input_ids"][0, 0]) for b in epoch]
+    assert firsts != sorted(firsts, key=lambda t: lengths[t - 1])  # the batches themselves are not in length order
+    nxt = [next(gen) for _ in range(len(rows) // 8)]  # the next epoch is another order
+    assert [int(b["input_ids"][0, 0]) for b in nxt] != firsts

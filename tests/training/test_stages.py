@@ -100,7 +100,7 @@ def test_dpo_stack_raises_the_margin_on_its_pairs_and_the_bundle_serves(staged):
     w = route_prompts(lb.stacked, tok, lb.router, [prefs[0]["prompt"]])
     assert float(w[0, 0]) > 0
     with torch.no_grad(), lb.stacked.routing(w):
-        gen = lb.base.model.generate(input_ids=ids, max_new_tokens=3, do_sample=False,
+        gen = lb.base.model.generate(input_ids=ids, max_new_tokens=3, min_new_tokens=3, do_sample=False,
                                      pad_token_id=pad_id_of(tok))
     assert gen.shape[1] == ids.shape[1] + 3
 
