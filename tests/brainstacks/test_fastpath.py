@@ -153,3 +153,20 @@ def test_slot_cache_extend_grows_slots_and_capacity_and_take_repeats_rows():
     assert float(a.K[0, 1, 0, 69, 0]) == 9.0 and float(a.K[0, 0, 0, 0, 0]) == 1.0
     t = a.take([2, 2, 0])
     assert t.host_lengths == [2, 2, 3] and float(t.K[0, 1, 0, 0, 0]) == float(a.K[0, 2, 0, 0, 0])
+
+
+def test_greedy_helper_equals_step_by_step_decoding_and_drops_rows_that_end(family_bases):
+    model, sm = stacked(family_bases["llama"], "nf4")
+    dec = FusedDecoder(model, sm, kernel="fp32")
+    steps, _ = greedy(dec, PROMPTS, WEIGHTS, steps=7)  # 8 tokens a row, no eos
+    assert dec.greedy(PROMPTS, WEIGHTS, 8) == steps
+    # an eos that row 0 meets first: row 0 ends before it, the others decode on without it, as they would alone
+    eos = steps[0][3]
+    cut = dec.greedy(PROMPTS, WEIGHTS, 8, eos=frozenset({eos}))
+    for i, s in enumerate(steps):
+        want = s[: s.index(eos)] if eos in s else s
+        assert cut[i] == want
+    assert len(cut[0]) == steps[0].index(eos) < 8
+    base_row = dec.greedy([PROMPTS[1]], None, 8)
+    assert base_row[0] == steps[1]  # row 1 has weight 0 everywhere: the base's tokens
+    assert dec.greedy(PROMPTS, WEIGHTS, 0) == [[], [], []]

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from brainstacks.bundle import LoadedBundle
+from brainstacks.fastpath import FusedDecoder, unsupported_reason
 from brainstacks.files import write_json
 from brainstacks.text import encode_prompt, eos_token_ids, pad_batch, render_chat
 from training.data_files import read_jsonl
@@ -73,22 +74,43 @@ def _rows(path: Path, n: int) -> list[dict[str, Any]]:
 @torch.no_grad()
 def generate(lb: LoadedBundle, prompts: Sequence[str], weights: torch.Tensor | None, max_new_tokens: int,
              batch_size: int = 16, progress: bool = False, desc: str = "generate") -> list[str]:
-    """Greedy completions of raw prompts: base alone when `weights` is None, else row i under weights[i] (N, D)."""
+    """Greedy completions of raw prompts: base alone when `weights` is None, else row i under weights[i] (N, D).
+
+    On the path the server decodes with: the fused decoder (brainstacks/fastpath.py, its kernel picked for this
+    CPU) where it serves the base, else transformers' `generate` over the stacked model (the server's eager path)."""
     sm, tok, model = lb.stacked, lb.base.tokenizer, lb.base.model
     pad = pad_id_of(tok)
+    eos = eos_ids(lb)
+    dec = fused_decoder(lb)
     out: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for s in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
         ids = [encode_prompt(tok, p) for p in prompts[s : s + batch_size]]
+        w = None if weights is None else weights[s : s + len(ids)]
+        if dec is not None:
+            out += tok.batch_decode(dec.greedy(ids, w, max_new_tokens, frozenset(eos)), skip_special_tokens=True)
+            continue
         input_ids, mask = pad_batch(ids, pad, left=True)  # prompts end together
         T = input_ids.shape[1]
-        ctx = sm.base_only() if weights is None else sm.routing(weights[s : s + len(ids)])
-        with ctx:
+        with sm.base_only() if w is None else sm.routing(w):
             gen = model.generate(input_ids=input_ids.to(sm.device), attention_mask=mask.to(sm.device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=eos_ids(lb))
+                                 eos_token_id=eos)
         out += tok.batch_decode(gen[:, T:].cpu(), skip_special_tokens=True)
     return out
+
+
+def fused_decoder(lb: LoadedBundle) -> FusedDecoder | None:
+    """The bundle's fused decoder, built once per loaded bundle (and re-read when its stacks change), or None when
+    the fused path does not serve its base (the server then decodes eagerly too)."""
+    if unsupported_reason(lb.base.model) is not None:
+        return None
+    dec = lb.__dict__.get("_fused_decoder")
+    if dec is None:
+        dec = lb.__dict__["_fused_decoder"] = FusedDecoder(lb.base.model, lb.stacked)
+    elif dec._num_stacks != len(lb.stacked.stacks):
+        dec.refresh_stacks()
+    return dec
 
 
 def eos_ids(lb: LoadedBundle) -> list[int]:
