@@ -156,17 +156,19 @@ def test_slot_cache_extend_grows_slots_and_capacity_and_take_repeats_rows():
 
 
 def test_greedy_helper_equals_step_by_step_decoding_and_drops_rows_that_end(family_bases):
+    from brainstacks.greedy import greedy as greedy_decode
+
     model, sm = stacked(family_bases["llama"], "nf4")
     dec = FusedDecoder(model, sm, kernel="fp32")
     steps, _ = greedy(dec, PROMPTS, WEIGHTS, steps=7)  # 8 tokens a row, no eos
-    assert dec.greedy(PROMPTS, WEIGHTS, 8) == steps
+    assert greedy_decode(dec, PROMPTS, WEIGHTS, 8) == steps
     # an eos that row 0 meets first: row 0 ends before it, the others decode on without it, as they would alone
     eos = steps[0][3]
-    cut = dec.greedy(PROMPTS, WEIGHTS, 8, eos=frozenset({eos}))
+    cut = greedy_decode(dec, PROMPTS, WEIGHTS, 8, eos=frozenset({eos}))
     for i, s in enumerate(steps):
         want = s[: s.index(eos)] if eos in s else s
         assert cut[i] == want
     assert len(cut[0]) == steps[0].index(eos) < 8
-    base_row = dec.greedy([PROMPTS[1]], None, 8)
+    base_row = greedy_decode(dec, [PROMPTS[1]], None, 8)
     assert base_row[0] == steps[1]  # row 1 has weight 0 everywhere: the base's tokens
-    assert dec.greedy(PROMPTS, WEIGHTS, 0) == [[], [], []]
+    assert greedy_decode(dec, PROMPTS, WEIGHTS, 0) == [[], [], []]

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from brainstacks.bundle import LoadedBundle
 from brainstacks.fastpath import FusedDecoder, unsupported_reason
 from brainstacks.files import write_json
+from brainstacks.greedy import greedy
 from brainstacks.text import encode_prompt, eos_token_ids, pad_batch, render_chat
 from training.data_files import read_jsonl
 from training.demo.answers import check_answer
@@ -88,7 +89,7 @@ def generate(lb: LoadedBundle, prompts: Sequence[str], weights: torch.Tensor | N
         ids = [encode_prompt(tok, p) for p in prompts[s : s + batch_size]]
         w = None if weights is None else weights[s : s + len(ids)]
         if dec is not None:
-            out += tok.batch_decode(dec.greedy(ids, w, max_new_tokens, frozenset(eos)), skip_special_tokens=True)
+            out += tok.batch_decode(greedy(dec, ids, w, max_new_tokens, frozenset(eos)), skip_special_tokens=True)
             continue
         input_ids, mask = pad_batch(ids, pad, left=True)  # prompts end together
         T = input_ids.shape[1]
