@@ -156,6 +156,20 @@ def benchmark_parser(name: str, description: str | None = None) -> argparse.Argu
     return p
 
 
+def parse_bundle_benchmark(name: str, description: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The flags of a benchmark that runs one bundle: --quick, --json, --bundle DIR (default: the shipped demo
+    bundle) and --threads N (torch CPU threads, applied here; 0: torch's default)."""
+    import torch
+
+    p = benchmark_parser(name, description)
+    p.add_argument("--bundle", default=None, help="bundle directory (default: the shipped demo bundle)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def ms(x: float | None) -> float | None:
     """Seconds as milliseconds (None stays None)."""
     return None if x is None else x * 1000.0

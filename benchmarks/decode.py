@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from benchmarks.common import Target, benchmark_parser, finish
+from benchmarks.common import Target, finish, parse_bundle_benchmark
 
 PROMPTS = (
     "What is 17 + 25?",
@@ -119,12 +119,7 @@ def fused_once(dec, prompts: list[list[int]], w, new_tokens: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = benchmark_parser("decode", __doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=None, help="bundle directory (default: the shipped demo bundle)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bundle_benchmark("decode", __doc__.split("\n\n")[0], argv)
     new_tokens, reps, batches = (16, 2, (1, 8)) if args.quick else (32, 3, (1, 16))
     results, targets = run(args.bundle, new_tokens, reps, batches)
     return finish(args, "decode", results, targets,

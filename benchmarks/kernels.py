@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from benchmarks.common import Target, benchmark_parser, finish
+from benchmarks.common import Target, finish, parse_bundle_benchmark
 from benchmarks.decode import PROMPTS, fused_once
 
 
@@ -94,12 +94,7 @@ def run(bundle: str | None, batches: tuple[int, ...], new_tokens: int, reps: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = benchmark_parser("kernels", __doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=None, help="bundle directory (default: the shipped demo bundle)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bundle_benchmark("kernels", __doc__.split("\n\n")[0], argv)
     batches, new_tokens, reps, agree = ((1, 8), 16, 2, 24) if args.quick else ((1, 16), 32, 3, 48)
     rows, targets = run(args.bundle, batches, new_tokens, reps, agree)
     return finish(args, "kernels", rows, targets,
