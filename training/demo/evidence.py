@@ -102,15 +102,14 @@ def generate(lb: LoadedBundle, prompts: Sequence[str], weights: torch.Tensor | N
 
 
 def fused_decoder(lb: LoadedBundle) -> FusedDecoder | None:
-    """The bundle's fused decoder, built once per loaded bundle (and re-read when its stacks change), or None when
-    the fused path does not serve its base (the server then decodes eagerly too)."""
+    """The bundle's fused decoder, built once per loaded bundle, or None when the fused path does not serve its base
+    (the server then decodes eagerly too). No evaluation here swaps a loaded bundle's stacks; a caller that does
+    (StackedModel.commit) calls the decoder's refresh_stacks, as the server's runner does (stacks_changed)."""
     if unsupported_reason(lb.base.model) is not None:
         return None
     dec = lb.__dict__.get("_fused_decoder")
     if dec is None:
         dec = lb.__dict__["_fused_decoder"] = FusedDecoder(lb.base.model, lb.stacked)
-    elif dec._num_stacks != len(lb.stacked.stacks):
-        dec.refresh_stacks()
     return dec
 
 
